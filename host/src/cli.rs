@@ -1,0 +1,340 @@
+//! The command line: `plughost run | list | inspect | exec`.
+//!
+//! Logs go to stderr (filtered by `RUST_LOG`; default `info` for `run`, `warn` otherwise), so
+//! that what a command prints on stdout can be piped.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use plughost::{Host, HostOptions, LoadError, PluginInfo};
+
+/// Discover, validate, load and call native Rust plugins.
+#[derive(Debug, Parser)]
+#[command(name = "plughost", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load every plugin in the folder and keep running until Ctrl-C or SIGTERM, then shut
+    /// them all down.
+    Run(DirArgs),
+    /// Show every library in the folder: name, version, plugin-api version, file, status.
+    List(DirArgs),
+    /// Validate one library and print its metadata and configuration schema. Exits 0 if it
+    /// would load, 1 with the reason if not.
+    Inspect {
+        /// The library file.
+        file: PathBuf,
+        /// Print the metadata as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load one plugin, Init it, Execute it once on INPUT, print the output, Shut it down.
+    Exec {
+        /// The plugin's name.
+        name: String,
+        /// The input; `-` reads standard input.
+        input: String,
+        /// Init configuration, as JSON.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        config: String,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// The plugins folder.
+    #[arg(long, value_name = "DIR", default_value = "plugins")]
+    plugins_dir: PathBuf,
+    /// Where private copies of loaded libraries go [default: <temp>/plughost-shadow].
+    #[arg(long, value_name = "DIR")]
+    shadow_dir: Option<PathBuf>,
+}
+
+impl DirArgs {
+    fn host(&self) -> anyhow::Result<Host> {
+        let mut options = HostOptions::with_plugins_dir(&self.plugins_dir);
+        if let Some(shadow) = &self.shadow_dir {
+            options.shadow_dir = shadow.clone();
+        }
+        Ok(Host::new(options)?)
+    }
+}
+
+/// Runs the command line and maps failure to exit code 1 with a one-line reason.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Run(_)));
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose_by_default: bool) {
+    let default = if verbose_by_default { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(dir) => serve(&dir),
+        Command::List(dir) => list(&dir),
+        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Exec {
+            name,
+            input,
+            config,
+            dir,
+        } => exec(&name, &input, &config, &dir),
+    }
+}
+
+fn serve(dir: &DirArgs) -> anyhow::Result<ExitCode> {
+    let host = dir.host()?;
+    let report = host.load_all()?;
+    tracing::info!(
+        "{} plugin(s) running, {} file(s) refused, from {}; Ctrl-C to stop",
+        report.loaded.len(),
+        report.refused.len(),
+        dir.plugins_dir.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(shutdown_signal())?;
+    tracing::info!("shutting down");
+    host.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for Ctrl-C or, on unix, SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
+}
+
+/// The reason part of a load error, without the leading file name (the table has a column
+/// for that).
+fn reason(error: &LoadError) -> String {
+    let text = error.to_string();
+    let prefix = format!("{}: ", error.path().display());
+    text.strip_prefix(&prefix).unwrap_or(&text).to_owned()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn list(dir: &DirArgs) -> anyhow::Result<ExitCode> {
+    let host = dir.host()?;
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "VERSION".to_owned(),
+        "API".to_owned(),
+        "FILE".to_owned(),
+        "STATUS".to_owned(),
+    ]];
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    for outcome in host.scan()? {
+        rows.push(match outcome {
+            Ok(library) => {
+                let info = library.info();
+                let status = match names.iter().find(|(n, _)| *n == info.name) {
+                    Some((_, first)) => format!(
+                        "refused: plugin {:?} is already provided by {}",
+                        info.name,
+                        file_name(first)
+                    ),
+                    None => "ok".to_owned(),
+                };
+                names.push((info.name.clone(), library.file().to_owned()));
+                [
+                    info.name.clone(),
+                    info.version.to_string(),
+                    info.api_version.to_string(),
+                    file_name(library.file()),
+                    status,
+                ]
+            }
+            Err(error) => [
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                file_name(error.path()),
+                format!("refused: {}", reason(&error)),
+            ],
+        });
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    if !file.is_file() {
+        bail!("{}: no such file", file.display());
+    }
+    let host = Host::new(HostOptions::default())?;
+    let library = host.open(file)?;
+    let info = library.info();
+    if json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        print_info(info, file);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(info: &PluginInfo, file: &Path) {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    println!("{} {}", info.name, info.version);
+    println!("  description:  {}", or_dash(&info.description));
+    println!("  file:         {}", file.display());
+    println!("  plugin-api:   {}", info.api_version);
+    println!("  author:       {}", or_dash(&info.author));
+    println!("  license:      {}", or_dash(&info.license));
+    println!("  capabilities: {}", or_dash(&info.capabilities.join(", ")));
+    println!("  tags:         {}", or_dash(&info.tags.join(", ")));
+    if info.config_schema.is_empty() {
+        println!("  config:       (none)");
+        return;
+    }
+    println!("  config:");
+    let mut rows = vec![[
+        "    KEY".to_owned(),
+        "TYPE".to_owned(),
+        "REQUIRED".to_owned(),
+        "DEFAULT".to_owned(),
+        "DESCRIPTION".to_owned(),
+    ]];
+    for key in &info.config_schema {
+        let default = match (&key.default, key.sensitive) {
+            (Some(_), true) => "***".to_owned(),
+            (Some(d), false) => d.clone(),
+            (None, _) => "-".to_owned(),
+        };
+        let mut description = or_dash(&key.description);
+        if key.sensitive {
+            description.push_str(" (sensitive)");
+        }
+        rows.push([
+            format!("    {}", key.key),
+            key.ty.to_owned(),
+            if key.required { "yes" } else { "no" }.to_owned(),
+            default,
+            description,
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn exec(name: &str, input: &str, config: &str, dir: &DirArgs) -> anyhow::Result<ExitCode> {
+    serde_json::from_str::<serde_json::Value>(config)
+        .with_context(|| format!("--config is not valid JSON: {config}"))?;
+    let input = if input == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read the input from standard input")?;
+        bytes
+    } else {
+        input.as_bytes().to_vec()
+    };
+
+    let host = dir.host()?;
+    let mut refused = Vec::new();
+    let mut library = None;
+    for outcome in host.scan()? {
+        match outcome {
+            Ok(lib) if lib.info().name == name && library.is_none() => library = Some(lib),
+            Ok(_) => {}
+            Err(error) => refused.push(error),
+        }
+    }
+    let Some(library) = library else {
+        let mut message = format!("no plugin named {name:?} in {}", dir.plugins_dir.display());
+        if !refused.is_empty() {
+            message.push_str(&format!(
+                " ({} file(s) refused, e.g. {}; see `plughost list`)",
+                refused.len(),
+                refused[0]
+            ));
+        }
+        bail!(message);
+    };
+
+    let handle = host.start(library, config.as_bytes())?;
+    let mut output = Vec::new();
+    let result = handle.call_into(&input, &mut output);
+    drop(handle);
+    let shutdown = host.unload(name);
+    result?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&output)?;
+    if !output.ends_with(b"\n") {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    shutdown.with_context(|| format!("plugin {name} answered but failed to shut down"))?;
+    Ok(ExitCode::SUCCESS)
+}

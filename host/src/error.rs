@@ -1,0 +1,199 @@
+//! The errors of the host library: why a file was refused, why a call failed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a plugin file was refused. Every variant names the file; the host goes on without it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: cannot read the file: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The file is empty (often a build or copy still in progress).
+    #[error("{}: the file is empty", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a shared library this host could load.
+    #[error("{}: not a loadable shared library: {reason}", path.display())]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A shared library, but not a plughost plugin.
+    #[error("{}: not a plughost plugin: {reason}", path.display())]
+    NotAPlugin {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Built against a plugin-api this host cannot talk to.
+    #[error(
+        "{}: plugin-api {found} is incompatible with this host's plugin-api {expected} \
+         (rebuild the plugin against plugin-api {}.{})",
+        path.display(), expected.major, expected.minor
+    )]
+    IncompatibleApi {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's plugin-api version.
+        found: semver::Version,
+        /// The host's plugin-api version.
+        expected: semver::Version,
+    },
+    /// The FFI types the plugin was built with differ from the host's.
+    #[error("{}: FFI layout differs from this host's plugin-api {expected}: {summary}", path.display())]
+    LayoutMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The host's plugin-api version.
+        expected: semver::Version,
+        /// The differences abi_stable found, in a few lines.
+        summary: String,
+    },
+    /// The descriptor's metadata is unusable (empty name, version not semver...).
+    #[error("{}: invalid plugin metadata: {reason}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The private shadow copy could not be written.
+    #[error("{}: cannot write its shadow copy {}: {error}", path.display(), shadow.display())]
+    Shadow {
+        /// The file.
+        path: PathBuf,
+        /// The shadow path.
+        shadow: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The dynamic loader refused the library.
+    #[error("{}: the dynamic loader refused it: {message}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        message: String,
+    },
+    /// Another loaded library already has this plugin's name.
+    #[error(
+        "{}: plugin {name:?} is already loaded from {}",
+        path.display(),
+        existing.display()
+    )]
+    DuplicateName {
+        /// The file refused.
+        path: PathBuf,
+        /// The name both claim.
+        name: String,
+        /// The file that has the name.
+        existing: PathBuf,
+    },
+    /// The plugin's Init returned an error or panicked.
+    #[error("{}: plugin {name} {}", path.display(), init_failure(cause))]
+    Init {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// What Init reported.
+        cause: CallError,
+    },
+}
+
+impl LoadError {
+    /// The file this error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            LoadError::Read { path, .. }
+            | LoadError::Empty { path }
+            | LoadError::NotALibrary { path, .. }
+            | LoadError::NotAPlugin { path, .. }
+            | LoadError::IncompatibleApi { path, .. }
+            | LoadError::LayoutMismatch { path, .. }
+            | LoadError::Metadata { path, .. }
+            | LoadError::Shadow { path, .. }
+            | LoadError::Open { path, .. }
+            | LoadError::DuplicateName { path, .. }
+            | LoadError::Init { path, .. } => path,
+        }
+    }
+}
+
+fn init_failure(cause: &CallError) -> String {
+    match cause {
+        CallError::Panicked { message, .. } => format!("panicked in init: {message}"),
+        CallError::Failed { message, .. } => format!("failed to initialise: {message}"),
+        other => format!("failed to initialise: {other}"),
+    }
+}
+
+/// Why a call into a plugin failed. Every variant names the plugin.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The plugin returned an error.
+    #[error("plugin {plugin} returned an error: {message}")]
+    Failed {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its message.
+        message: String,
+    },
+    /// The plugin panicked; the panic was caught inside the plugin.
+    #[error("plugin {plugin} panicked: {message}")]
+    Panicked {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The panic message.
+        message: String,
+    },
+    /// The plugin returned a status this host does not know.
+    #[error("plugin {plugin} returned an unknown status code {status}")]
+    UnknownStatus {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The code.
+        status: u8,
+    },
+    /// No plugin of that name is loaded.
+    #[error("no plugin named {plugin:?} is loaded")]
+    NotFound {
+        /// The name asked for.
+        plugin: String,
+    },
+}
+
+/// Why a host could not be set up or scan its folder.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The plugins folder could not be read.
+    #[error("cannot read the plugins folder {}: {error}", path.display())]
+    PluginsDir {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The shadow folder could not be created.
+    #[error("cannot create the shadow folder {}: {error}", path.display())]
+    ShadowDir {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}

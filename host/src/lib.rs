@@ -1,0 +1,53 @@
+//! plughost: a host for native Rust plugins.
+//!
+//! Plugins are shared libraries built with [`plugin_api`]. The host finds them in a folder,
+//! checks each one before and after loading it, and calls it through FFI-safe function
+//! pointers at the cost of an indirect call.
+//!
+//! The data path, one module per step:
+//!
+//! 1. [`discovery`]: library files at the top of the plugins folder;
+//! 2. [`preflight`]: the file's bytes are checked before the loader sees them;
+//! 3. [`shadow`]: those bytes are written to a private, uniquely named copy;
+//! 4. [`library`]: the copy is loaded and [`validate`]d (magic, plugin-api semver, abi_stable
+//!    layout), its [`metadata`] copied out;
+//! 5. [`instance`]: Init creates the plugin instance;
+//! 6. [`registry`]: it is registered under its unique name;
+//! 7. [`dispatch`]: callers take a [`PluginHandle`] once and call it from any thread;
+//! 8. [`Host::unload`] / [`Host::shutdown`]: Shutdown, close the library, delete the copy.
+//!
+//! ```no_run
+//! use plughost::{Host, HostOptions};
+//!
+//! let host = Host::new(HostOptions::with_plugins_dir("plugins"))?;
+//! let report = host.load_all()?;
+//! for refusal in &report.refused {
+//!     eprintln!("refused {refusal}");
+//! }
+//! let transform = host.handle("transform")?;
+//! let mut out = Vec::with_capacity(64);
+//! transform.call_into(b"hello", &mut out)?;
+//! assert_eq!(out, b"HELLO");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod discovery;
+pub mod dispatch;
+pub mod error;
+mod host;
+pub mod instance;
+pub mod library;
+pub mod metadata;
+pub mod preflight;
+pub mod registry;
+pub mod shadow;
+pub mod validate;
+
+pub use dispatch::{Health, PluginHandle, PluginOutput};
+pub use error::{CallError, HostError, LoadError};
+pub use host::{Host, HostOptions, LoadReport};
+pub use library::PluginLibrary;
+pub use metadata::{ConfigKey, PluginInfo};

@@ -1,0 +1,154 @@
+//! A plugin library: checked, copied, loaded and validated, not yet initialised.
+//!
+//! [`PluginLibrary::open`] is the data path from a file to something callable:
+//! read the bytes once, [`preflight`](crate::preflight) them, write them to a
+//! [`shadow`](crate::shadow) copy, `dlopen` the copy, check the header and abi_stable layout in
+//! memory ([`validate`](crate::validate)), and copy the metadata out.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use plugin_api::ffi::{PluginHeader, PluginVTable, HEADER_SYMBOL};
+
+use crate::error::LoadError;
+use crate::metadata::PluginInfo;
+use crate::shadow::{ShadowCopy, ShadowDir};
+use crate::{preflight, validate};
+
+/// A loaded, validated plugin library. Dropping it closes the library, then deletes its
+/// shadow copy.
+pub struct PluginLibrary {
+    info: PluginInfo,
+    file: PathBuf,
+    vtable: PluginVTable,
+    load_time: Duration,
+    // Field order is drop order: close the library before deleting its file.
+    library: libloading::Library,
+    shadow: ShadowCopy,
+}
+
+impl std::fmt::Debug for PluginLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginLibrary")
+            .field("name", &self.info.name)
+            .field("version", &self.info.version)
+            .field("file", &self.file)
+            .field("shadow", &self.shadow.path())
+            .finish()
+    }
+}
+
+impl PluginLibrary {
+    /// Checks, copies, loads and validates the library at `path`. Runs no plugin code except
+    /// the library's own constructors, and those only after the file passed the preflight.
+    pub fn open(path: &Path, shadow: &ShadowDir) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        preflight::check(path, &bytes)?;
+        let copy = shadow.write(path, &bytes)?;
+        drop(bytes);
+
+        // SAFETY: loading runs the library's initialisers. The file passed the preflight: it is
+        // a shared library for this platform that exports a plughost header of a compatible
+        // plugin-api version. That is as much as can be known before running it.
+        let library = unsafe { dlopen(copy.path()) }.map_err(|e| LoadError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        // SAFETY: the preflight found the symbol in the file, and plugin-api declares it as a
+        // `PluginHeader` static; we take its address, not its value.
+        let header: *const PluginHeader =
+            unsafe { library.get::<*const PluginHeader>(format!("{HEADER_SYMBOL}\0").as_bytes()) }
+                .map(|symbol| *symbol)
+                .map_err(|e| LoadError::NotAPlugin {
+                    path: path.to_owned(),
+                    reason: format!("cannot find {HEADER_SYMBOL} after loading: {e}"),
+                })?;
+        // SAFETY: the symbol is a static in the loaded library, alive while `library` is. Its
+        // first three fields are plain integers whose layout is frozen (header version 1).
+        let header = unsafe { &*header };
+        validate::check_header_fields(
+            path,
+            header.magic,
+            header.header_version,
+            header.api_version,
+        )?;
+        validate::check_layout(path, header.module_layout)?;
+        // From here on the module's layout is known to equal ours.
+        let module = header.module;
+        let info = PluginInfo::from_ffi(
+            path,
+            &module.metadata,
+            validate::to_semver(header.api_version),
+        )?;
+        Ok(PluginLibrary {
+            info,
+            file: path.to_owned(),
+            vtable: module.vtable,
+            load_time: started.elapsed(),
+            library,
+            shadow: copy,
+        })
+    }
+
+    /// Who the plugin is.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The user's file it was loaded from.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The private copy actually loaded.
+    pub fn shadow_path(&self) -> &Path {
+        self.shadow.path()
+    }
+
+    /// How long reading, checking, copying and loading took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The entry points. Valid while `self` lives.
+    pub(crate) fn vtable(&self) -> &PluginVTable {
+        &self.vtable
+    }
+
+    /// Closes the library and deletes the shadow copy, reporting the loader's error if any.
+    pub fn close(self) -> Result<(), libloading::Error> {
+        let PluginLibrary {
+            library, shadow, ..
+        } = self;
+        let result = library.close();
+        drop(shadow);
+        result
+    }
+}
+
+/// Opens a library with the platform's loader.
+///
+/// On unix: `RTLD_NOW`, so a missing symbol fails here rather than at the first call, and
+/// `RTLD_LOCAL`, so one plugin's symbols never resolve another's. On Windows: `LoadLibraryExW`
+/// with default flags.
+///
+/// # Safety
+///
+/// Loading runs the library's initialisers, which can do anything.
+unsafe fn dlopen(path: &Path) -> Result<libloading::Library, libloading::Error> {
+    #[cfg(unix)]
+    {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        // SAFETY: forwarded to the caller.
+        unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map(Into::into)
+    }
+    #[cfg(not(unix))]
+    {
+        // SAFETY: forwarded to the caller.
+        unsafe { libloading::Library::new(path) }
+    }
+}

@@ -1,0 +1,7 @@
+//! The `plughost` command. See `plughost --help`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,275 @@
+//! What [`export_plugin!`](crate::export_plugin) expands to: the `extern "C"` shims around a
+//! [`Plugin`] and the constant tables of the header. Not for direct use.
+//!
+//! Every shim runs the plugin inside `catch_unwind`: a panic must be caught in the plugin,
+//! because the plugin has its own copy of std and a panic escaping `extern "C"` aborts the
+//! whole process (FACTS.md).
+
+use std::any::Any;
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::StableAbi;
+
+use crate::ffi::{
+    health_level, CallContext, OutBuffer, PluginHeader, PluginMetadata, PluginModule, PluginVTable,
+    Status, API_VERSION, HEADER_VERSION, MAGIC,
+};
+use crate::plugin::{Context, Health, Output, Plugin, PluginError};
+
+/// Converts `&str`s to `RStr`s in a constant (the macro sizes the array).
+pub const fn rstr_array<const N: usize>(strs: &'static [&'static str]) -> [RStr<'static>; N] {
+    let mut out = [RStr::from_str(""); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = RStr::from_str(strs[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The module of plugin `P`, with its capability and tag tables already converted.
+pub const fn module<P: Plugin>(
+    capabilities: &'static [RStr<'static>],
+    tags: &'static [RStr<'static>],
+) -> PluginModule {
+    PluginModule {
+        metadata: PluginMetadata {
+            name: RStr::from_str(P::NAME),
+            version: RStr::from_str(P::VERSION),
+            description: RStr::from_str(P::DESCRIPTION),
+            author: RStr::from_str(P::AUTHOR),
+            license: RStr::from_str(P::LICENSE),
+            capabilities: RSlice::from_slice(capabilities),
+            tags: RSlice::from_slice(tags),
+            config_schema: RSlice::from_slice(P::CONFIG_SCHEMA),
+        },
+        vtable: PluginVTable {
+            init: init::<P>,
+            execute: execute::<P>,
+            shutdown: shutdown::<P>,
+            health: Some(health::<P>),
+            validate_config: Some(validate_config::<P>),
+            free_buffer,
+        },
+    }
+}
+
+/// The header pointing at `module`, stamped with this crate's API version and layout.
+pub const fn header(module: &'static PluginModule) -> PluginHeader {
+    PluginHeader {
+        magic: MAGIC,
+        header_version: HEADER_VERSION,
+        api_version: API_VERSION,
+        module_layout: <PluginModule as StableAbi>::LAYOUT,
+        module,
+    }
+}
+
+/// Runs `body` with panics caught. On success the output is handed over; on error or panic
+/// the output is replaced by the message.
+fn guarded(
+    out: &mut OutBuffer,
+    body: impl FnOnce(&mut Output<'_>) -> Result<(), PluginError>,
+) -> Status {
+    let mut output = Output::new(out);
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut output)));
+    let status = match outcome {
+        Ok(Ok(())) => Status::OK,
+        Ok(Err(error)) => {
+            output.clear();
+            output.write(error.message().as_bytes());
+            Status::ERROR
+        }
+        Err(payload) => {
+            output.clear();
+            output.write(panic_message(&*payload).as_bytes());
+            Status::PANIC
+        }
+    };
+    output.finish();
+    status
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let message = panic_message_of(payload);
+    match PANIC_LOCATION.take() {
+        Some(location) => format!("{message} (at {})", location.as_str()),
+        None => message.to_owned(),
+    }
+}
+
+/// Where the last panic on this thread happened, as `file:line:column` text.
+#[derive(Clone, Copy)]
+struct LocationText {
+    bytes: [u8; 192],
+    len: usize,
+}
+
+impl LocationText {
+    fn new(location: &std::panic::Location<'_>) -> Self {
+        use std::io::Write;
+        let mut bytes = [0u8; 192];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        // A location longer than the buffer is cut short, which is fine for a message.
+        let _ = write!(cursor, "{location}");
+        let len = cursor.position() as usize;
+        LocationText { bytes, len }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("?")
+    }
+}
+
+thread_local! {
+    // Plain `Copy` data on purpose: a thread-local with a destructor would keep this library
+    // mapped after the host closes it (FACTS.md).
+    static PANIC_LOCATION: Cell<Option<LocationText>> = const { Cell::new(None) };
+}
+
+/// Replaces the plugin's panic hook (the plugin has its own std, so this touches nothing in
+/// the host): instead of std's report, with a backtrace when `RUST_BACKTRACE` is set, print one
+/// line naming the plugin, and remember the location so the error the host gets includes it.
+fn install_panic_hook(plugin: &'static str) {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        std::panic::set_hook(Box::new(move |info| {
+            let message = panic_message_of(info.payload());
+            if let Some(location) = info.location() {
+                PANIC_LOCATION.set(Some(LocationText::new(location)));
+                eprintln!("plugin {plugin} panicked at {location}: {message}");
+            } else {
+                eprintln!("plugin {plugin} panicked: {message}");
+            }
+        }));
+    });
+}
+
+fn panic_message_of(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "panic with a non-string payload"
+    }
+}
+
+fn parse_config<P: Plugin>(bytes: &[u8]) -> Result<P::Config, PluginError> {
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
+    let config: P::Config = serde_json::from_slice(bytes)
+        .map_err(|e| PluginError::new(format!("invalid config: {e}")))?;
+    P::validate_config(&config)?;
+    Ok(config)
+}
+
+unsafe extern "C" fn init<P: Plugin>(
+    config: RSlice<'_, u8>,
+    instance: &mut *mut c_void,
+    out: &mut OutBuffer,
+) -> Status {
+    install_panic_hook(P::NAME);
+    guarded(out, |_| {
+        let config = parse_config::<P>(config.as_slice())?;
+        let mut plugin = P::default();
+        plugin.init(config)?;
+        *instance = Box::into_raw(Box::new(plugin)).cast();
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn execute<P: Plugin>(
+    instance: *const c_void,
+    ctx: &CallContext,
+    input: RSlice<'_, u8>,
+    out: &mut OutBuffer,
+) -> Status {
+    // SAFETY: the host passes back the pointer `init` produced, which stays valid until
+    // `shutdown`, and only shares it (`&P`), which `P: Sync` allows.
+    let plugin = unsafe { &*instance.cast::<P>() };
+    guarded(out, |output| {
+        plugin.execute(&Context::new(ctx), input.as_slice(), output)
+    })
+}
+
+unsafe extern "C" fn shutdown<P: Plugin>(instance: *mut c_void, out: &mut OutBuffer) -> Status {
+    // SAFETY: the host passes the pointer `init` produced, exactly once, after every
+    // `execute` on it has returned, so we own it again.
+    let mut plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
+    let status = guarded(out, |_| plugin.shutdown());
+    // Dropping runs plugin code too: a panicking Drop must not abort the host.
+    if catch_unwind(AssertUnwindSafe(move || drop(plugin))).is_err() && status == Status::OK {
+        let mut output = Output::new(out);
+        output.write(b"panicked while dropping the plugin");
+        output.finish();
+        return Status::PANIC;
+    }
+    status
+}
+
+unsafe extern "C" fn health<P: Plugin>(
+    instance: *const c_void,
+    level: &mut u8,
+    out: &mut OutBuffer,
+) -> Status {
+    // SAFETY: as in `execute`.
+    let plugin = unsafe { &*instance.cast::<P>() };
+    guarded(out, |output| {
+        let (value, message) = match plugin.health() {
+            Health::Healthy => (health_level::HEALTHY, String::new()),
+            Health::Degraded(m) => (health_level::DEGRADED, m),
+            Health::Unhealthy(m) => (health_level::UNHEALTHY, m),
+        };
+        *level = value;
+        output.write(message.as_bytes());
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn validate_config<P: Plugin>(
+    config: RSlice<'_, u8>,
+    out: &mut OutBuffer,
+) -> Status {
+    guarded(out, |_| parse_config::<P>(config.as_slice()).map(drop))
+}
+
+unsafe extern "C" fn free_buffer(ptr: *mut u8, len: usize, cap: usize) {
+    // SAFETY: the host returns exactly the (ptr, len, cap) of a `Vec<u8>` that `Output::finish`
+    // leaked from this library's allocator, once.
+    drop(unsafe { Vec::from_raw_parts(ptr, len, cap) });
+}
+
+/// Exports a [`Plugin`](crate::Plugin) type from a `cdylib`: writes the
+/// `PLUGHOST_PLUGIN_HEADER` symbol and every `extern "C"` entry point, each wrapped in
+/// `catch_unwind`.
+///
+/// Use it once per library, at the crate root:
+///
+/// ```ignore
+/// plugin_api::export_plugin!(MyPlugin);
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            use $crate::__private as __p;
+            const CAPABILITIES: &[&str] = <$plugin as $crate::Plugin>::CAPABILITIES;
+            const TAGS: &[&str] = <$plugin as $crate::Plugin>::TAGS;
+            static CAPABILITIES_FFI: [__p::RStr<'static>; CAPABILITIES.len()] =
+                __p::rstr_array(CAPABILITIES);
+            static TAGS_FFI: [__p::RStr<'static>; TAGS.len()] = __p::rstr_array(TAGS);
+            static MODULE: __p::PluginModule = __p::module::<$plugin>(&CAPABILITIES_FFI, &TAGS_FFI);
+
+            #[unsafe(no_mangle)]
+            pub static PLUGHOST_PLUGIN_HEADER: __p::PluginHeader = __p::header(&MODULE);
+        };
+    };
+}

@@ -1,0 +1,364 @@
+//! The raw, FFI-safe contract: what a plugin library exports and what the host reads.
+//!
+//! Plugin authors never touch this module: [`export_plugin!`](crate::export_plugin) writes it
+//! all. It is public so that the host (and tests that build deliberately broken plugins) can
+//! speak it.
+//!
+//! A plugin library exports one symbol, [`HEADER_SYMBOL`], a [`PluginHeader`]. The header is
+//! deliberately tiny and frozen: a magic value, the header's own version, the plugin-api
+//! version the plugin was built against and two pointers. The host checks the first three
+//! *before* looking at anything else (it can even read them from the file without loading it),
+//! then compares [`PluginModule`]'s layout, as abi_stable computed it when the plugin was
+//! built, with its own. Only after both checks pass does it touch the metadata or the vtable.
+//!
+//! Memory rule across the boundary: **whoever allocates frees**. The host lends the plugin an
+//! [`OutBuffer`]; a plugin that needs more room hands back its own allocation, marked
+//! [`BufferOwner::PLUGIN`], and the host returns it through [`PluginVTable::free_buffer`].
+
+use std::ffi::c_void;
+use std::sync::atomic::AtomicBool;
+
+use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::type_layout::TypeLayout;
+use abi_stable::StableAbi;
+
+/// The name of the exported [`PluginHeader`] static, as written in the library's symbol table
+/// (Mach-O adds its usual leading underscore).
+pub const HEADER_SYMBOL: &str = "PLUGHOST_PLUGIN_HEADER";
+
+/// First eight bytes of every [`PluginHeader`].
+pub const MAGIC: [u8; 8] = *b"PLUGHOST";
+
+/// Version of the [`PluginHeader`] layout itself. It changes only if the header ever must,
+/// which the design avoids: later additions go behind the layout-checked module.
+pub const HEADER_VERSION: u32 = 1;
+
+/// The plugin-api version this crate is, i.e. the version a plugin built against it reports.
+pub const API_VERSION: ApiVersion = ApiVersion {
+    major: parse_u32(env!("CARGO_PKG_VERSION_MAJOR")),
+    minor: parse_u32(env!("CARGO_PKG_VERSION_MINOR")),
+    patch: parse_u32(env!("CARGO_PKG_VERSION_PATCH")),
+};
+
+const fn parse_u32(s: &str) -> u32 {
+    let bytes = s.as_bytes();
+    let mut value = 0u32;
+    let mut i = 0;
+    while i < bytes.len() {
+        value = value * 10 + (bytes[i] - b'0') as u32;
+        i += 1;
+    }
+    value
+}
+
+/// A semantic version as three integers, FFI-safe.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiVersion {
+    /// Incompatible changes.
+    pub major: u32,
+    /// Backwards-compatible additions.
+    pub minor: u32,
+    /// Fixes.
+    pub patch: u32,
+}
+
+impl std::fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// The one symbol a plugin exports. Frozen: see the module docs.
+///
+/// The first 24 bytes (magic, header version, API version) are plain integers so that the host
+/// can read them straight from the file before it runs any of the library's code.
+#[repr(C)]
+pub struct PluginHeader {
+    /// Always [`MAGIC`].
+    pub magic: [u8; 8],
+    /// Always [`HEADER_VERSION`] for this layout.
+    pub header_version: u32,
+    /// The plugin-api version the plugin was built against.
+    pub api_version: ApiVersion,
+    /// abi_stable's description of [`PluginModule`] as the plugin saw it at build time.
+    pub module_layout: &'static TypeLayout,
+    /// The module itself. Read it only after `module_layout` has been checked.
+    pub module: &'static PluginModule,
+}
+
+// SAFETY: every field is immutable `'static` data (integers, and references to a `TypeLayout`
+// and a `PluginModule` that are only ever read). `TypeLayout` is not `Sync` only because it
+// holds raw pointers to other constant tables.
+unsafe impl Sync for PluginHeader {}
+
+/// Everything behind the header: metadata and entry points. Its layout is checked by
+/// abi_stable before the host reads a field.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginModule {
+    /// Who the plugin is.
+    pub metadata: PluginMetadata,
+    /// What the host can call.
+    pub vtable: PluginVTable,
+}
+
+/// A plugin's self-description: static data inside the library.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct PluginMetadata {
+    /// Unique name the host registers the plugin under.
+    pub name: RStr<'static>,
+    /// The plugin's own version (semver).
+    pub version: RStr<'static>,
+    /// One line on what it does.
+    pub description: RStr<'static>,
+    /// Who wrote it.
+    pub author: RStr<'static>,
+    /// SPDX licence expression.
+    pub license: RStr<'static>,
+    /// What it can do, as free-form strings (e.g. `"text"`, `"stateful"`).
+    pub capabilities: RSlice<'static, RStr<'static>>,
+    /// Labels for grouping and search.
+    pub tags: RSlice<'static, RStr<'static>>,
+    /// The keys its configuration accepts.
+    pub config_schema: RSlice<'static, ConfigField>,
+}
+
+/// The type of a configuration value, as JSON sees it.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    /// A JSON string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Float,
+    /// `true` or `false`.
+    Bool,
+    /// A JSON array.
+    Array,
+    /// A JSON object.
+    Object,
+    /// Anything.
+    Any,
+}
+
+impl ConfigType {
+    /// The lower-case name used in messages and tables.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConfigType::String => "string",
+            ConfigType::Integer => "integer",
+            ConfigType::Float => "float",
+            ConfigType::Bool => "bool",
+            ConfigType::Array => "array",
+            ConfigType::Object => "object",
+            ConfigType::Any => "any",
+        }
+    }
+}
+
+/// One key of a plugin's configuration schema. Build it in a `const` with the builder methods:
+///
+/// ```
+/// use plugin_api::ConfigField;
+/// const SCHEMA: &[ConfigField] = &[
+///     ConfigField::string("mode")
+///         .default_json(r#""upper""#)
+///         .describe("upper, lower or reverse"),
+///     ConfigField::string("api_key").required().sensitive(),
+/// ];
+/// assert_eq!(SCHEMA[0].key.as_str(), "mode");
+/// ```
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ConfigField {
+    /// The key.
+    pub key: RStr<'static>,
+    /// The type its value must have.
+    pub ty: ConfigType,
+    /// Whether Init fails without it.
+    pub required: bool,
+    /// Whether its value must be masked in logs and listings.
+    pub sensitive: bool,
+    /// The default as JSON text; empty for none.
+    pub default_json: RStr<'static>,
+    /// What it means.
+    pub description: RStr<'static>,
+}
+
+impl ConfigField {
+    /// A key of the given type: optional, not sensitive, no default, no description.
+    pub const fn new(key: &'static str, ty: ConfigType) -> Self {
+        ConfigField {
+            key: RStr::from_str(key),
+            ty,
+            required: false,
+            sensitive: false,
+            default_json: RStr::from_str(""),
+            description: RStr::from_str(""),
+        }
+    }
+    /// A string key.
+    pub const fn string(key: &'static str) -> Self {
+        Self::new(key, ConfigType::String)
+    }
+    /// An integer key.
+    pub const fn integer(key: &'static str) -> Self {
+        Self::new(key, ConfigType::Integer)
+    }
+    /// A number key.
+    pub const fn float(key: &'static str) -> Self {
+        Self::new(key, ConfigType::Float)
+    }
+    /// A boolean key.
+    pub const fn bool(key: &'static str) -> Self {
+        Self::new(key, ConfigType::Bool)
+    }
+    /// Marks the key required.
+    pub const fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+    /// Marks the key's value secret: shown as `***`.
+    pub const fn sensitive(mut self) -> Self {
+        self.sensitive = true;
+        self
+    }
+    /// Sets the default, written as JSON text (`"\"upper\""`, `"10"`, `"true"`).
+    pub const fn default_json(mut self, json: &'static str) -> Self {
+        self.default_json = RStr::from_str(json);
+        self
+    }
+    /// Sets the description.
+    pub const fn describe(mut self, text: &'static str) -> Self {
+        self.description = RStr::from_str(text);
+        self
+    }
+}
+
+/// The outcome of an entry point. A newtype over `u8` rather than an enum so that an
+/// unexpected value from a foreign library is just an unknown code, never undefined behaviour.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u8);
+
+impl Status {
+    /// Success; the output buffer holds the result.
+    pub const OK: Status = Status(0);
+    /// The plugin returned an error; the output buffer holds its message (UTF-8).
+    pub const ERROR: Status = Status(1);
+    /// The plugin panicked and caught it; the output buffer holds the panic message.
+    pub const PANIC: Status = Status(2);
+}
+
+/// Who owns the bytes an [`OutBuffer`] points at.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferOwner(pub u8);
+
+impl BufferOwner {
+    /// The host lent this memory; the plugin wrote at most `cap` bytes into it.
+    pub const HOST: BufferOwner = BufferOwner(0);
+    /// The plugin replaced the pointer with its own allocation; the host must give it back
+    /// with [`PluginVTable::free_buffer`]`(ptr, len, cap)` once it has read it.
+    pub const PLUGIN: BufferOwner = BufferOwner(1);
+}
+
+/// Where an entry point writes its output (or its error message).
+///
+/// The host fills `ptr`/`cap` with memory it owns (possibly `cap == 0`), `len = 0`,
+/// `owner = HOST`. On return, `ptr[..len]` is the output; if `owner == PLUGIN` the plugin
+/// allocated it and the host must free it through the plugin's vtable.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct OutBuffer {
+    /// Start of the bytes.
+    pub ptr: *mut u8,
+    /// Number of bytes written.
+    pub len: usize,
+    /// Room at `ptr`.
+    pub cap: usize,
+    /// Who must free `ptr`.
+    pub owner: BufferOwner,
+}
+
+impl OutBuffer {
+    /// A buffer over host memory `ptr[..cap]`, empty.
+    pub fn host(ptr: *mut u8, cap: usize) -> Self {
+        OutBuffer {
+            ptr,
+            len: 0,
+            cap,
+            owner: BufferOwner::HOST,
+        }
+    }
+}
+
+/// Per-call information from the host.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct CallContext {
+    /// Set by the host when the caller gave up; null when the call cannot be cancelled.
+    pub cancelled: *const AtomicBool,
+    /// Deadline in nanoseconds since the Unix epoch; 0 for none.
+    pub deadline_unix_nanos: u64,
+}
+
+impl CallContext {
+    /// A context with no deadline that is never cancelled.
+    pub const fn none() -> Self {
+        CallContext {
+            cancelled: std::ptr::null(),
+            deadline_unix_nanos: 0,
+        }
+    }
+}
+
+/// Health levels written by [`PluginVTable::health`].
+pub mod health_level {
+    /// Working normally.
+    pub const HEALTHY: u8 = 0;
+    /// Working, with a problem worth reporting.
+    pub const DEGRADED: u8 = 1;
+    /// Not able to do its job.
+    pub const UNHEALTHY: u8 = 2;
+}
+
+/// The entry points. Every function catches panics inside the plugin (see FACTS.md: a panic
+/// cannot cross `extern "C"`) and reports them as [`Status::PANIC`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct PluginVTable {
+    /// Creates an instance from JSON configuration bytes (empty means `{}`), storing it in
+    /// `*instance`. On failure `*instance` stays null and `out` holds the message.
+    pub init: unsafe extern "C" fn(
+        config: RSlice<'_, u8>,
+        instance: &mut *mut c_void,
+        out: &mut OutBuffer,
+    ) -> Status,
+    /// Runs the plugin on `input`, writing the result to `out`. May run on many threads at once.
+    pub execute: unsafe extern "C" fn(
+        instance: *const c_void,
+        ctx: &CallContext,
+        input: RSlice<'_, u8>,
+        out: &mut OutBuffer,
+    ) -> Status,
+    /// Shuts the instance down and frees it, whatever the outcome. Never call it twice.
+    pub shutdown: unsafe extern "C" fn(instance: *mut c_void, out: &mut OutBuffer) -> Status,
+    /// Optional: writes a [`health_level`] to `level` and an optional message to `out`.
+    pub health: Option<
+        unsafe extern "C" fn(
+            instance: *const c_void,
+            level: &mut u8,
+            out: &mut OutBuffer,
+        ) -> Status,
+    >,
+    /// Optional: checks configuration bytes without creating an instance.
+    pub validate_config:
+        Option<unsafe extern "C" fn(config: RSlice<'_, u8>, out: &mut OutBuffer) -> Status>,
+    /// Frees an output the plugin allocated ([`BufferOwner::PLUGIN`]).
+    pub free_buffer: unsafe extern "C" fn(ptr: *mut u8, len: usize, cap: usize),
+}

@@ -1,0 +1,89 @@
+//! `counter`: stateful. Each Execute adds `step` to a count that starts at `start` and answers
+//! with the new count. On Shutdown it writes a line to `report_file`, if set, so you can see
+//! that Shutdown ran and what the count was.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use plugin_api::{export_plugin, ConfigField, Context, Output, Plugin, PluginError};
+use serde::Deserialize;
+
+/// The configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    start: u64,
+    #[serde(default = "one")]
+    step: u64,
+    #[serde(default)]
+    report_file: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The plugin.
+#[derive(Default)]
+pub struct Counter {
+    count: AtomicU64,
+    step: u64,
+    report_file: Option<String>,
+}
+
+impl Plugin for Counter {
+    type Config = Config;
+    const NAME: &'static str = "counter";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const DESCRIPTION: &'static str = "Counts its calls and answers with the count";
+    const AUTHOR: &'static str = "plughost developers";
+    const LICENSE: &'static str = "MIT OR Apache-2.0";
+    const CAPABILITIES: &'static [&'static str] = &["stateful"];
+    const TAGS: &'static [&'static str] = &["example"];
+    const CONFIG_SCHEMA: &'static [ConfigField] = &[
+        ConfigField::integer("start")
+            .default_json("0")
+            .describe("The count before the first call"),
+        ConfigField::integer("step")
+            .default_json("1")
+            .describe("How much each call adds"),
+        ConfigField::string("report_file")
+            .describe("Where Shutdown writes the final count (optional)"),
+    ];
+
+    fn validate_config(config: &Config) -> Result<(), PluginError> {
+        if config.step == 0 {
+            return Err(PluginError::new("step must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn init(&mut self, config: Config) -> Result<(), PluginError> {
+        self.count = AtomicU64::new(config.start);
+        self.step = config.step;
+        self.report_file = config.report_file;
+        Ok(())
+    }
+
+    fn execute(
+        &self,
+        _ctx: &Context<'_>,
+        _input: &[u8],
+        output: &mut Output<'_>,
+    ) -> Result<(), PluginError> {
+        let count = self.count.fetch_add(self.step, Ordering::Relaxed) + self.step;
+        output.write(count.to_string().as_bytes());
+        Ok(())
+    }
+
+    fn shutdown(&mut self) -> Result<(), PluginError> {
+        if let Some(path) = &self.report_file {
+            let count = self.count.load(Ordering::Relaxed);
+            std::fs::write(path, format!("counter shut down at {count}\n"))
+                .map_err(|e| PluginError::new(format!("cannot write {path}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+export_plugin!(Counter);

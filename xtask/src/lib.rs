@@ -1,0 +1,121 @@
+//! Project chores, shared by `cargo xtask` and the end-to-end tests: building plugin crates
+//! with cargo and installing their libraries safely.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+use cargo_metadata::{Message, MetadataCommand};
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_owned()
+}
+
+/// The cargo that runs us, so that nested builds use the same toolchain.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// The workspace packages whose manifests live under `folder` (relative to the root).
+pub fn packages_under(folder: &str) -> anyhow::Result<Vec<String>> {
+    let root = workspace_root();
+    let metadata = MetadataCommand::new()
+        .cargo_path(cargo())
+        .current_dir(&root)
+        .no_deps()
+        .exec()
+        .context("cargo metadata failed")?;
+    let base = root.join(folder);
+    let mut names: Vec<String> = metadata
+        .workspace_packages()
+        .into_iter()
+        .filter(|p| p.manifest_path.as_std_path().starts_with(&base))
+        .map(|p| p.name.to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// One built plugin library.
+#[derive(Debug, Clone)]
+pub struct BuiltLibrary {
+    /// The cargo package it came from.
+    pub package: String,
+    /// The library in cargo's target folder.
+    pub path: PathBuf,
+}
+
+/// Builds `packages` and returns their dynamic libraries (`cdylib` targets).
+pub fn build_libraries(packages: &[String], release: bool) -> anyhow::Result<Vec<BuiltLibrary>> {
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut command = Command::new(cargo());
+    command
+        .current_dir(workspace_root())
+        .args(["build", "--message-format=json-render-diagnostics"])
+        .stdout(Stdio::piped());
+    if release {
+        command.arg("--release");
+    }
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    let mut child = command.spawn().context("cannot run cargo build")?;
+    let stdout = child.stdout.take().context("cargo build has no stdout")?;
+    let mut built = Vec::new();
+    for message in Message::parse_stream(BufReader::new(stdout)) {
+        if let Message::CompilerArtifact(artifact) = message.context("reading cargo's output")? {
+            if !artifact
+                .target
+                .kind
+                .iter()
+                .any(|k| k.to_string() == "cdylib")
+            {
+                continue;
+            }
+            for file in &artifact.filenames {
+                if file.as_str().ends_with(std::env::consts::DLL_SUFFIX) {
+                    built.push(BuiltLibrary {
+                        package: artifact.target.name.replace('_', "-"),
+                        path: file.clone().into_std_path_buf(),
+                    });
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    Ok(built)
+}
+
+/// Installs `library` into `dest` under its own file name without ever writing into a file a
+/// running host may have loaded: write a hidden temporary file in `dest`, then rename it over
+/// the target. A rename swaps the directory entry; the old file's inode (and any mapping of it)
+/// is untouched, whereas copying over it in place can crash a process that has it mapped.
+pub fn install(library: &Path, dest: &Path) -> anyhow::Result<PathBuf> {
+    let name = library
+        .file_name()
+        .with_context(|| format!("{} has no file name", library.display()))?;
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let target = dest.join(name);
+    let temp = dest.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::copy(library, &temp)
+        .with_context(|| format!("cannot copy {} to {}", library.display(), temp.display()))?;
+    std::fs::rename(&temp, &target).with_context(|| {
+        let _ = std::fs::remove_file(&temp);
+        format!("cannot rename {} to {}", temp.display(), target.display())
+    })?;
+    Ok(target)
+}
