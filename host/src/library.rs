@@ -1,9 +1,9 @@
 //! A plugin library: checked, copied, loaded and validated, not yet initialised.
 //!
 //! [`PluginLibrary::open`] is the data path from a file to something callable:
-//! read the bytes once, [`preflight`](crate::preflight) them, write them to a
+//! read the bytes once, [`preflight`] them, write them to a
 //! [`shadow`](crate::shadow) copy, `dlopen` the copy, check the header and abi_stable layout in
-//! memory ([`validate`](crate::validate)), and copy the metadata out.
+//! memory ([`validate`]), and copy the metadata out.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,9 +2,9 @@
 //!
 //! `dlopen` runs a library's constructors, so peers that check a magic value after loading
 //! have already run the code they meant to vet (FACTS.md). Here the file is parsed with the
-//! `object` crate first: it must be a shared library (not an executable) for this platform's
-//! format and architecture, export [`HEADER_SYMBOL`], and that header's magic, header version
-//! and plugin-api version, read straight from the file, must pass [`validate`](crate::validate).
+//! `object` crate first: it must be a shared library (not an executable, PIE included) for
+//! this platform's format and architecture, export [`HEADER_SYMBOL`], and that header's magic,
+//! header version and plugin-api version, read straight from the file, must pass [`validate`].
 //! Only then is it loaded, and the header is checked again in memory.
 
 use std::path::Path;
@@ -37,9 +37,7 @@ pub fn check(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
             file.architecture()
         )));
     }
-    // A position-independent executable is an ELF "shared object" too; its `.interp`
-    // (the path of the program loader) gives it away.
-    if file.kind() == ObjectKind::Executable || file.section_by_name(".interp").is_some() {
+    if file.kind() == ObjectKind::Executable || is_pie_executable(&file) {
         return Err(not_a_library(
             "it is an executable program, not a shared library".into(),
         ));
@@ -108,6 +106,42 @@ fn read_header(file: &object::File<'_>) -> Result<RawHeader, String> {
             patch: u32_at(20),
         },
     })
+}
+
+/// Whether an ELF "shared object" is really a position-independent executable: the linker
+/// marks those with `DF_1_PIE` in `DT_FLAGS_1`. (An `.interp` section is no proof: glibc's
+/// `libc.so.6` has one so that it can be run to print its version.)
+fn is_pie_executable(file: &object::File<'_>) -> bool {
+    const DT_NULL: u64 = 0;
+    const DT_FLAGS_1: u64 = 0x6fff_fffb;
+    const DF_1_PIE: u64 = 0x0800_0000;
+    let Some(dynamic) = file.section_by_name(".dynamic") else {
+        return false;
+    };
+    let Ok(data) = dynamic.data() else {
+        return false;
+    };
+    let word = if file.is_64() { 8 } else { 4 };
+    let read = |bytes: &[u8]| -> u64 {
+        let mut buf = [0u8; 8];
+        if file.is_little_endian() {
+            buf[..word].copy_from_slice(bytes);
+            u64::from_le_bytes(buf)
+        } else {
+            buf[8 - word..].copy_from_slice(bytes);
+            u64::from_be_bytes(buf)
+        }
+    };
+    for entry in data.chunks_exact(2 * word) {
+        let (tag, value) = (read(&entry[..word]), read(&entry[word..]));
+        if tag == DT_NULL {
+            break;
+        }
+        if tag == DT_FLAGS_1 {
+            return value & DF_1_PIE != 0;
+        }
+    }
+    false
 }
 
 /// The object format and architecture of the running host.

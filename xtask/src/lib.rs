@@ -55,45 +55,73 @@ pub fn build_libraries(packages: &[String], release: bool) -> anyhow::Result<Vec
     if packages.is_empty() {
         return Ok(Vec::new());
     }
+    let mut args = vec!["build".to_owned()];
+    for package in packages {
+        args.extend(["--package".to_owned(), package.clone()]);
+    }
+    let mut built = Vec::new();
+    cargo_build(&args, release, |artifact| {
+        if !artifact
+            .target
+            .kind
+            .iter()
+            .any(|k| k.to_string() == "cdylib")
+        {
+            return;
+        }
+        for file in &artifact.filenames {
+            if file.as_str().ends_with(std::env::consts::DLL_SUFFIX) {
+                built.push(BuiltLibrary {
+                    package: artifact.target.name.replace('_', "-"),
+                    path: file.clone().into_std_path_buf(),
+                });
+            }
+        }
+    })?;
+    Ok(built)
+}
+
+/// Builds the binary `bin` of `package` and returns the executable's path.
+pub fn build_binary(package: &str, bin: &str, release: bool) -> anyhow::Result<PathBuf> {
+    let args = ["build", "--package", package, "--bin", bin].map(str::to_owned);
+    let mut executable = None;
+    cargo_build(&args, release, |artifact| {
+        if artifact.target.name == bin {
+            if let Some(path) = &artifact.executable {
+                executable = Some(path.clone().into_std_path_buf());
+            }
+        }
+    })?;
+    executable.with_context(|| format!("cargo built no executable {bin}"))
+}
+
+/// Runs `cargo <args>` in the workspace, handing every artifact message to `on_artifact`.
+fn cargo_build(
+    args: &[String],
+    release: bool,
+    mut on_artifact: impl FnMut(&cargo_metadata::Artifact),
+) -> anyhow::Result<()> {
     let mut command = Command::new(cargo());
     command
         .current_dir(workspace_root())
-        .args(["build", "--message-format=json-render-diagnostics"])
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     if release {
         command.arg("--release");
     }
-    for package in packages {
-        command.args(["--package", package]);
-    }
     let mut child = command.spawn().context("cannot run cargo build")?;
     let stdout = child.stdout.take().context("cargo build has no stdout")?;
-    let mut built = Vec::new();
     for message in Message::parse_stream(BufReader::new(stdout)) {
         if let Message::CompilerArtifact(artifact) = message.context("reading cargo's output")? {
-            if !artifact
-                .target
-                .kind
-                .iter()
-                .any(|k| k.to_string() == "cdylib")
-            {
-                continue;
-            }
-            for file in &artifact.filenames {
-                if file.as_str().ends_with(std::env::consts::DLL_SUFFIX) {
-                    built.push(BuiltLibrary {
-                        package: artifact.target.name.replace('_', "-"),
-                        path: file.clone().into_std_path_buf(),
-                    });
-                }
-            }
+            on_artifact(&artifact);
         }
     }
     let status = child.wait().context("waiting for cargo build")?;
     if !status.success() {
-        bail!("cargo build failed ({status})");
+        bail!("cargo {} failed ({status})", args.join(" "));
     }
-    Ok(built)
+    Ok(())
 }
 
 /// Installs `library` into `dest` under its own file name without ever writing into a file a

@@ -1,0 +1,71 @@
+//! The cost of calling a plugin: a 16-byte echo through a [`PluginHandle`] (into a host buffer,
+//! and with a plugin-allocated output) next to the same work as a direct Rust call, in one run.
+//!
+//! `cargo bench -p plughost-tests --bench call`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use plughost::{Host, HostOptions};
+
+/// The work the echo plugin does, as an ordinary Rust function the compiler cannot inline.
+#[inline(never)]
+fn echo_direct(input: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(input);
+}
+
+/// The same, allocating its output as the plugin-allocated path must.
+#[inline(never)]
+fn echo_direct_alloc(input: &[u8]) -> Vec<u8> {
+    input.to_vec()
+}
+
+fn call_path(c: &mut Criterion) {
+    // Build the echo fixture with the bench's own optimisation level.
+    let release = !cfg!(debug_assertions);
+    let built = xtask::build_libraries(&["fixture-echo".to_owned()], release).expect("build echo");
+    let plugins = tempfile::tempdir().unwrap();
+    let shadow = tempfile::tempdir().unwrap();
+    let file = xtask::install(&built[0].path, plugins.path()).unwrap();
+    let host = Host::new(HostOptions {
+        plugins_dir: plugins.path().to_owned(),
+        shadow_dir: shadow.path().to_owned(),
+    })
+    .unwrap();
+    let handle = host.load_file(&file, b"").unwrap();
+
+    let input = *b"0123456789abcdef";
+    let mut out = Vec::with_capacity(64);
+    handle.call_into(&input, &mut out).unwrap();
+    assert_eq!(out, input);
+
+    let mut group = c.benchmark_group("echo16");
+    group.bench_function("direct", |b| {
+        b.iter(|| echo_direct(black_box(&input), black_box(&mut out)))
+    });
+    group.bench_function("handle_host_buffer", |b| {
+        b.iter(|| {
+            handle
+                .call_into(black_box(&input), black_box(&mut out))
+                .unwrap()
+        })
+    });
+    group.bench_function("direct_alloc", |b| {
+        b.iter(|| echo_direct_alloc(black_box(&input)))
+    });
+    group.bench_function("handle_plugin_alloc", |b| {
+        b.iter(|| black_box(handle.call(black_box(&input)).unwrap().len()))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = call_path
+}
+criterion_main!(benches);

@@ -1,0 +1,108 @@
+//! Panics in a plugin's Init, Execute and Shutdown become errors with the panic message; the
+//! host survives and a plugin whose Execute panicked serves the next call.
+
+use plughost::{CallError, LoadError};
+use plughost_tests::PluginDir;
+
+#[test]
+fn panic_in_init_is_a_load_error() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-panicky");
+    let host = dir.host();
+    let error = host
+        .load_file(&file, br#"{"panic_in":"init"}"#)
+        .unwrap_err();
+    let LoadError::Init { cause, .. } = &error else {
+        panic!("{error:?}")
+    };
+    assert!(matches!(cause, CallError::Panicked { .. }), "{cause:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("plugin panicky panicked in init: panicky: boom in init"),
+        "{message}"
+    );
+    assert!(
+        message.contains("lib.rs:"),
+        "the location is reported: {message}"
+    );
+    assert!(host.plugins().is_empty());
+    // The same library loads fine with another config: nothing was left half-registered.
+    host.load_file(&file, b"{}").unwrap();
+}
+
+#[test]
+fn panic_in_execute_is_an_error_and_the_plugin_stays_usable() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-panicky");
+    let host = dir.host();
+    let handle = host.load_file(&file, br#"{"panic_in":"execute"}"#).unwrap();
+    let mut out = Vec::with_capacity(8);
+    for _ in 0..3 {
+        let error = handle.call_into(b"panic", &mut out).unwrap_err();
+        assert!(
+            matches!(&error, CallError::Panicked { message, .. } if message.starts_with("panicky: boom in execute")),
+            "{error:?}"
+        );
+        assert!(out.is_empty(), "partial output must not reach the caller");
+        handle.call_into(b"fine", &mut out).unwrap();
+        assert_eq!(out, b"ok");
+    }
+    // The plugin-allocated path reports it the same way.
+    let error = handle.call(b"panic").map(|_| ()).unwrap_err();
+    assert!(error
+        .to_string()
+        .contains("plugin panicky panicked: panicky: boom in execute"));
+}
+
+#[test]
+fn panic_in_shutdown_is_an_error_and_the_library_is_still_unloaded() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-panicky");
+    let host = dir.host();
+    host.load_file(&file, br#"{"panic_in":"shutdown"}"#)
+        .unwrap();
+    let error = host.unload("panicky").unwrap_err();
+    assert!(
+        matches!(&error, CallError::Panicked { message, .. } if message.starts_with("panicky: boom in shutdown")),
+        "{error:?}"
+    );
+    assert!(host.plugins().is_empty());
+    assert!(
+        dir.shadow_files().is_empty(),
+        "the library was closed and its copy deleted"
+    );
+    // The host goes on: the plugin can be loaded again.
+    host.load_file(&file, b"{}").unwrap();
+}
+
+#[test]
+fn cli_reports_each_panic_and_exits_non_zero() {
+    let dir = PluginDir::new();
+    dir.add("fixture-panicky");
+    for (config, input, expect) in [
+        (
+            r#"{"panic_in":"init"}"#,
+            "x",
+            "panicked in init: panicky: boom in init",
+        ),
+        (
+            r#"{"panic_in":"execute"}"#,
+            "panic",
+            "panicked: panicky: boom in execute",
+        ),
+        (
+            r#"{"panic_in":"shutdown"}"#,
+            "x",
+            "panicked: panicky: boom in shutdown",
+        ),
+    ] {
+        let out = dir.cli(&["exec", "panicky", input, "--config", config]);
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        let err = plughost_tests::stderr(&out);
+        assert!(err.contains(expect), "{config}: {err}");
+        assert!(
+            !err.contains("stack backtrace"),
+            "one line per panic, not a backtrace: {err}"
+        );
+    }
+}

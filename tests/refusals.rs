@@ -1,0 +1,198 @@
+//! Every kind of bad library is refused with a reason that names the file, and the host goes
+//! on serving the good ones.
+
+use plughost::LoadError;
+use plughost_tests::{library, stderr, system_library, PluginDir};
+
+/// Puts one bad file next to a good plugin, checks the library API's refusal, the CLI's
+/// one-line reason and exit code, and that the good plugin still serves.
+fn assert_refused(
+    dir: &PluginDir,
+    file: &std::path::Path,
+    expect: &str,
+    check: fn(&LoadError) -> bool,
+) {
+    dir.add("transform");
+    let host = dir.host();
+    let report = host.load_all().unwrap();
+    let refusal = report
+        .refused
+        .iter()
+        .find(|e| e.path() == file)
+        .unwrap_or_else(|| panic!("{} was not refused: {report:?}", file.display()));
+    assert!(check(refusal), "unexpected kind of refusal: {refusal:?}");
+    let message = refusal.to_string();
+    assert!(
+        message.starts_with(&file.display().to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains(expect),
+        "{message:?} should say {expect:?}"
+    );
+    assert!(!message.contains('\n'), "one line: {message:?}");
+
+    // The good plugin is unharmed.
+    let mut out = Vec::with_capacity(16);
+    host.handle("transform")
+        .unwrap()
+        .call_into(b"ok", &mut out)
+        .unwrap();
+    assert_eq!(out, b"OK");
+
+    let out = std::process::Command::new(plughost_tests::plughost())
+        .arg("inspect")
+        .arg(file)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "inspect must fail for {}",
+        file.display()
+    );
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains(expect),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_file() {
+    let dir = PluginDir::new();
+    let file = dir.write("empty.so", b"");
+    assert_refused(&dir, &file, "the file is empty", |e| {
+        matches!(e, LoadError::Empty { .. })
+    });
+}
+
+#[test]
+fn random_bytes() {
+    let dir = PluginDir::new();
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let file = dir.write("random.so", &bytes);
+    assert_refused(&dir, &file, "unknown file format", |e| {
+        matches!(e, LoadError::NotALibrary { .. })
+    });
+}
+
+#[test]
+fn text_file_named_like_a_library() {
+    let dir = PluginDir::new();
+    let file = dir.write("notes.so", b"# just some notes\nnot a library\n");
+    assert_refused(&dir, &file, "it is a text file", |e| {
+        matches!(e, LoadError::NotALibrary { .. })
+    });
+}
+
+#[test]
+fn real_shared_library_that_is_not_a_plugin() {
+    let dir = PluginDir::new();
+    let file = dir.path().join("libc-copy.so");
+    std::fs::copy(system_library(), &file).unwrap();
+    assert_refused(&dir, &file, "does not export PLUGHOST_PLUGIN_HEADER", |e| {
+        matches!(e, LoadError::NotAPlugin { .. })
+    });
+}
+
+#[test]
+fn truncated_plugin() {
+    let dir = PluginDir::new();
+    let bytes = std::fs::read(library("counter")).unwrap();
+    let file = dir.write("libtruncated.so", &bytes[..bytes.len() / 2]);
+    assert_refused(&dir, &file, "damaged or truncated", |e| {
+        matches!(e, LoadError::NotALibrary { .. })
+    });
+}
+
+#[test]
+fn executable_renamed_to_a_library() {
+    let dir = PluginDir::new();
+    let file = dir.path().join("plughost.so");
+    std::fs::copy(plughost_tests::plughost(), &file).unwrap();
+    assert_refused(
+        &dir,
+        &file,
+        "an executable program, not a shared library",
+        |e| matches!(e, LoadError::NotALibrary { .. }),
+    );
+}
+
+#[test]
+fn incompatible_plugin_api_major_version() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-api-v2");
+    assert_refused(
+        &dir,
+        &file,
+        "plugin-api 2.0.0 is incompatible with this host's plugin-api 1.",
+        |e| matches!(e, LoadError::IncompatibleApi { found, .. } if found.major == 2),
+    );
+}
+
+#[test]
+fn vtable_layout_differs() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-layout-drift");
+    assert_refused(&dir, &file, "FFI layout differs", |e| {
+        matches!(e, LoadError::LayoutMismatch { summary, .. }
+            if summary.contains("vtable.execute()") && summary.contains("u64 found"))
+    });
+}
+
+#[test]
+fn two_libraries_with_the_same_plugin_name() {
+    let dir = PluginDir::new();
+    let first = dir.add_as("counter", "libcounter-a.so");
+    let second = dir.add_as("counter", "libcounter-b.so");
+    let report = dir.host().load_all().unwrap();
+    assert_eq!(report.loaded.len(), 1);
+    let [refusal] = &report.refused[..] else {
+        panic!("{report:?}")
+    };
+    assert!(matches!(refusal, LoadError::DuplicateName { .. }));
+    let message = refusal.to_string();
+    assert!(message.contains("libcounter-b.so"), "{message}");
+    assert!(message.contains("libcounter-a.so"), "{message}");
+    assert!(
+        message.contains("\"counter\" is already loaded"),
+        "{message}"
+    );
+    // The refused duplicate never ran Init and left no shadow copy behind.
+    let _ = (first, second);
+
+    let out = dir.cli(&["list"]);
+    let table = plughost_tests::stdout(&out);
+    assert!(
+        table.contains("refused: plugin \"counter\" is already provided by libcounter-a.so"),
+        "{table}"
+    );
+}
+
+#[test]
+fn missing_plugins_folder_is_a_clear_error() {
+    let dir = PluginDir::new();
+    let out = std::process::Command::new(plughost_tests::plughost())
+        .args(["list", "--plugins-dir", "/nonexistent/plughost-plugins"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot read the plugins folder /nonexistent/plughost-plugins"));
+    drop(dir);
+}
+
+#[test]
+fn refused_files_leave_no_shadow_copies() {
+    let dir = PluginDir::new();
+    dir.add("fixture-api-v2");
+    dir.add("fixture-layout-drift");
+    dir.write("junk.so", b"junk");
+    let host = dir.host();
+    let report = host.load_all().unwrap();
+    assert_eq!(report.refused.len(), 3);
+    assert!(dir.shadow_files().is_empty(), "{:?}", dir.shadow_files());
+}
