@@ -138,7 +138,7 @@ fn load_all_loads_every_example_and_unloading_deletes_shadow_copies() {
     assert_eq!(names, ["counter", "filter", "transform"]);
     assert_eq!(dir.shadow_files().len(), 3, "one private copy per library");
 
-    let info = host.handle("transform").unwrap().info().clone();
+    let info = host.handle("transform").unwrap().info().unwrap();
     assert_eq!(info.version.to_string(), "1.0.0");
     assert_eq!(info.api_version, plughost::validate::host_api_version());
     assert_eq!(info.config_schema[0].key, "mode");
@@ -248,12 +248,16 @@ fn cli_list_and_inspect() {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    let api = plughost::validate::host_api_version();
     assert!(table.starts_with("NAME"), "{table}");
     assert_eq!(
         row("libtransform"),
-        "transform 1.0.0 1.0.0 libtransform.so ok"
+        format!("transform 1.0.0 {api} libtransform.so ok")
     );
-    assert_eq!(row("libcounter"), "counter 1.0.0 1.0.0 libcounter.so ok");
+    assert_eq!(
+        row("libcounter"),
+        format!("counter 1.0.0 {api} libcounter.so ok")
+    );
     assert!(
         row("broken.so").starts_with("- - - broken.so refused: "),
         "{table}"

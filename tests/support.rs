@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use plughost::{Host, HostOptions};
+use plughost::{Host, HostEvent, HostOptions, WatchOptions, Watcher};
 use tempfile::TempDir;
 
 /// The built library of a workspace package (an example under `plugins/` or a fixture under
@@ -105,6 +107,35 @@ impl PluginDir {
         .expect("create host")
     }
 
+    /// A host on this folder that watches it, with events subscribed before anything loads.
+    /// Loads what the folder holds.
+    pub fn watched(&self) -> (Arc<Host>, Watcher, Receiver<HostEvent>) {
+        let host = Arc::new(self.host());
+        let events = host.subscribe();
+        let watcher = host
+            .watch(WatchOptions::default())
+            .expect("watch the folder");
+        host.load_all().expect("load the folder");
+        (host, watcher, events)
+    }
+
+    /// Replaces (or creates) `file_name` with `bytes` the safe way: a temporary file in the
+    /// folder renamed over it.
+    pub fn replace_atomically(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
+        let temp = self.path().join(format!(".{file_name}.tmp"));
+        std::fs::write(&temp, bytes).expect("write temp file");
+        let target = self.path().join(file_name);
+        std::fs::rename(&temp, &target).expect("rename into place");
+        target
+    }
+
+    /// Overwrites `file_name` in place, as `cp new.so old.so` does (truncate, write, close).
+    pub fn replace_in_place(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
+        let target = self.path().join(file_name);
+        std::fs::write(&target, bytes).expect("overwrite in place");
+        target
+    }
+
     /// Runs `plughost <args> --plugins-dir <this> --shadow-dir <its shadow>`.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(plughost())
@@ -134,4 +165,62 @@ pub fn stdout(output: &Output) -> String {
 /// Standard error as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The bytes of a built library.
+pub fn bytes_of(package: &str) -> Vec<u8> {
+    std::fs::read(library(package)).expect("read built library")
+}
+
+/// The same library with different bytes, as a rebuild without code changes would give:
+/// data appended after the end of the ELF file changes its hash, not its meaning.
+pub fn rebuilt(bytes: &[u8], generation: u32) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    bytes.extend_from_slice(format!("rebuild {generation}").as_bytes());
+    bytes
+}
+
+/// Waits up to `timeout` for an event `wanted` accepts, skipping others. Panics with the
+/// events seen if none comes.
+pub fn wait_for(
+    events: &Receiver<HostEvent>,
+    timeout: Duration,
+    mut wanted: impl FnMut(&HostEvent) -> bool,
+) -> HostEvent {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(event) => seen.push(event),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no expected event within {timeout:?}; saw {seen:#?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("event channel closed; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Every event that arrives within `window`.
+pub fn events_within(events: &Receiver<HostEvent>, window: Duration) -> Vec<HostEvent> {
+    let deadline = Instant::now() + window;
+    let mut seen = Vec::new();
+    while let Ok(event) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push(event);
+    }
+    seen
+}
+
+/// How many files under `dir` are mapped into this process.
+pub fn mapped_under(dir: &Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let mut paths: Vec<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths.len()
 }

@@ -6,10 +6,12 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use plughost::{Host, HostOptions, LoadError, PluginInfo};
+use plughost::{Host, HostOptions, LoadError, PluginInfo, WatchOptions};
 
 /// Discover, validate, load and call native Rust plugins.
 #[derive(Debug, Parser)]
@@ -21,9 +23,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load every plugin in the folder and keep running until Ctrl-C or SIGTERM, then shut
-    /// them all down.
-    Run(DirArgs),
+    /// Load every plugin in the folder, then watch it: load new libraries, hot-reload changed
+    /// ones, unload deleted ones. Runs until Ctrl-C or SIGTERM, then shuts everything down.
+    Run {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Load once and do not watch the folder.
+        #[arg(long)]
+        no_watch: bool,
+        /// Where the platform cannot tell when a write is finished (not Linux), how long a
+        /// changed file must be quiet before it is reloaded, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 50)]
+        settle_ms: u64,
+    },
     /// Show every library in the folder: name, version, plugin-api version, file, status.
     List(DirArgs),
     /// Validate one library and print its metadata and configuration schema. Exits 0 if it
@@ -72,7 +84,7 @@ impl DirArgs {
 /// Runs the command line and maps failure to exit code 1 with a one-line reason.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Run(_)));
+    init_logging(matches!(cli.command, Command::Run { .. }));
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
@@ -95,7 +107,11 @@ fn init_logging(verbose_by_default: bool) {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run(dir) => serve(&dir),
+        Command::Run {
+            dir,
+            no_watch,
+            settle_ms,
+        } => serve(&dir, !no_watch, Duration::from_millis(settle_ms)),
         Command::List(dir) => list(&dir),
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Exec {
@@ -107,13 +123,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn serve(dir: &DirArgs) -> anyhow::Result<ExitCode> {
-    let host = dir.host()?;
+fn serve(dir: &DirArgs, watch: bool, settle: Duration) -> anyhow::Result<ExitCode> {
+    let host = Arc::new(dir.host()?);
+    // Watch first, so that nothing written while loading is missed.
+    let watcher = if watch {
+        let options = WatchOptions {
+            settle,
+            ..WatchOptions::default()
+        };
+        Some(host.watch(options)?)
+    } else {
+        None
+    };
     let report = host.load_all()?;
     tracing::info!(
-        "{} plugin(s) running, {} file(s) refused, from {}; Ctrl-C to stop",
+        "{} plugin(s) running, {} file(s) refused, {} {}; Ctrl-C to stop",
         report.loaded.len(),
         report.refused.len(),
+        if watch { "watching" } else { "from" },
         dir.plugins_dir.display()
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -122,7 +149,12 @@ fn serve(dir: &DirArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(shutdown_signal())?;
     tracing::info!("shutting down");
+    drop(watcher);
     host.shutdown();
+    let still_mapped = host.still_mapped();
+    if still_mapped > 0 {
+        tracing::info!("{still_mapped} closed plugin version(s) were still mapped at exit");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,18 +5,17 @@
 //! reference-count traffic. [`PluginHandle::call_into`] lends the plugin the spare capacity of
 //! the caller's `Vec`; with a reused `Vec` large enough, nothing is allocated on either side.
 
-use std::ffi::c_void;
 use std::sync::Arc;
 
 use abi_stable::std_types::RSlice;
+use arc_swap::Guard;
 use plugin_api::ffi::{health_level, BufferOwner, CallContext, OutBuffer, Status};
 
 use crate::error::CallError;
 use crate::instance::RunningPlugin;
 use crate::metadata::PluginInfo;
+use crate::registry::Slot;
 
-type ExecuteFn =
-    unsafe extern "C" fn(*const c_void, &CallContext, RSlice<'_, u8>, &mut OutBuffer) -> Status;
 pub(crate) type FreeFn = unsafe extern "C" fn(*mut u8, usize, usize);
 
 /// Runs an entry point with `out` lent as its output buffer, and leaves in `out` whatever it
@@ -70,51 +69,42 @@ pub(crate) fn call_error(plugin: &Arc<str>, status: Status, message: &[u8]) -> C
     }
 }
 
-/// A cheap, cloneable, thread-safe way to call one running plugin. Get it once from the
-/// [`Host`](crate::Host), call it many times from any thread. It keeps the plugin's library
-/// loaded while it exists.
+/// A cheap, cloneable, thread-safe way to call a plugin by name. Get it once from the
+/// [`Host`](crate::Host), call it many times from any thread.
+///
+/// A handle follows the plugin across hot reloads: each call goes to the version in service
+/// when it starts, and finishes on that version even if a reload happens meanwhile. If the
+/// plugin is unloaded, calls fail with [`CallError::NotLoaded`] until a plugin of that name is
+/// loaded again.
 #[derive(Clone)]
 pub struct PluginHandle {
-    execute: ExecuteFn,
-    free_buffer: FreeFn,
-    instance: *const c_void,
-    plugin: Arc<RunningPlugin>,
+    slot: Arc<Slot>,
 }
-
-// SAFETY: the raw `instance` pointer is only passed back to the plugin's `execute`, which the
-// contract (and `Plugin: Send + Sync`) allows from any thread concurrently; the `Arc` keeps the
-// instance and its library alive for as long as any handle exists.
-unsafe impl Send for PluginHandle {}
-// SAFETY: as for `Send`: calls only share the instance.
-unsafe impl Sync for PluginHandle {}
 
 impl std::fmt::Debug for PluginHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginHandle")
-            .field("plugin", &self.plugin.name())
+            .field("plugin", &self.slot.name())
             .finish()
     }
 }
 
 impl PluginHandle {
-    pub(crate) fn new(plugin: Arc<RunningPlugin>) -> Self {
-        let vtable = plugin.library().vtable();
-        PluginHandle {
-            execute: vtable.execute,
-            free_buffer: vtable.free_buffer,
-            instance: plugin.instance(),
-            plugin,
-        }
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        PluginHandle { slot }
     }
 
     /// The plugin's name.
     pub fn name(&self) -> &str {
-        self.plugin.name()
+        self.slot.name()
     }
 
-    /// Who the plugin is.
-    pub fn info(&self) -> &PluginInfo {
-        self.plugin.library().info()
+    /// Who the plugin in service is, if one is.
+    pub fn info(&self) -> Option<PluginInfo> {
+        self.slot
+            .load()
+            .as_ref()
+            .map(|v| v.library().info().clone())
     }
 
     /// Calls the plugin with `input`; its output replaces the contents of `output`.
@@ -124,56 +114,60 @@ impl PluginHandle {
     /// Reuse one `Vec` with enough capacity and a call allocates nothing.
     #[inline]
     pub fn call_into(&self, input: &[u8], output: &mut Vec<u8>) -> Result<(), CallError> {
-        let ctx = CallContext::none();
-        // SAFETY: `execute`, `free_buffer` and `instance` come from a library and instance that
-        // `self.plugin` keeps alive.
-        let status = unsafe {
-            with_output(output, self.free_buffer, |buf| {
-                (self.execute)(self.instance, &ctx, RSlice::from_slice(input), buf)
-            })
-        };
-        if status == Status::OK {
-            Ok(())
-        } else {
-            let error = call_error(self.plugin.shared_name(), status, output);
-            output.clear();
-            Err(error)
+        match &*self.slot.load() {
+            Some(version) => version.call_into(input, output),
+            None => Err(self.not_loaded()),
         }
     }
 
     /// Calls the plugin with `input` and lets it allocate the output, which it frees again
-    /// when the returned [`PluginOutput`] is dropped. Prefer [`call_into`](Self::call_into)
-    /// on hot paths.
+    /// when the returned [`PluginOutput`] is dropped. The output keeps its plugin version
+    /// loaded, so drop it soon. Prefer [`call_into`](Self::call_into) on hot paths.
     #[inline]
-    pub fn call(&self, input: &[u8]) -> Result<PluginOutput<'_>, CallError> {
+    pub fn call(&self, input: &[u8]) -> Result<PluginOutput, CallError> {
+        let version = self.slot.load();
+        let Some(running) = version.as_ref() else {
+            return Err(self.not_loaded());
+        };
         let ctx = CallContext::none();
         let mut buf = OutBuffer::host(std::ptr::NonNull::dangling().as_ptr(), 0);
-        // SAFETY: as in `call_into`; a zero-capacity host buffer makes the plugin allocate.
-        let status =
-            unsafe { (self.execute)(self.instance, &ctx, RSlice::from_slice(input), &mut buf) };
-        let output = PluginOutput { buf, handle: self };
-        if status == Status::OK {
-            Ok(output)
-        } else {
-            Err(call_error(self.plugin.shared_name(), status, &output))
+        // SAFETY: the guard keeps the version, hence its library and instance, alive; a
+        // zero-capacity host buffer makes the plugin allocate.
+        let status = unsafe {
+            (running.execute)(
+                running.instance(),
+                &ctx,
+                RSlice::from_slice(input),
+                &mut buf,
+            )
+        };
+        let error = (status != Status::OK).then(|| running.shared_name().clone());
+        let output = PluginOutput { buf, version };
+        match error {
+            None => Ok(output),
+            Some(name) => Err(call_error(&name, status, &output)),
         }
     }
 
     /// Asks the plugin how it is doing.
     pub fn health(&self) -> Result<Health, CallError> {
-        let Some(health) = self.plugin.library().vtable().health else {
+        let version = self.slot.load();
+        let Some(running) = version.as_ref() else {
+            return Err(self.not_loaded());
+        };
+        let Some(health) = running.library().vtable().health else {
             return Ok(Health::Unknown);
         };
         let mut level = health_level::HEALTHY;
         let mut message = Vec::new();
-        // SAFETY: as in `call_into`.
+        // SAFETY: the guard keeps the version alive; `health` is its library's.
         let status = unsafe {
-            with_output(&mut message, self.free_buffer, |buf| {
-                health(self.instance, &mut level, buf)
+            with_output(&mut message, running.free_buffer, |buf| {
+                health(running.instance(), &mut level, buf)
             })
         };
         if status != Status::OK {
-            return Err(call_error(self.plugin.shared_name(), status, &message));
+            return Err(call_error(running.shared_name(), status, &message));
         }
         let message = String::from_utf8_lossy(&message).into_owned();
         Ok(match level {
@@ -181,6 +175,34 @@ impl PluginHandle {
             health_level::DEGRADED => Health::Degraded(message),
             _ => Health::Unhealthy(message),
         })
+    }
+
+    #[cold]
+    fn not_loaded(&self) -> CallError {
+        CallError::NotLoaded {
+            plugin: self.slot.shared_name().clone(),
+        }
+    }
+}
+
+impl RunningPlugin {
+    /// One call into this version; see [`PluginHandle::call_into`].
+    #[inline]
+    pub(crate) fn call_into(&self, input: &[u8], output: &mut Vec<u8>) -> Result<(), CallError> {
+        let ctx = CallContext::none();
+        // SAFETY: `execute`, `free_buffer` and the instance belong to this live version.
+        let status = unsafe {
+            with_output(output, self.free_buffer, |buf| {
+                (self.execute)(self.instance(), &ctx, RSlice::from_slice(input), buf)
+            })
+        };
+        if status == Status::OK {
+            Ok(())
+        } else {
+            let error = call_error(self.shared_name(), status, output);
+            output.clear();
+            Err(error)
+        }
     }
 }
 
@@ -198,12 +220,13 @@ pub enum Health {
 }
 
 /// An output the plugin allocated; handed back to the plugin's allocator on drop.
-pub struct PluginOutput<'h> {
+pub struct PluginOutput {
     buf: OutBuffer,
-    handle: &'h PluginHandle,
+    // Keeps the version that allocated `buf` (and so its allocator) loaded.
+    version: Guard<Option<Arc<RunningPlugin>>>,
 }
 
-impl std::ops::Deref for PluginOutput<'_> {
+impl std::ops::Deref for PluginOutput {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         if self.buf.len == 0 {
@@ -220,12 +243,12 @@ impl std::ops::Deref for PluginOutput<'_> {
     }
 }
 
-impl Drop for PluginOutput<'_> {
+impl Drop for PluginOutput {
     fn drop(&mut self) {
-        if self.buf.owner == BufferOwner::PLUGIN {
-            // SAFETY: the plugin's allocation, freed once by its own allocator; the handle
-            // borrowed for `'h` keeps the library loaded.
-            unsafe { (self.handle.free_buffer)(self.buf.ptr, self.buf.len, self.buf.cap) };
+        if let (BufferOwner::PLUGIN, Some(version)) = (self.buf.owner, self.version.as_ref()) {
+            // SAFETY: the plugin's allocation, freed once by its own allocator, which the
+            // guard keeps loaded.
+            unsafe { (version.free_buffer)(self.buf.ptr, self.buf.len, self.buf.cap) };
         }
     }
 }

@@ -174,6 +174,13 @@ pub enum CallError {
         /// The name asked for.
         plugin: String,
     },
+    /// The plugin this handle calls was unloaded (its file was deleted, or the host shut
+    /// down); calls work again if a plugin of that name is loaded again.
+    #[error("plugin {plugin} is not loaded any more")]
+    NotLoaded {
+        /// The plugin.
+        plugin: Arc<str>,
+    },
 }
 
 /// Why a host could not be set up or scan its folder.
@@ -187,6 +194,14 @@ pub enum HostError {
         path: PathBuf,
         /// The OS error.
         error: std::io::Error,
+    },
+    /// The plugins folder could not be watched.
+    #[error("cannot watch the plugins folder {}: {error}", path.display())]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// What the watcher said.
+        error: String,
     },
     /// The shadow folder could not be created.
     #[error("cannot create the shadow folder {}: {error}", path.display())]

@@ -1,19 +1,27 @@
 //! The [`Host`]: a plugins folder, a shadow folder and a registry, with the operations that
-//! move plugins through their life: scan, load, start, call, unload, shut down.
+//! move plugins through their life: load, call, replace, unload, shut down.
+//!
+//! Every change of which version serves a name (load, reload, unload) runs under one lifecycle
+//! lock, so changes never interleave; calls never take that lock.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::discovery;
 use crate::dispatch::PluginHandle;
 use crate::error::{CallError, HostError, LoadError};
-use crate::instance::RunningPlugin;
-use crate::library::PluginLibrary;
+use crate::events::{HostEvent, Subscribers};
+use crate::instance::{Retired, RunningPlugin};
+use crate::library::{self, PluginLibrary};
+use crate::mapping::{self, UnloadStatus};
 use crate::metadata::PluginInfo;
-use crate::registry::Registry;
+use crate::registry::{Registry, Slot};
 use crate::shadow::{self, ShadowDir};
 
 /// Where a host finds plugins and keeps its shadow copies.
@@ -59,6 +67,26 @@ pub struct Host {
     options: HostOptions,
     shadow: ShadowDir,
     registry: Registry,
+    lifecycle: Mutex<Lifecycle>,
+    shared: Arc<Shared>,
+}
+
+/// State only touched under the lifecycle lock.
+#[derive(Default)]
+struct Lifecycle {
+    /// Content hash of the last refused content of each file, so an extra event for a file
+    /// already refused does not refuse (and log) it again.
+    refused: HashMap<PathBuf, u128>,
+    /// Threads retiring old versions, joined at shutdown.
+    retiring: Vec<JoinHandle<()>>,
+}
+
+/// What background retirements share with the host.
+#[derive(Default)]
+struct Shared {
+    events: Subscribers,
+    /// Shadow paths of closed versions that were still mapped when checked.
+    still_mapped: Mutex<Vec<PathBuf>>,
 }
 
 impl Host {
@@ -72,12 +100,24 @@ impl Host {
             options,
             shadow,
             registry: Registry::default(),
+            lifecycle: Mutex::default(),
+            shared: Arc::default(),
         })
     }
 
     /// The options it was made with.
     pub fn options(&self) -> &HostOptions {
         &self.options
+    }
+
+    /// Events from now on: loads, reloads, refusals, unloads.
+    pub fn subscribe(&self) -> Receiver<HostEvent> {
+        self.shared.events.subscribe()
+    }
+
+    fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        // Lifecycle state stays consistent across a panic (each field is updated in one step).
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The library files in the plugins folder.
@@ -99,36 +139,13 @@ impl Host {
         Ok(self.discover()?.iter().map(|p| self.open(p)).collect())
     }
 
-    /// Starts an opened library: refuses a name already running, calls Init with `config`
-    /// (JSON; empty means `{}`), and registers it.
+    /// Starts an opened library: refuses a name another file already serves, calls Init with
+    /// `config` (JSON; empty means `{}`), and puts it in service. If the same file already
+    /// serves the name, this replaces it like a reload.
     pub fn start(&self, library: PluginLibrary, config: &[u8]) -> Result<PluginHandle, LoadError> {
-        let info = library.info();
-        let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
-        // Check before Init, so a duplicate never runs; `insert` checks again under its lock.
-        if let Some(existing) = self.registry.file_of(&info.name) {
-            return Err(LoadError::DuplicateName {
-                path: library.file().to_owned(),
-                name: info.name.clone(),
-                existing,
-            });
-        }
-        let started = Instant::now();
-        let load_time = library.load_time();
-        let running = RunningPlugin::start(library, config)?;
-        let plugin = self.registry.insert(running).map_err(|(refused, error)| {
-            drop(refused);
-            error
-        })?;
-        let info = plugin.library().info();
-        info!(
-            "loaded {} {} from {} in {:.1} ms (plugin-api {})",
-            info.name,
-            info.version,
-            plugin.library().file().display(),
-            (load_time + started.elapsed()).as_secs_f64() * 1e3,
-            info.api_version,
-        );
-        Ok(PluginHandle::new(plugin))
+        let mut lifecycle = self.lifecycle();
+        self.install(&mut lifecycle, library, Some(config), Instant::now())
+            .map(PluginHandle::new)
     }
 
     /// Opens and starts one library.
@@ -149,9 +166,9 @@ impl Host {
                 self.start(library, &config)
             });
             match outcome {
-                Ok(handle) => report.loaded.push(handle.info().clone()),
+                Ok(handle) => report.loaded.extend(handle.info()),
                 Err(error) => {
-                    warn!("refused {error}");
+                    self.refused(&error, None);
                     report.refused.push(error);
                 }
             }
@@ -164,71 +181,361 @@ impl Host {
         self.load_all_with(|_| Vec::new())
     }
 
-    /// A handle to call the running plugin `name`.
+    /// Brings the host in line with what `path` now holds: loads a new library, replaces the
+    /// running version if the content changed, keeps the running version if the new content is
+    /// refused, unloads the plugin if the file is gone. This is what the watcher calls.
+    pub fn sync_file(&self, path: &Path) {
+        let noticed = Instant::now();
+        let mut lifecycle = self.lifecycle();
+        let existing = self.registry.find_by_file(path);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lifecycle.refused.remove(path);
+                if let Some(slot) = existing {
+                    let retiring = self.take_out_of_service(&slot);
+                    lifecycle.retiring.extend(retiring);
+                }
+                return;
+            }
+            Err(error) => {
+                let error = LoadError::Read {
+                    path: path.to_owned(),
+                    error,
+                };
+                self.refused(&error, existing.as_deref());
+                return;
+            }
+        };
+        let hash = library::content_hash(&bytes);
+        let running = existing.as_ref().and_then(|s| s.current());
+        if running
+            .as_ref()
+            .is_some_and(|v| v.library().content_hash() == hash)
+        {
+            debug!("{}: content unchanged, nothing to reload", path.display());
+            return;
+        }
+        if lifecycle.refused.get(path) == Some(&hash) {
+            debug!("{}: content already refused", path.display());
+            return;
+        }
+        let outcome = PluginLibrary::open_bytes(path, &bytes, &self.shadow)
+            .and_then(|library| self.install(&mut lifecycle, library, None, noticed));
+        drop(bytes);
+        match outcome {
+            Ok(slot) => {
+                lifecycle.refused.remove(path);
+                // The file now holds another plugin: the one it held before goes.
+                if let Some(previous) = existing.filter(|s| s.name() != slot.name()) {
+                    let retiring = self.take_out_of_service(&previous);
+                    lifecycle.retiring.extend(retiring);
+                }
+            }
+            Err(error) => {
+                lifecycle.refused.insert(path.to_owned(), hash);
+                self.refused(&error, existing.as_deref());
+            }
+        }
+        lifecycle.retiring.retain(|t| !t.is_finished());
+    }
+
+    /// Puts `library` in service. `config`: the Init configuration, or `None` to reuse the
+    /// running version's (a reload).
+    fn install(
+        &self,
+        lifecycle: &mut Lifecycle,
+        library: PluginLibrary,
+        config: Option<&[u8]>,
+        noticed: Instant,
+    ) -> Result<Arc<Slot>, LoadError> {
+        let info = library.info().clone();
+        let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
+        let slot = self.registry.slot_or_insert(&info.name);
+        let old = slot.current();
+        if let Some(old) = &old {
+            if old.library().file() != library.file() {
+                return Err(LoadError::DuplicateName {
+                    path: library.file().to_owned(),
+                    name: info.name.clone(),
+                    existing: old.library().file().to_owned(),
+                });
+            }
+        }
+        let config = config.map_or_else(
+            || {
+                old.as_ref()
+                    .map(|v| v.config().to_vec())
+                    .unwrap_or_default()
+            },
+            <[u8]>::to_vec,
+        );
+        let state = match old.as_ref().map(|v| v.save_state()) {
+            Some(Err(e)) => {
+                warn!("{e}; the new version starts without the old one's state");
+                None
+            }
+            Some(Ok(state)) => state,
+            None => None,
+        };
+        let load_time = library.load_time();
+        let running = RunningPlugin::start(library, &config, state.as_deref())?;
+        let file = running.library().file().to_owned();
+        let previous = slot.swap(Some(Arc::new(running)));
+        let took = noticed.elapsed();
+        match previous {
+            None => {
+                self.registry.mark_loaded(&slot);
+                info!(
+                    "loaded {} {} from {} in {:.1} ms (plugin-api {})",
+                    info.name,
+                    info.version,
+                    file.display(),
+                    (load_time + took).as_secs_f64() * 1e3,
+                    info.api_version,
+                );
+                self.shared.events.emit(HostEvent::Loaded {
+                    name: info.name,
+                    version: info.version,
+                    file,
+                });
+            }
+            Some(previous) => {
+                let handed_over = state.is_some();
+                let thread = retire_in_background(
+                    previous,
+                    self.shared.clone(),
+                    move |old, retired, shared| {
+                        let status = describe_unload(&retired, shared, "old version");
+                        if let Err(e) = &retired.shutdown {
+                            warn!("old version {}: {e}", old.version);
+                        }
+                        info!(
+                            "reloaded {} {} -> {} in {:.1} ms{} ({status})",
+                            info.name,
+                            old.version,
+                            info.version,
+                            took.as_secs_f64() * 1e3,
+                            if handed_over {
+                                ", state handed over"
+                            } else {
+                                ""
+                            },
+                        );
+                        shared.events.emit(HostEvent::Reloaded {
+                            name: info.name,
+                            from: old.version,
+                            to: info.version,
+                            file,
+                            took,
+                            state_handed_over: handed_over,
+                            old: retired.unload,
+                        });
+                    },
+                );
+                lifecycle.retiring.push(thread);
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Logs and announces a refusal. `kept`: the plugin that keeps serving, if any.
+    fn refused(&self, error: &LoadError, kept: Option<&Slot>) {
+        let kept = kept.and_then(Slot::current).map(|v| {
+            let info = v.library().info();
+            (info.name.clone(), info.version.clone())
+        });
+        match &kept {
+            Some((name, version)) => warn!("kept {name} {version}: new file refused: {error}"),
+            None => warn!("refused {error}"),
+        }
+        self.shared.events.emit(HostEvent::Refused {
+            file: error.path().to_owned(),
+            reason: error.to_string(),
+            kept,
+        });
+    }
+
+    /// Empties `slot` and retires its version in the background once in-flight calls are done.
+    fn take_out_of_service(&self, slot: &Slot) -> Option<JoinHandle<()>> {
+        let version = slot.swap(None)?;
+        Some(retire_in_background(
+            version,
+            self.shared.clone(),
+            |old, retired, shared| {
+                let status = describe_unload(&retired, shared, "library");
+                match &retired.shutdown {
+                    Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
+                    Err(e) => warn!(
+                        "unloaded {} {} after a failed shutdown: {e} ({status})",
+                        old.name, old.version
+                    ),
+                }
+                shared.events.emit(HostEvent::Unloaded {
+                    name: old.name,
+                    version: old.version,
+                    file: old.file,
+                    status: retired.unload,
+                });
+            },
+        ))
+    }
+
+    /// A handle to call the plugin `name`.
     pub fn handle(&self, name: &str) -> Result<PluginHandle, CallError> {
         self.registry
-            .get(name)
+            .slot(name)
+            .filter(|s| s.current().is_some())
             .map(PluginHandle::new)
             .ok_or_else(|| CallError::NotFound {
                 plugin: name.to_owned(),
             })
     }
 
-    /// The running plugins, oldest first.
-    pub fn plugins(&self) -> Vec<PluginInfo> {
+    /// The files the plugins in service were loaded from.
+    pub fn loaded_files(&self) -> Vec<PathBuf> {
         self.registry
-            .list()
+            .loaded()
             .iter()
-            .map(|p| p.library().info().clone())
+            .filter_map(|s| s.current())
+            .map(|v| v.library().file().to_owned())
             .collect()
     }
 
-    /// Takes a plugin out of service: Shutdown, then unload. If handles to it are still held,
-    /// Shutdown runs when the last one is dropped.
+    /// The plugins in service, oldest first.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.registry
+            .loaded()
+            .iter()
+            .filter_map(|s| s.current())
+            .map(|v| v.library().info().clone())
+            .collect()
+    }
+
+    /// How many closed plugin versions are still mapped into the process (see
+    /// [`UnloadStatus::StillMapped`]). Checked afresh on every call: a pinned library leaves
+    /// once the thread pinning it ends.
+    pub fn still_mapped(&self) -> usize {
+        let mut paths = self
+            .shared
+            .still_mapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        paths.retain(|p| mapping::is_mapped(p).unwrap_or(false));
+        paths.len()
+    }
+
+    /// Takes a plugin out of service: waits for its calls in flight, calls Shutdown, unloads
+    /// the library. Returns what Shutdown reported.
     pub fn unload(&self, name: &str) -> Result<(), CallError> {
-        let plugin = self
+        let _lifecycle = self.lifecycle();
+        let version = self
             .registry
-            .remove(name)
+            .slot(name)
+            .and_then(|slot| slot.swap(None))
             .ok_or_else(|| CallError::NotFound {
                 plugin: name.to_owned(),
             })?;
-        stop(plugin)
+        let (old, retired) = retire_now(version);
+        let status = describe_unload(&retired, &self.shared, "library");
+        match &retired.shutdown {
+            Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
+            Err(e) => warn!(
+                "unloaded {} {} after a failed shutdown: {e} ({status})",
+                old.name, old.version
+            ),
+        }
+        self.shared.events.emit(HostEvent::Unloaded {
+            name: old.name,
+            version: old.version,
+            file: old.file,
+            status: retired.unload,
+        });
+        retired.shutdown
     }
 
-    /// Shuts every plugin down, newest first, and unloads them.
+    /// Shuts every plugin down, newest first, and unloads them; waits for versions still
+    /// being retired after reloads.
     pub fn shutdown(&self) {
-        for plugin in self.registry.drain_newest_first() {
-            // Errors are logged by `stop`; shutdown goes on with the others.
-            let _ = stop(plugin);
+        let mut lifecycle = self.lifecycle();
+        let mut threads: Vec<JoinHandle<()>> = lifecycle.retiring.drain(..).collect();
+        for slot in self.registry.loaded().iter().rev() {
+            threads.extend(self.take_out_of_service(slot));
+            // One at a time, newest first: a later plugin may still be using an earlier one.
+            if let Some(thread) = threads.pop() {
+                let _ = thread.join();
+            }
+        }
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 }
 
-/// Shuts a plugin down (now, or when its last handle goes) and logs the outcome.
-fn stop(plugin: Arc<RunningPlugin>) -> Result<(), CallError> {
-    let info = plugin.library().info().clone();
-    let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
-    match Arc::try_unwrap(plugin) {
-        Ok(plugin) => {
-            let result = plugin.shutdown();
-            match &result {
-                Ok(()) => info!("unloaded {} {}", info.name, info.version),
-                Err(e) => warn!(
-                    "unloaded {} {} after a failed shutdown: {e}",
-                    info.name, info.version
-                ),
+/// Who a retired version was, kept for the log line once it is gone.
+struct OldVersion {
+    name: String,
+    version: semver::Version,
+    file: PathBuf,
+}
+
+/// Waits until no call holds `version` any more, then shuts it down and unloads it.
+fn retire_now(version: Arc<RunningPlugin>) -> (OldVersion, Retired) {
+    let info = version.library().info();
+    let old = OldVersion {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        file: version.library().file().to_owned(),
+    };
+    let mut version = version;
+    let mut pause = Duration::from_micros(20);
+    let running = loop {
+        match Arc::try_unwrap(version) {
+            Ok(running) => break running,
+            Err(shared) => {
+                version = shared;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
             }
-            result
         }
-        Err(plugin) => {
-            info!(
-                "{} {} leaves the registry; it shuts down when its last {} handle(s) are dropped",
-                info.name,
-                info.version,
-                Arc::strong_count(&plugin) - 1
-            );
-            Ok(())
+    };
+    (old, running.retire())
+}
+
+/// [`retire_now`] on a thread of its own, then `report`.
+fn retire_in_background(
+    version: Arc<RunningPlugin>,
+    shared: Arc<Shared>,
+    report: impl FnOnce(OldVersion, Retired, &Shared) + Send + 'static,
+) -> JoinHandle<()> {
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name("plughost-retire".into())
+        .spawn(move || {
+            let _span = span.entered();
+            let (old, retired) = retire_now(version);
+            report(old, retired, &shared);
+        })
+        .expect("spawn a retiring thread")
+}
+
+/// Records a still-mapped library and says what became of it, for log lines.
+fn describe_unload(retired: &Retired, shared: &Shared, subject: &str) -> String {
+    match retired.unload {
+        UnloadStatus::StillMapped => {
+            let mut paths = shared
+                .still_mapped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            paths.retain(|p| mapping::is_mapped(p).unwrap_or(false));
+            paths.push(retired.shadow.clone());
+            format!(
+                "{}; {} closed version(s) still mapped in all",
+                retired.unload.describe(subject),
+                paths.len()
+            )
         }
+        other => other.describe(subject),
     }
 }
 

@@ -1,47 +1,74 @@
-//! A running plugin: a validated library plus the instance its Init created. Shutdown runs
-//! exactly once, explicitly or when the last reference goes.
+//! A running version of a plugin: a validated library plus the instance its Init created.
+//! Shutdown runs exactly once: when the version is retired, or when it is dropped.
 
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use abi_stable::std_types::RSlice;
-use plugin_api::ffi::Status;
+use plugin_api::ffi::{CallContext, OutBuffer, Status};
 
-use crate::dispatch::{call_error, with_output};
+use crate::dispatch::{call_error, with_output, FreeFn};
 use crate::error::{CallError, LoadError};
 use crate::library::PluginLibrary;
+use crate::mapping::UnloadStatus;
 
-/// An initialised plugin. Dropping it shuts the instance down, then unloads the library.
+pub(crate) type ExecuteFn =
+    unsafe extern "C" fn(*const c_void, &CallContext, RSlice<'_, u8>, &mut OutBuffer) -> Status;
+
+/// An initialised plugin version. Dropping it shuts the instance down, then unloads the
+/// library; [`RunningPlugin::retire`] does the same and reports how it went.
 pub struct RunningPlugin {
     name: Arc<str>,
     instance: *mut c_void,
-    library: PluginLibrary,
+    // Copied out of the vtable so a call reads them from the version it already holds.
+    pub(crate) execute: ExecuteFn,
+    pub(crate) free_buffer: FreeFn,
+    config: Vec<u8>,
+    library: Option<PluginLibrary>,
 }
 
 // SAFETY: `instance` belongs to the plugin, which by contract (`Plugin: Send + Sync`) may be
 // called from any thread and shut down from any thread once no call is in flight. Shutdown
 // needs `&mut self` or ownership, which excludes concurrent calls.
 unsafe impl Send for RunningPlugin {}
-// SAFETY: shared access only ever reaches `execute`/`health`, which may run concurrently.
+// SAFETY: shared access only ever reaches `execute`/`health`/`save_state`, which may run
+// concurrently.
 unsafe impl Sync for RunningPlugin {}
 
+/// What retiring a version did.
+#[derive(Debug)]
+pub struct Retired {
+    /// What Shutdown reported.
+    pub shutdown: Result<(), CallError>,
+    /// Whether the library left the address space.
+    pub unload: UnloadStatus,
+    /// The shadow copy it was loaded from (deleted now; a mapping may remain).
+    pub shadow: std::path::PathBuf,
+}
+
 impl RunningPlugin {
-    /// Calls the plugin's Init with JSON configuration bytes.
-    pub fn start(library: PluginLibrary, config: &[u8]) -> Result<Self, LoadError> {
+    /// Calls the plugin's Init with JSON configuration bytes and, if `state` is given and the
+    /// plugin supports it, the state its previous version handed over.
+    ///
+    /// Init runs on a short-lived thread of its own: whatever thread-local destructors the
+    /// plugin registers there run when that thread ends, instead of pinning the library to a
+    /// long-lived host thread (FACTS.md).
+    pub fn start(
+        library: PluginLibrary,
+        config: &[u8],
+        state: Option<&[u8]>,
+    ) -> Result<Self, LoadError> {
         let name: Arc<str> = library.info().name.as_str().into();
-        let vtable = *library.vtable();
-        let mut instance = std::ptr::null_mut();
-        let mut message = Vec::new();
-        // SAFETY: the vtable belongs to `library`, loaded and validated; `config` outlives the
-        // call.
-        let status = unsafe {
-            with_output(&mut message, vtable.free_buffer, |out| {
-                (vtable.init)(RSlice::from_slice(config), &mut instance, out)
-            })
-        };
+        let (instance, status, message) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| init_instance(&library, config, state))
+                .join()
+                // `init_instance` only calls into the plugin, which catches its own panics.
+                .expect("the init thread does not panic")
+        });
         let failure = if status != Status::OK {
             Some(call_error(&name, status, &message))
-        } else if instance.is_null() {
+        } else if instance.0.is_null() {
             Some(CallError::Failed {
                 plugin: name.clone(),
                 message: "init reported success but created no instance".into(),
@@ -56,10 +83,14 @@ impl RunningPlugin {
                 cause,
             });
         }
+        let vtable = *library.vtable();
         Ok(RunningPlugin {
             name,
-            instance,
-            library,
+            instance: instance.0,
+            execute: vtable.execute,
+            free_buffer: vtable.free_buffer,
+            config: config.to_vec(),
+            library: Some(library),
         })
     }
 
@@ -76,15 +107,55 @@ impl RunningPlugin {
         self.instance
     }
 
-    /// The library it runs from.
-    pub fn library(&self) -> &PluginLibrary {
-        &self.library
+    /// The configuration its Init received (JSON); a reload Inits the next version with it.
+    pub fn config(&self) -> &[u8] {
+        &self.config
     }
 
-    /// Calls Shutdown and unloads the library. The instance is freed whatever Shutdown says.
-    pub fn shutdown(mut self) -> Result<(), CallError> {
-        self.shutdown_instance()
-        // `self` drops here: the library is closed and its shadow copy deleted.
+    /// The library it runs from.
+    pub fn library(&self) -> &PluginLibrary {
+        self.library
+            .as_ref()
+            .expect("the library is only taken when the version is retired")
+    }
+
+    /// The state to hand to the next version: `None` if the plugin does not take part in state
+    /// hand-over or has nothing to hand over.
+    pub fn save_state(&self) -> Result<Option<Vec<u8>>, CallError> {
+        let Some(state) = self.library().state_vtable() else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        // SAFETY: the state vtable belongs to our loaded library; `instance` is live.
+        let status = unsafe {
+            with_output(&mut bytes, self.free_buffer, |out| {
+                (state.save)(self.instance, out)
+            })
+        };
+        if status != Status::OK {
+            return Err(call_error(&self.name, status, &bytes));
+        }
+        Ok((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// Shuts the instance down, closes the library, deletes its shadow copy and checks whether
+    /// it left the address space. The instance is freed whatever Shutdown says.
+    ///
+    /// Shutdown runs on a short-lived thread, for the same reason as Init.
+    pub fn retire(mut self) -> Retired {
+        let shutdown = std::thread::scope(|scope| {
+            scope
+                .spawn(|| self.shutdown_instance())
+                .join()
+                .expect("the shutdown thread does not panic")
+        });
+        let library = self.library.take().expect("retired once");
+        let shadow = library.shadow_path().to_owned();
+        Retired {
+            shutdown,
+            unload: library.close(),
+            shadow,
+        }
     }
 
     fn shutdown_instance(&mut self) -> Result<(), CallError> {
@@ -92,7 +163,7 @@ impl RunningPlugin {
         if instance.is_null() {
             return Ok(());
         }
-        let vtable = *self.library.vtable();
+        let vtable = *self.library().vtable();
         let mut message = Vec::new();
         // SAFETY: `instance` came from this library's Init and is passed to Shutdown once
         // (it was just replaced by null); `&mut self` means no call is in flight.
@@ -111,8 +182,43 @@ impl RunningPlugin {
 
 impl Drop for RunningPlugin {
     fn drop(&mut self) {
+        if self.library.is_none() {
+            return; // retired
+        }
         if let Err(e) = self.shutdown_instance() {
             tracing::warn!(plugin = %self.name, "shutdown failed: {e}");
         }
+        // The library field drops next: closed, then its shadow copy deleted.
     }
+}
+
+/// A raw instance pointer, sendable back from the Init thread.
+struct InstancePtr(*mut c_void);
+// SAFETY: the pointer is only carried from the Init thread to its caller, never used there.
+unsafe impl Send for InstancePtr {}
+
+fn init_instance(
+    library: &PluginLibrary,
+    config: &[u8],
+    state: Option<&[u8]>,
+) -> (InstancePtr, Status, Vec<u8>) {
+    let vtable = *library.vtable();
+    let mut instance = std::ptr::null_mut();
+    let mut message = Vec::new();
+    // SAFETY: the vtables belong to `library`, loaded and validated; the slices outlive the
+    // call.
+    let status = unsafe {
+        with_output(&mut message, vtable.free_buffer, |out| {
+            match (state, library.state_vtable()) {
+                (Some(state), Some(handover)) => (handover.init_with_state)(
+                    RSlice::from_slice(config),
+                    RSlice::from_slice(state),
+                    &mut instance,
+                    out,
+                ),
+                _ => (vtable.init)(RSlice::from_slice(config), &mut instance, out),
+            }
+        })
+    };
+    (InstancePtr(instance), status, message)
 }

@@ -37,17 +37,23 @@
 pub mod discovery;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 mod host;
 pub mod instance;
 pub mod library;
+pub mod mapping;
 pub mod metadata;
 pub mod preflight;
 pub mod registry;
 pub mod shadow;
 pub mod validate;
+pub mod watch;
 
 pub use dispatch::{Health, PluginHandle, PluginOutput};
 pub use error::{CallError, HostError, LoadError};
+pub use events::HostEvent;
 pub use host::{Host, HostOptions, LoadReport};
 pub use library::PluginLibrary;
+pub use mapping::UnloadStatus;
 pub use metadata::{ConfigKey, PluginInfo};
+pub use watch::{WatchOptions, Watcher};

@@ -8,9 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use plugin_api::ffi::{PluginHeader, PluginVTable, HEADER_SYMBOL};
+use plugin_api::ffi::{
+    PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL, STATE_SYMBOL,
+};
 
 use crate::error::LoadError;
+use crate::mapping::{self, UnloadStatus};
 use crate::metadata::PluginInfo;
 use crate::shadow::{ShadowCopy, ShadowDir};
 use crate::{preflight, validate};
@@ -21,6 +24,8 @@ pub struct PluginLibrary {
     info: PluginInfo,
     file: PathBuf,
     vtable: PluginVTable,
+    state: Option<StateVTable>,
+    content_hash: u128,
     load_time: Duration,
     // Field order is drop order: close the library before deleting its file.
     library: libloading::Library,
@@ -43,13 +48,17 @@ impl PluginLibrary {
     /// the library's own constructors, and those only after the file passed the preflight.
     pub fn open(path: &Path, shadow: &ShadowDir) -> Result<Self, LoadError> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-        preflight::check(path, &bytes)?;
-        let copy = shadow.write(path, &bytes)?;
-        drop(bytes);
+        let bytes = read(path)?;
+        let mut library = Self::open_bytes(path, &bytes, shadow)?;
+        library.load_time = started.elapsed();
+        Ok(library)
+    }
+
+    /// Like [`open`](Self::open), for bytes already read from `path`.
+    pub fn open_bytes(path: &Path, bytes: &[u8], shadow: &ShadowDir) -> Result<Self, LoadError> {
+        let started = Instant::now();
+        preflight::check(path, bytes)?;
+        let copy = shadow.write(path, bytes)?;
 
         // SAFETY: loading runs the library's initialisers. The file passed the preflight: it is
         // a shared library for this platform that exports a plughost header of a compatible
@@ -84,10 +93,13 @@ impl PluginLibrary {
             &module.metadata,
             validate::to_semver(header.api_version),
         )?;
+        let state = read_state_export(path, &library)?;
         Ok(PluginLibrary {
             info,
             file: path.to_owned(),
             vtable: module.vtable,
+            state,
+            content_hash: content_hash(bytes),
             load_time: started.elapsed(),
             library,
             shadow: copy,
@@ -114,20 +126,77 @@ impl PluginLibrary {
         self.load_time
     }
 
+    /// A hash of the file's content as loaded, to tell a real change from a touched file.
+    pub fn content_hash(&self) -> u128 {
+        self.content_hash
+    }
+
+    /// Whether the plugin can hand its state to its next version (plugin-api 1.1).
+    pub fn supports_state_handover(&self) -> bool {
+        self.state.is_some()
+    }
+
     /// The entry points. Valid while `self` lives.
     pub(crate) fn vtable(&self) -> &PluginVTable {
         &self.vtable
     }
 
-    /// Closes the library and deletes the shadow copy, reporting the loader's error if any.
-    pub fn close(self) -> Result<(), libloading::Error> {
+    /// The state hand-over entry points, if exported. Valid while `self` lives.
+    pub(crate) fn state_vtable(&self) -> Option<&StateVTable> {
+        self.state.as_ref()
+    }
+
+    /// Closes the library, checks whether it left the address space, then deletes the shadow
+    /// copy. Nothing the plugin created may be alive any more (the instance is shut down).
+    pub fn close(self) -> UnloadStatus {
         let PluginLibrary {
             library, shadow, ..
         } = self;
-        let result = library.close();
+        if let Err(e) = library.close() {
+            tracing::warn!("closing {} failed: {e}", shadow.path().display());
+        }
+        // Check before deleting the copy, while its path still names only this library.
+        let status = match mapping::is_mapped(shadow.path()) {
+            Some(false) => UnloadStatus::Unmapped,
+            Some(true) => UnloadStatus::StillMapped,
+            None => UnloadStatus::Unknown,
+        };
         drop(shadow);
-        result
+        status
     }
+}
+
+/// Reads a whole library file.
+pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|error| LoadError::Read {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// The hash [`PluginLibrary::content_hash`] reports for these bytes: XXH3-128, fast enough
+/// (several GB/s) not to matter next to copying the file.
+pub fn content_hash(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// Finds the optional state hand-over export and checks its layout on its own. Absent is fine
+/// (plugins built against plugin-api 1.0); present with another layout is a refusal.
+fn read_state_export(
+    path: &Path,
+    library: &libloading::Library,
+) -> Result<Option<StateVTable>, LoadError> {
+    // SAFETY: plugin-api declares this symbol as a `StateExport` static; we take its address.
+    let symbol =
+        unsafe { library.get::<*const StateExport>(format!("{STATE_SYMBOL}\0").as_bytes()) };
+    let Ok(symbol) = symbol else {
+        return Ok(None);
+    };
+    // SAFETY: the symbol is a `'static` in the loaded library (alive while `library` is); its
+    // two fields are references whose targets we only read after the layout check.
+    let export = unsafe { &**symbol };
+    validate::check_state_layout(path, export.layout)?;
+    Ok(Some(*export.vtable))
 }
 
 /// Opens a library with the platform's loader.

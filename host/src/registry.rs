@@ -1,14 +1,65 @@
-//! The thread-safe table of running plugins, keyed by name, remembering load order so that
-//! shutdown can go newest first.
+//! The thread-safe table of plugins, keyed by name.
+//!
+//! Each name has a [`Slot`] that holds the version currently serving it, swapped atomically on
+//! reload (arc-swap): new calls see the new version at once, calls in flight keep the version
+//! they started on alive until they return. A slot outlives its versions: when a plugin is
+//! unloaded the slot is left empty, and handles taken earlier work again once a plugin of that
+//! name is loaded again.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::error::LoadError;
+use arc_swap::{ArcSwapOption, Guard};
+
 use crate::instance::RunningPlugin;
 
-/// Running plugins by name. Calls do not touch it: they go through a
+/// The place a plugin name's current version lives.
+pub struct Slot {
+    name: Arc<str>,
+    current: ArcSwapOption<RunningPlugin>,
+    /// When the slot was last filled from empty, for load-order listings and shutdown order.
+    loaded_seq: AtomicU64,
+}
+
+impl Slot {
+    /// The plugin name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The version serving now, held for as long as the guard lives. Cheap: no reference
+    /// count is touched unless a swap happens meanwhile.
+    #[inline]
+    pub(crate) fn load(&self) -> Guard<Option<Arc<RunningPlugin>>> {
+        self.current.load()
+    }
+
+    /// The version serving now, as an owned reference.
+    pub fn current(&self) -> Option<Arc<RunningPlugin>> {
+        self.current.load_full()
+    }
+
+    /// Puts `next` in service and returns the version it replaced. Calls in flight on the old
+    /// version still hold it; the caller waits for them before retiring it.
+    pub(crate) fn swap(&self, next: Option<Arc<RunningPlugin>>) -> Option<Arc<RunningPlugin>> {
+        self.current.swap(next)
+    }
+
+    fn is_loaded_from(&self, file: &Path) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|v| v.library().file() == file)
+    }
+}
+
+/// Plugin slots by name. Calls do not touch it: they go through a
 /// [`PluginHandle`](crate::PluginHandle) taken once.
 #[derive(Default)]
 pub struct Registry {
@@ -17,19 +68,14 @@ pub struct Registry {
 
 #[derive(Default)]
 struct Inner {
-    by_name: HashMap<String, Entry>,
+    slots: HashMap<String, Arc<Slot>>,
     next_seq: u64,
-}
-
-struct Entry {
-    plugin: Arc<RunningPlugin>,
-    seq: u64,
 }
 
 impl Registry {
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the map half-updated (every update is
-        // one insert or remove), so a poisoned lock is safe to keep using.
+        // Every update is one insert into the map, which a panic cannot leave half done, so a
+        // poisoned lock is safe to keep using.
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -37,74 +83,64 @@ impl Registry {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a plugin, unless one of that name is registered; then the error names both files
-    /// and the refused plugin is handed back so the caller can shut it down.
-    #[allow(clippy::result_large_err)]
-    pub fn insert(
-        &self,
-        plugin: RunningPlugin,
-    ) -> Result<Arc<RunningPlugin>, (RunningPlugin, LoadError)> {
-        let mut inner = self.write();
-        if let Some(existing) = inner.by_name.get(plugin.name()) {
-            let error = LoadError::DuplicateName {
-                path: plugin.library().file().to_owned(),
-                name: plugin.name().to_owned(),
-                existing: existing.plugin.library().file().to_owned(),
-            };
-            return Err((plugin, error));
+    /// The slot of `name`, empty or not.
+    pub fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.read().slots.get(name).cloned()
+    }
+
+    /// The slot of `name`, created empty if there is none.
+    pub fn slot_or_insert(&self, name: &str) -> Arc<Slot> {
+        if let Some(slot) = self.slot(name) {
+            return slot;
         }
-        let plugin = Arc::new(plugin);
-        let seq = inner.next_seq;
+        self.write()
+            .slots
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    name: name.into(),
+                    current: ArcSwapOption::empty(),
+                    loaded_seq: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Records that `slot` was just filled from empty (it now counts as the newest plugin).
+    pub fn mark_loaded(&self, slot: &Slot) {
+        let mut inner = self.write();
+        slot.loaded_seq.store(inner.next_seq, Ordering::Relaxed);
         inner.next_seq += 1;
-        inner.by_name.insert(
-            plugin.name().to_owned(),
-            Entry {
-                plugin: plugin.clone(),
-                seq,
-            },
-        );
-        Ok(plugin)
     }
 
-    /// The running plugin of that name.
-    pub fn get(&self, name: &str) -> Option<Arc<RunningPlugin>> {
-        self.read().by_name.get(name).map(|e| e.plugin.clone())
-    }
-
-    /// The file the plugin of that name was loaded from.
-    pub fn file_of(&self, name: &str) -> Option<PathBuf> {
+    /// The slot whose current version was loaded from `file`.
+    pub fn find_by_file(&self, file: &Path) -> Option<Arc<Slot>> {
         self.read()
-            .by_name
-            .get(name)
-            .map(|e| e.plugin.library().file().to_owned())
+            .slots
+            .values()
+            .find(|s| s.is_loaded_from(file))
+            .cloned()
     }
 
-    /// Takes the plugin of that name out of the registry.
-    pub fn remove(&self, name: &str) -> Option<Arc<RunningPlugin>> {
-        self.write().by_name.remove(name).map(|e| e.plugin)
+    /// The slots with a version in service, oldest first.
+    pub fn loaded(&self) -> Vec<Arc<Slot>> {
+        let mut slots: Vec<Arc<Slot>> = self
+            .read()
+            .slots
+            .values()
+            .filter(|s| s.current.load().is_some())
+            .cloned()
+            .collect();
+        slots.sort_by_key(|s| s.loaded_seq.load(Ordering::Relaxed));
+        slots
     }
 
-    /// Every running plugin, oldest first.
-    pub fn list(&self) -> Vec<Arc<RunningPlugin>> {
-        let inner = self.read();
-        let mut entries: Vec<&Entry> = inner.by_name.values().collect();
-        entries.sort_by_key(|e| e.seq);
-        entries.iter().map(|e| e.plugin.clone()).collect()
-    }
-
-    /// Empties the registry, returning the plugins newest first (the order to shut down in).
-    pub fn drain_newest_first(&self) -> Vec<Arc<RunningPlugin>> {
-        let mut entries: Vec<Entry> = self.write().by_name.drain().map(|(_, e)| e).collect();
-        entries.sort_by_key(|e| std::cmp::Reverse(e.seq));
-        entries.into_iter().map(|e| e.plugin).collect()
-    }
-
-    /// How many plugins run.
+    /// How many plugins are in service.
     pub fn len(&self) -> usize {
-        self.read().by_name.len()
+        self.loaded().len()
     }
 
-    /// Whether none runs.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -14,7 +14,7 @@ use abi_stable::abi_stability::abi_checking::{
 use abi_stable::type_layout::{TLFieldOrFunction, TypeLayout};
 use abi_stable::StableAbi;
 use plugin_api::ffi::{
-    ApiVersion, PluginModule, API_VERSION, HEADER_SYMBOL, HEADER_VERSION, MAGIC,
+    ApiVersion, PluginModule, StateVTable, API_VERSION, HEADER_SYMBOL, HEADER_VERSION, MAGIC,
 };
 
 use crate::error::LoadError;
@@ -85,6 +85,21 @@ pub fn check_layout(path: &Path, found: &'static TypeLayout) -> Result<(), LoadE
             path: path.to_owned(),
             expected: host_api_version(),
             summary: summarize_layout_errors(&errors),
+        },
+    )
+}
+
+/// Compares the plugin's layout of the optional [`StateVTable`] with the host's.
+pub fn check_state_layout(path: &Path, found: &'static TypeLayout) -> Result<(), LoadError> {
+    let expected: &'static TypeLayout = <StateVTable as StableAbi>::LAYOUT;
+    check_layout_compatibility_with_globals(expected, found, &CheckingGlobals::new()).map_err(
+        |errors| LoadError::LayoutMismatch {
+            path: path.to_owned(),
+            expected: host_api_version(),
+            summary: format!(
+                "state hand-over export: {}",
+                summarize_layout_errors(&errors)
+            ),
         },
     )
 }

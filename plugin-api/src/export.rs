@@ -16,7 +16,7 @@ use abi_stable::StableAbi;
 
 use crate::ffi::{
     health_level, CallContext, OutBuffer, PluginHeader, PluginMetadata, PluginModule, PluginVTable,
-    Status, API_VERSION, HEADER_VERSION, MAGIC,
+    StateExport, StateVTable, Status, API_VERSION, HEADER_VERSION, MAGIC,
 };
 use crate::plugin::{Context, Health, Output, Plugin, PluginError};
 
@@ -66,6 +66,22 @@ pub const fn header(module: &'static PluginModule) -> PluginHeader {
         api_version: API_VERSION,
         module_layout: <PluginModule as StableAbi>::LAYOUT,
         module,
+    }
+}
+
+/// The state hand-over functions of plugin `P`.
+pub const fn state_vtable<P: Plugin>() -> StateVTable {
+    StateVTable {
+        save: save_state::<P>,
+        init_with_state: init_with_state::<P>,
+    }
+}
+
+/// The optional state export pointing at `vtable`.
+pub const fn state_export(vtable: &'static StateVTable) -> StateExport {
+    StateExport {
+        layout: <StateVTable as StableAbi>::LAYOUT,
+        vtable,
     }
 }
 
@@ -176,12 +192,47 @@ unsafe extern "C" fn init<P: Plugin>(
     instance: &mut *mut c_void,
     out: &mut OutBuffer,
 ) -> Status {
+    create::<P>(config.as_slice(), None, instance, out)
+}
+
+unsafe extern "C" fn init_with_state<P: Plugin>(
+    config: RSlice<'_, u8>,
+    state: RSlice<'_, u8>,
+    instance: &mut *mut c_void,
+    out: &mut OutBuffer,
+) -> Status {
+    create::<P>(config.as_slice(), Some(state.as_slice()), instance, out)
+}
+
+/// Init, and restore state if there is some; `*instance` is set only if all of it succeeded.
+fn create<P: Plugin>(
+    config: &[u8],
+    state: Option<&[u8]>,
+    instance: &mut *mut c_void,
+    out: &mut OutBuffer,
+) -> Status {
     install_panic_hook(P::NAME);
     guarded(out, |_| {
-        let config = parse_config::<P>(config.as_slice())?;
+        let config = parse_config::<P>(config)?;
         let mut plugin = P::default();
         plugin.init(config)?;
+        if let Some(state) = state {
+            plugin
+                .restore_state(state)
+                .map_err(|e| PluginError::new(format!("cannot restore state: {e}")))?;
+        }
         *instance = Box::into_raw(Box::new(plugin)).cast();
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn save_state<P: Plugin>(instance: *const c_void, out: &mut OutBuffer) -> Status {
+    // SAFETY: as in `execute`.
+    let plugin = unsafe { &*instance.cast::<P>() };
+    guarded(out, |output| {
+        if let Some(state) = plugin.save_state() {
+            output.write(&state);
+        }
         Ok(())
     })
 }
@@ -270,6 +321,10 @@ macro_rules! export_plugin {
 
             #[unsafe(no_mangle)]
             pub static PLUGHOST_PLUGIN_HEADER: __p::PluginHeader = __p::header(&MODULE);
+
+            static STATE_VTABLE: __p::StateVTable = __p::state_vtable::<$plugin>();
+            #[unsafe(no_mangle)]
+            pub static PLUGHOST_PLUGIN_STATE: __p::StateExport = __p::state_export(&STATE_VTABLE);
         };
     };
 }

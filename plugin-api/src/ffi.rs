@@ -22,6 +22,10 @@ use abi_stable::std_types::{RSlice, RStr};
 use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 
+/// The name of the optional [`StateExport`] static (plugin-api 1.1): plugins that export it
+/// can hand their state to the next version of themselves on hot reload.
+pub const STATE_SYMBOL: &str = "PLUGHOST_PLUGIN_STATE";
+
 /// The name of the exported [`PluginHeader`] static, as written in the library's symbol table
 /// (Mach-O adds its usual leading underscore).
 pub const HEADER_SYMBOL: &str = "PLUGHOST_PLUGIN_HEADER";
@@ -361,4 +365,34 @@ pub struct PluginVTable {
         Option<unsafe extern "C" fn(config: RSlice<'_, u8>, out: &mut OutBuffer) -> Status>,
     /// Frees an output the plugin allocated ([`BufferOwner::PLUGIN`]).
     pub free_buffer: unsafe extern "C" fn(ptr: *mut u8, len: usize, cap: usize),
+}
+
+/// Optional export (plugin-api 1.1), behind [`STATE_SYMBOL`]: state hand-over across a hot
+/// reload. Kept out of [`PluginModule`] so that plugins built against plugin-api 1.0, which
+/// lack it, still pass the module's layout check; the host checks `layout` separately.
+#[repr(C)]
+pub struct StateExport {
+    /// abi_stable's description of [`StateVTable`] as the plugin saw it.
+    pub layout: &'static TypeLayout,
+    /// The functions.
+    pub vtable: &'static StateVTable,
+}
+
+// SAFETY: as for `PluginHeader`: immutable `'static` data, only read.
+unsafe impl Sync for StateExport {}
+
+/// State hand-over: the old version's `save` output goes to the new version's
+/// `init_with_state`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct StateVTable {
+    /// Writes the instance's state to `out`; an empty output means "nothing to hand over".
+    pub save: unsafe extern "C" fn(instance: *const c_void, out: &mut OutBuffer) -> Status,
+    /// Like [`PluginVTable::init`], then hands the new instance `state`.
+    pub init_with_state: unsafe extern "C" fn(
+        config: RSlice<'_, u8>,
+        state: RSlice<'_, u8>,
+        instance: &mut *mut c_void,
+        out: &mut OutBuffer,
+    ) -> Status,
 }

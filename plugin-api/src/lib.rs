@@ -85,6 +85,15 @@
 //! A host accepts a plugin built against plugin-api `X.Y.Z` when the host's own plugin-api
 //! version matches the semver requirement `^X.Y.Z`: same major version (same minor while the
 //! major is 0), and the host at least as new as the plugin.
+//!
+//! # Hot reload
+//!
+//! When a new build replaces a running plugin, the host Inits the new version beside the old
+//! one and switches calls over only once that succeeded. Override
+//! [`Plugin::save_state`] and [`Plugin::restore_state`] to carry state across (the example
+//! `counter` keeps its count). Code that runs on the host's threads should avoid
+//! `thread_local!` values with destructors and `std::thread::spawn` without joining in
+//! `shutdown`: either keeps the old library mapped after it is closed.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -100,7 +109,7 @@ pub use plugin::{Context, Health, NoConfig, Output, Plugin, PluginError};
 /// Used by [`export_plugin!`]'s expansion; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{header, module, rstr_array};
-    pub use crate::ffi::{PluginHeader, PluginModule};
+    pub use crate::export::{header, module, rstr_array, state_export, state_vtable};
+    pub use crate::ffi::{PluginHeader, PluginModule, StateExport, StateVTable};
     pub use abi_stable::std_types::RStr;
 }

@@ -73,6 +73,22 @@ pub trait Plugin: Default + Send + Sync + 'static {
     fn health(&self) -> Health {
         Health::Healthy
     }
+
+    /// Hot reload: the state to hand to the next version of this plugin, or `None` (the
+    /// default) to let it start fresh. Called on the old version while it still serves calls,
+    /// just before the new version's `init`; calls served after that are not in the state.
+    fn save_state(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Hot reload: receives what the previous version's [`save_state`](Plugin::save_state)
+    /// returned, right after `init`. An error refuses the new version; the old one keeps
+    /// serving. The bytes come from another build of the plugin: version them if their format
+    /// may change.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// Configuration for plugins that take none: accepts only an empty object.

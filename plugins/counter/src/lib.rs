@@ -1,6 +1,6 @@
 //! `counter`: stateful. Each Execute adds `step` to a count that starts at `start` and answers
 //! with the new count. On Shutdown it writes a line to `report_file`, if set, so you can see
-//! that Shutdown ran and what the count was.
+//! that Shutdown ran and what the count was. A hot reload hands the count to the new version.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -73,6 +73,21 @@ impl Plugin for Counter {
     ) -> Result<(), PluginError> {
         let count = self.count.fetch_add(self.step, Ordering::Relaxed) + self.step;
         output.write(count.to_string().as_bytes());
+        Ok(())
+    }
+
+    /// Hot reload keeps the count: `count=<n>`.
+    fn save_state(&self) -> Option<Vec<u8>> {
+        Some(format!("count={}", self.count.load(Ordering::Relaxed)).into_bytes())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        let count = std::str::from_utf8(state)
+            .ok()
+            .and_then(|s| s.strip_prefix("count="))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| PluginError::new("unrecognised state from the previous version"))?;
+        self.count = AtomicU64::new(count);
         Ok(())
     }
 

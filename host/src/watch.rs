@@ -1,0 +1,196 @@
+//! Watching the plugins folder and reloading what changes in it.
+//!
+//! The folder is watched, not the files: replacing a file makes a new inode, and a watch on the
+//! old one goes dead (FACTS.md). Each event is sorted by what it says about the write:
+//!
+//! - **finished**: a rename into the folder (how `cargo xtask build-plugins` installs), a
+//!   deletion or rename out of it, and on Linux `Close(Write)`, sent when the writer closes the
+//!   file. Acted on at once.
+//! - **in progress**: creation and modification. On Linux the close that ends the write will
+//!   follow, so these only arm a long fallback ([`WatchOptions::write_timeout`]) for writers
+//!   that never close; elsewhere there is no such signal, and the file is taken once it has
+//!   been quiet for [`WatchOptions::settle`].
+//!
+//! Acting on a file is [`Host::sync_file`]: an unchanged hash does nothing; a file that fails
+//! validation (say, still being written) keeps the old version serving and is simply tried
+//! again on its next event.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use tracing::{debug, warn};
+
+use crate::discovery;
+use crate::error::HostError;
+use crate::Host;
+
+/// How the watcher waits for writes to finish.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// Where the platform does not say when a write is finished (everywhere but Linux), how
+    /// long a file must be quiet before it is taken. Default 50 ms.
+    pub settle: Duration,
+    /// On Linux, how long after its last write a file that was never closed is taken anyway.
+    /// Default 2 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            settle: Duration::from_millis(50),
+            write_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A running watch of a host's plugins folder. Dropping it stops the watch.
+pub struct Watcher {
+    // Dropping the notify watcher closes the event channel, which ends the thread.
+    watcher: Option<notify::RecommendedWatcher>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.watcher.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What an event says about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Finished,
+    InProgress,
+}
+
+impl Host {
+    /// Starts watching the plugins folder: new libraries are loaded, changed ones reloaded
+    /// beside the running version and swapped in, deleted ones unloaded. Start it before
+    /// [`Host::load_all`] so that nothing written in between is missed (an event for a file
+    /// already loaded with the same content does nothing).
+    pub fn watch(self: &Arc<Self>, options: WatchOptions) -> Result<Watcher, HostError> {
+        let dir = self.options().plugins_dir.clone();
+        let watch_error = |e: notify::Error| HostError::Watch {
+            path: dir.clone(),
+            error: e.to_string(),
+        };
+        let (sender, events) = channel::<notify::Result<notify::Event>>();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = sender.send(event);
+        })
+        .map_err(watch_error)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(watch_error)?;
+
+        let host = Arc::clone(self);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("plughost-watch".into())
+            .spawn(move || {
+                let mut due: HashMap<PathBuf, Instant> = HashMap::new();
+                while !stopping.load(Ordering::Relaxed) {
+                    let wait = due.values().min().map_or(Duration::from_millis(500), |t| {
+                        t.saturating_duration_since(Instant::now())
+                    });
+                    match events.recv_timeout(wait) {
+                        Ok(Ok(event)) => note(&host, &dir, &options, &event, &mut due),
+                        Ok(Err(e)) => warn!("watching {}: {e}", dir.display()),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    let now = Instant::now();
+                    let ready: Vec<PathBuf> = due
+                        .iter()
+                        .filter(|(_, t)| **t <= now)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for path in ready {
+                        due.remove(&path);
+                        host.sync_file(&path);
+                    }
+                }
+            })
+            .map_err(|e| HostError::Watch {
+                path: self.options().plugins_dir.clone(),
+                error: format!("cannot start the watch thread: {e}"),
+            })?;
+        Ok(Watcher {
+            watcher: Some(watcher),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Schedules the files an event is about.
+fn note(
+    host: &Host,
+    dir: &Path,
+    options: &WatchOptions,
+    event: &notify::Event,
+    due: &mut HashMap<PathBuf, Instant>,
+) {
+    if event.need_rescan() {
+        // Events were lost: look at every library in the folder and every loaded plugin.
+        let now = Instant::now();
+        for path in discovery::discover(dir).unwrap_or_default() {
+            due.insert(path, now);
+        }
+        for plugin in host.loaded_files() {
+            due.insert(plugin, now);
+        }
+        return;
+    }
+    let Some(signal) = classify(&event.kind) else {
+        return;
+    };
+    for path in &event.paths {
+        // Rebuild the path from the folder as the host knows it, so that it compares equal
+        // to the paths discovery produced (the watcher may report them differently).
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let path = dir.join(name);
+        if !discovery::is_library_path(&path) {
+            continue;
+        }
+        let now = Instant::now();
+        let when = match signal {
+            Signal::Finished => now,
+            Signal::InProgress if cfg!(target_os = "linux") => now + options.write_timeout,
+            Signal::InProgress => now + options.settle,
+        };
+        debug!("{}: {:?} ({signal:?})", path.display(), event.kind);
+        due.insert(path, when);
+    }
+}
+
+fn classify(kind: &EventKind) -> Option<Signal> {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Signal::Finished),
+        EventKind::Modify(ModifyKind::Name(
+            RenameMode::To | RenameMode::From | RenameMode::Any,
+        )) => Some(Signal::Finished),
+        EventKind::Remove(_) => Some(Signal::Finished),
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+            Some(Signal::InProgress)
+        }
+        // `Both` repeats a `From` and a `To` already seen; metadata and reads change nothing.
+        _ => None,
+    }
+}
