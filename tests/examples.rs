@@ -43,6 +43,7 @@ fn filter_keeps_numbers_matching_the_rule() {
     assert!(matches!(error, CallError::Failed { .. }), "{error}");
     assert!(error.to_string().contains("plugin filter"), "{error}");
     assert!(error.to_string().contains("invalid JSON input"), "{error}");
+    host.unload("filter").expect("filter shuts down cleanly");
 }
 
 #[test]

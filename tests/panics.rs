@@ -76,7 +76,22 @@ fn panic_in_shutdown_is_an_error_and_the_library_is_still_unloaded() {
 }
 
 #[test]
-fn cli_reports_each_panic_and_exits_non_zero() {
+fn panic_in_drop_is_reported_by_shutdown() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-panicky");
+    let host = dir.host();
+    host.load_file(&file, br#"{"panic_in":"drop"}"#).unwrap();
+    let error = host.unload("panicky").unwrap_err();
+    assert!(
+        matches!(&error, CallError::Panicked { message, .. }
+            if message.starts_with("while dropping the plugin: panicky: boom in drop")),
+        "{error:?}"
+    );
+    assert!(dir.shadow_files().is_empty());
+}
+
+#[test]
+fn cli_reports_each_panic_in_one_line_and_exits_non_zero() {
     let dir = PluginDir::new();
     dir.add("fixture-panicky");
     for (config, input, expect) in [
@@ -96,13 +111,55 @@ fn cli_reports_each_panic_and_exits_non_zero() {
             "panicked: panicky: boom in shutdown",
         ),
     ] {
-        let out = dir.cli(&["exec", "panicky", input, "--config", config]);
+        let out = std::process::Command::new(plughost_tests::plughost())
+            .args(["exec", "panicky", input, "--config", config])
+            .arg("--plugins-dir")
+            .arg(dir.path())
+            .arg("--shadow-dir")
+            .arg(dir.shadow())
+            // std's own report would print a backtrace with this set; the plugin's hook does not.
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{config}");
         let err = plughost_tests::stderr(&out);
         assert!(err.contains(expect), "{config}: {err}");
-        assert!(
-            !err.contains("stack backtrace"),
-            "one line per panic, not a backtrace: {err}"
+        assert!(!err.contains("stack backtrace"), "no backtrace: {err}");
+        assert_eq!(
+            err.matches("panicked at").count(),
+            1,
+            "one report line: {err}"
         );
     }
+}
+
+#[test]
+fn a_panic_with_stderr_unwritable_is_still_just_an_error() {
+    // Writing the panic report fails (ENOSPC); that must not turn into a second panic, which
+    // would abort the host.
+    let dir = PluginDir::new();
+    dir.add("fixture-panicky");
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return; // no /dev/full on this system
+    };
+    let status = std::process::Command::new(plughost_tests::plughost())
+        .args([
+            "exec",
+            "panicky",
+            "panic",
+            "--config",
+            r#"{"panic_in":"execute"}"#,
+        ])
+        .arg("--plugins-dir")
+        .arg(dir.path())
+        .arg("--shadow-dir")
+        .arg(dir.shadow())
+        .stderr(full)
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an error exit, not an abort: {status:?}"
+    );
 }

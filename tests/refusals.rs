@@ -147,9 +147,10 @@ fn vtable_layout_differs() {
 #[test]
 fn two_libraries_with_the_same_plugin_name() {
     let dir = PluginDir::new();
-    let first = dir.add_as("counter", "libcounter-a.so");
-    let second = dir.add_as("counter", "libcounter-b.so");
-    let report = dir.host().load_all().unwrap();
+    dir.add_as("counter", "libcounter-a.so");
+    dir.add_as("counter", "libcounter-b.so");
+    let host = dir.host();
+    let report = host.load_all().unwrap();
     assert_eq!(report.loaded.len(), 1);
     let [refusal] = &report.refused[..] else {
         panic!("{report:?}")
@@ -162,8 +163,14 @@ fn two_libraries_with_the_same_plugin_name() {
         message.contains("\"counter\" is already loaded"),
         "{message}"
     );
-    // The refused duplicate never ran Init and left no shadow copy behind.
-    let _ = (first, second);
+    // The refused duplicate left no shadow copy behind; the first one serves.
+    assert_eq!(dir.shadow_files().len(), 1, "{:?}", dir.shadow_files());
+    let mut out = Vec::new();
+    host.handle("counter")
+        .unwrap()
+        .call_into(b"", &mut out)
+        .unwrap();
+    assert_eq!(out, b"1");
 
     let out = dir.cli(&["list"]);
     let table = plughost_tests::stdout(&out);
@@ -195,4 +202,63 @@ fn refused_files_leave_no_shadow_copies() {
     let report = host.load_all().unwrap();
     assert_eq!(report.refused.len(), 3);
     assert!(dir.shadow_files().is_empty(), "{:?}", dir.shadow_files());
+}
+
+#[test]
+fn corrupted_section_headers_are_refused_without_harm() {
+    // Section headers are what the preflight parses (the loader never reads them), so damage
+    // there must give a refusal or a normal load, never a crash or a panic.
+    let dir = PluginDir::new();
+    let good = std::fs::read(library("transform")).unwrap();
+    let section_headers = u64::from_le_bytes(good[0x28..0x30].try_into().unwrap()) as usize;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..40 {
+        let mut bytes = good.clone();
+        for _ in 0..8 {
+            let at = section_headers + (next() as usize) % (bytes.len() - section_headers);
+            bytes[at] = next() as u8;
+        }
+        // Some corruptions put huge values in address and size fields.
+        let at = section_headers + 64 * (1 + (next() as usize) % 20) + 16;
+        if at + 8 <= bytes.len() {
+            bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        }
+        dir.write(&format!("libdamaged{i}.so"), &bytes);
+    }
+    let host = dir.host();
+    let report = host.load_all().unwrap();
+    assert_eq!(report.loaded.len() + report.refused.len(), 40);
+    for error in &report.refused {
+        assert!(error.to_string().contains("libdamaged"), "{error}");
+    }
+}
+
+#[test]
+fn inspect_checks_a_configuration_without_starting_the_plugin() {
+    let dir = PluginDir::new();
+    let counter = dir.add("counter");
+    let inspect = |config: &str| {
+        std::process::Command::new(plughost_tests::plughost())
+            .arg("inspect")
+            .arg(&counter)
+            .args(["--config", config])
+            .output()
+            .unwrap()
+    };
+    assert!(inspect(r#"{"start": 5}"#).status.success());
+    let out = inspect(r#"{"step": 0}"#);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("plugin counter does not accept the configuration"),
+        "{err}"
+    );
+    assert!(err.contains("step must be at least 1"), "{err}");
+    assert!(err.contains("libcounter.so"), "{err}");
 }

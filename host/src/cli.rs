@@ -46,6 +46,10 @@ enum Command {
         /// Print the metadata as JSON.
         #[arg(long)]
         json: bool,
+        /// Also ask the plugin whether it accepts this configuration (JSON), without starting
+        /// it.
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
     },
     /// Load one plugin, Init it, Execute it once on INPUT, print the output, Shut it down.
     Exec {
@@ -88,7 +92,9 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Not `eprintln!`, which panics when stderr cannot be written: the exit code must
+            // still say what happened.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -113,7 +119,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             settle_ms,
         } => serve(&dir, !no_watch, Duration::from_millis(settle_ms)),
         Command::List(dir) => list(&dir),
-        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Inspect { file, json, config } => inspect(&file, json, config.as_deref()),
         Command::Exec {
             name,
             input,
@@ -124,6 +130,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(dir: &DirArgs, watch: bool, settle: Duration) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Listen before loading anything, so a signal during start-up still shuts down cleanly.
+    let shutdown_requested = {
+        let _runtime = runtime.enter();
+        shutdown_signal()?
+    };
     let host = Arc::new(dir.host()?);
     // Watch first, so that nothing written while loading is missed.
     let watcher = if watch {
@@ -143,11 +158,7 @@ fn serve(dir: &DirArgs, watch: bool, settle: Duration) -> anyhow::Result<ExitCod
         if watch { "watching" } else { "from" },
         dir.plugins_dir.display()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(shutdown_signal())?;
+    runtime.block_on(shutdown_requested);
     tracing::info!("shutting down");
     drop(watcher);
     host.shutdown();
@@ -158,22 +169,26 @@ fn serve(dir: &DirArgs, watch: bool, settle: Duration) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for Ctrl-C or, on unix, SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Starts listening for Ctrl-C and, on unix, SIGTERM; the future ends when one arrives.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    Ok(())
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 /// The reason part of a load error, without the leading file name (the table has a column
@@ -256,13 +271,24 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     }
 }
 
-fn inspect(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+fn inspect(file: &Path, json: bool, config: Option<&str>) -> anyhow::Result<ExitCode> {
     if !file.is_file() {
         bail!("{}: no such file", file.display());
     }
     let host = Host::new(HostOptions::default())?;
     let library = host.open(file)?;
     let info = library.info();
+    if let Some(config) = config {
+        library
+            .validate_config(config.as_bytes())
+            .with_context(|| {
+                format!(
+                    "{}: plugin {} does not accept the configuration {config}",
+                    file.display(),
+                    info.name
+                )
+            })?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(info)?);
     } else {
@@ -336,9 +362,14 @@ fn exec(name: &str, input: &str, config: &str, dir: &DirArgs) -> anyhow::Result<
     let host = dir.host()?;
     let mut refused = Vec::new();
     let mut library = None;
-    for outcome in host.scan()? {
-        match outcome {
-            Ok(lib) if lib.info().name == name && library.is_none() => library = Some(lib),
+    // A library's name is only known once it is loaded: open them in order, stop at the first
+    // that is `name` (the one `plughost run` would load too).
+    for path in host.discover()? {
+        match host.open(&path) {
+            Ok(lib) if lib.info().name == name => {
+                library = Some(lib);
+                break;
+            }
             Ok(_) => {}
             Err(error) => refused.push(error),
         }

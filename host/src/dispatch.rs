@@ -32,16 +32,28 @@ pub(crate) unsafe fn with_output(
     entry: impl FnOnce(&mut OutBuffer) -> Status,
 ) -> Status {
     out.clear();
-    let mut buf = OutBuffer::host(out.as_mut_ptr(), out.capacity());
+    let lent = out.as_mut_ptr();
+    let mut buf = OutBuffer::host(lent, out.capacity());
     let status = entry(&mut buf);
     if buf.owner == BufferOwner::PLUGIN {
         take_plugin_buffer(out, &buf, free);
+        status
+    } else if buf.ptr == lent && buf.len <= out.capacity() {
+        // SAFETY: the plugin wrote `len` bytes into the spare capacity we lent it.
+        unsafe { out.set_len(buf.len) };
+        status
     } else {
-        // SAFETY: the plugin wrote `len` bytes into our spare capacity; clamp in case a faulty
-        // plugin claims more than it was lent.
-        unsafe { out.set_len(buf.len.min(out.capacity())) };
+        // A plugin that moved our pointer or claims more than we lent broke the protocol;
+        // its output is not trusted.
+        broken_protocol(out)
     }
-    status
+}
+
+#[cold]
+fn broken_protocol(out: &mut Vec<u8>) -> Status {
+    out.clear();
+    out.extend_from_slice(b"the plugin broke the output buffer protocol");
+    Status::ERROR
 }
 
 #[cold]

@@ -428,48 +428,60 @@ impl Host {
     /// Takes a plugin out of service: waits for its calls in flight, calls Shutdown, unloads
     /// the library. Returns what Shutdown reported.
     pub fn unload(&self, name: &str) -> Result<(), CallError> {
-        let _lifecycle = self.lifecycle();
-        let version = self
-            .registry
-            .slot(name)
-            .and_then(|slot| slot.swap(None))
-            .ok_or_else(|| CallError::NotFound {
-                plugin: name.to_owned(),
-            })?;
-        let (old, retired) = retire_now(version);
-        let status = describe_unload(&retired, &self.shared, "library");
-        match &retired.shutdown {
-            Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
-            Err(e) => warn!(
-                "unloaded {} {} after a failed shutdown: {e} ({status})",
-                old.name, old.version
-            ),
+        let version = {
+            let _lifecycle = self.lifecycle();
+            self.registry.slot(name).and_then(|slot| slot.swap(None))
         }
-        self.shared.events.emit(HostEvent::Unloaded {
-            name: old.name,
-            version: old.version,
-            file: old.file,
-            status: retired.unload,
-        });
+        .ok_or_else(|| CallError::NotFound {
+            plugin: name.to_owned(),
+        })?;
+        // Out of service already; the wait for calls in flight happens outside the lock.
+        let (old, retired) = retire_now(version);
+        report_unload(old, &retired, &self.shared);
         retired.shutdown
     }
 
     /// Shuts every plugin down, newest first, and unloads them; waits for versions still
     /// being retired after reloads.
     pub fn shutdown(&self) {
-        let mut lifecycle = self.lifecycle();
-        let mut threads: Vec<JoinHandle<()>> = lifecycle.retiring.drain(..).collect();
-        for slot in self.registry.loaded().iter().rev() {
-            threads.extend(self.take_out_of_service(slot));
-            // One at a time, newest first: a later plugin may still be using an earlier one.
-            if let Some(thread) = threads.pop() {
-                let _ = thread.join();
-            }
+        let (versions, threads) = {
+            let mut lifecycle = self.lifecycle();
+            let versions: Vec<Arc<RunningPlugin>> = self
+                .registry
+                .loaded()
+                .iter()
+                .rev()
+                .filter_map(|slot| slot.swap(None))
+                .collect();
+            (versions, std::mem::take(&mut lifecycle.retiring))
+        };
+        // One at a time, newest first: a later plugin may still be using an earlier one.
+        for version in versions {
+            let (old, retired) = retire_now(version);
+            report_unload(old, &retired, &self.shared);
         }
         for thread in threads {
             let _ = thread.join();
         }
     }
+}
+
+/// Logs and announces that a plugin was taken out of service.
+fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
+    let status = describe_unload(retired, shared, "library");
+    match &retired.shutdown {
+        Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
+        Err(e) => warn!(
+            "unloaded {} {} after a failed shutdown: {e} ({status})",
+            old.name, old.version
+        ),
+    }
+    shared.events.emit(HostEvent::Unloaded {
+        name: old.name,
+        version: old.version,
+        file: old.file,
+        status: retired.unload,
+    });
 }
 
 /// Who a retired version was, kept for the log line once it is gone.
@@ -489,10 +501,24 @@ fn retire_now(version: Arc<RunningPlugin>) -> (OldVersion, Retired) {
     };
     let mut version = version;
     let mut pause = Duration::from_micros(20);
+    let waiting_since = Instant::now();
+    let mut next_warning = Duration::from_secs(5);
     let running = loop {
         match Arc::try_unwrap(version) {
             Ok(running) => break running,
             Err(shared) => {
+                // Calls in flight (or `PluginOutput`s still held) keep this version alive.
+                if waiting_since.elapsed() >= next_warning {
+                    warn!(
+                        "{} {} is out of service but still in use ({} calls or outputs held) \
+                         after {} s; it shuts down when they are done",
+                        old.name,
+                        old.version,
+                        Arc::strong_count(&shared) - 1,
+                        next_warning.as_secs()
+                    );
+                    next_warning *= 2;
+                }
                 version = shared;
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));

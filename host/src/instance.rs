@@ -49,23 +49,13 @@ pub struct Retired {
 impl RunningPlugin {
     /// Calls the plugin's Init with JSON configuration bytes and, if `state` is given and the
     /// plugin supports it, the state its previous version handed over.
-    ///
-    /// Init runs on a short-lived thread of its own: whatever thread-local destructors the
-    /// plugin registers there run when that thread ends, instead of pinning the library to a
-    /// long-lived host thread (FACTS.md).
     pub fn start(
         library: PluginLibrary,
         config: &[u8],
         state: Option<&[u8]>,
     ) -> Result<Self, LoadError> {
         let name: Arc<str> = library.info().name.as_str().into();
-        let (instance, status, message) = std::thread::scope(|scope| {
-            scope
-                .spawn(|| init_instance(&library, config, state))
-                .join()
-                // `init_instance` only calls into the plugin, which catches its own panics.
-                .expect("the init thread does not panic")
-        });
+        let (instance, status, message) = on_own_thread(|| init_instance(&library, config, state));
         let failure = if status != Status::OK {
             Some(call_error(&name, status, &message))
         } else if instance.0.is_null() {
@@ -140,15 +130,8 @@ impl RunningPlugin {
 
     /// Shuts the instance down, closes the library, deletes its shadow copy and checks whether
     /// it left the address space. The instance is freed whatever Shutdown says.
-    ///
-    /// Shutdown runs on a short-lived thread, for the same reason as Init.
     pub fn retire(mut self) -> Retired {
-        let shutdown = std::thread::scope(|scope| {
-            scope
-                .spawn(|| self.shutdown_instance())
-                .join()
-                .expect("the shutdown thread does not panic")
-        });
+        let shutdown = self.shutdown_instance();
         let library = self.library.take().expect("retired once");
         let shadow = library.shadow_path().to_owned();
         Retired {
@@ -164,14 +147,19 @@ impl RunningPlugin {
             return Ok(());
         }
         let vtable = *self.library().vtable();
-        let mut message = Vec::new();
-        // SAFETY: `instance` came from this library's Init and is passed to Shutdown once
-        // (it was just replaced by null); `&mut self` means no call is in flight.
-        let status = unsafe {
-            with_output(&mut message, vtable.free_buffer, |out| {
-                (vtable.shutdown)(instance, out)
-            })
-        };
+        let instance = InstancePtr(instance);
+        let (status, message) = on_own_thread(move || {
+            let instance = instance;
+            let mut message = Vec::new();
+            // SAFETY: `instance` came from this library's Init and is passed to Shutdown once
+            // (it was just replaced by null); `&mut self` means no call is in flight.
+            let status = unsafe {
+                with_output(&mut message, vtable.free_buffer, |out| {
+                    (vtable.shutdown)(instance.0, out)
+                })
+            };
+            (status, message)
+        });
         if status == Status::OK {
             Ok(())
         } else {
@@ -192,9 +180,24 @@ impl Drop for RunningPlugin {
     }
 }
 
-/// A raw instance pointer, sendable back from the Init thread.
+/// Runs plugin code on a short-lived thread of its own: whatever thread-local destructors the
+/// plugin registers there run when that thread ends, instead of pinning the library to a
+/// long-lived host thread (FACTS.md). Calls from users' threads (Execute) cannot be moved like
+/// this; everything the host itself runs in a plugin is.
+pub(crate) fn on_own_thread<R: Send>(plugin_code: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(plugin_code)
+            .join()
+            // Only plugin entry points run there, and they catch their own panics.
+            .expect("plugin entry points do not unwind")
+    })
+}
+
+/// A raw instance pointer, carried to and from the thread that runs Init or Shutdown.
 struct InstancePtr(*mut c_void);
-// SAFETY: the pointer is only carried from the Init thread to its caller, never used there.
+// SAFETY: the instance may be created and shut down on any thread (`Plugin: Send`); the
+// pointer is only moved between the caller and that thread, never shared.
 unsafe impl Send for InstancePtr {}
 
 fn init_instance(

@@ -12,7 +12,11 @@ use plugin_api::ffi::{
     PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL, STATE_SYMBOL,
 };
 
-use crate::error::LoadError;
+use abi_stable::std_types::RSlice;
+use plugin_api::ffi::Status;
+
+use crate::dispatch::{call_error, with_output};
+use crate::error::{CallError, LoadError};
 use crate::mapping::{self, UnloadStatus};
 use crate::metadata::PluginInfo;
 use crate::shadow::{ShadowCopy, ShadowDir};
@@ -76,15 +80,19 @@ impl PluginLibrary {
                     path: path.to_owned(),
                     reason: format!("cannot find {HEADER_SYMBOL} after loading: {e}"),
                 })?;
-        // SAFETY: the symbol is a static in the loaded library, alive while `library` is. Its
-        // first three fields are plain integers whose layout is frozen (header version 1).
+        // SAFETY: the symbol is a static in the loaded library, alive while `library` is. Only
+        // its first three fields, plain integers in the frozen header layout, are read before
+        // they are checked; no reference to the header exists until then.
+        let (magic, header_version, api_version) = unsafe {
+            (
+                std::ptr::addr_of!((*header).magic).read(),
+                std::ptr::addr_of!((*header).header_version).read(),
+                std::ptr::addr_of!((*header).api_version).read(),
+            )
+        };
+        validate::check_header_fields(path, magic, header_version, api_version)?;
+        // SAFETY: as above; the header version says the rest of the layout is ours.
         let header = unsafe { &*header };
-        validate::check_header_fields(
-            path,
-            header.magic,
-            header.header_version,
-            header.api_version,
-        )?;
         validate::check_layout(path, header.module_layout)?;
         // From here on the module's layout is known to equal ours.
         let module = header.module;
@@ -144,6 +152,36 @@ impl PluginLibrary {
     /// The state hand-over entry points, if exported. Valid while `self` lives.
     pub(crate) fn state_vtable(&self) -> Option<&StateVTable> {
         self.state.as_ref()
+    }
+
+    /// Asks the plugin whether `config` (JSON; empty means `{}`) is a configuration its Init
+    /// would accept, without creating an instance. `Ok` also when the plugin cannot tell
+    /// (it exports no `validate_config`).
+    pub fn validate_config(&self, config: &[u8]) -> Result<(), CallError> {
+        let Some(validate) = self.vtable.validate_config else {
+            return Ok(());
+        };
+        let free = self.vtable.free_buffer;
+        let (status, message) = crate::instance::on_own_thread(|| {
+            let mut message = Vec::new();
+            // SAFETY: the entry points belong to this loaded library; `config` outlives the
+            // call.
+            let status = unsafe {
+                with_output(&mut message, free, |out| {
+                    validate(RSlice::from_slice(config), out)
+                })
+            };
+            (status, message)
+        });
+        if status == Status::OK {
+            Ok(())
+        } else {
+            Err(call_error(
+                &self.info.name.as_str().into(),
+                status,
+                &message,
+            ))
+        }
     }
 
     /// Closes the library, checks whether it left the address space, then deletes the shadow

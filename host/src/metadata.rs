@@ -62,8 +62,9 @@ impl PluginInfo {
             reason,
         };
         let text = |field: &str, s: &RStr<'_>| -> Result<String, LoadError> {
-            // Check UTF-8 ourselves: the plugin's `RStr` is only as valid as the plugin.
-            std::str::from_utf8(s.as_str().as_bytes())
+            // Check UTF-8 on the raw bytes: the plugin's `RStr` is only as valid as the plugin,
+            // and `RStr::as_str` would assume it.
+            std::str::from_utf8(s.as_rslice().as_slice())
                 .map(str::to_owned)
                 .map_err(|e| bad(format!("{field} is not UTF-8: {e}")))
         };

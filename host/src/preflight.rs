@@ -77,17 +77,23 @@ fn read_header(file: &object::File<'_>) -> Result<RawHeader, String> {
         .iter()
         .find(|e| e.name().strip_prefix(b"_").unwrap_or(e.name()) == HEADER_SYMBOL.as_bytes())
         .ok_or_else(|| format!("it does not export {HEADER_SYMBOL}"))?;
+    // Every offset comes from the file: checked arithmetic, so a crafted file is refused
+    // instead of overflowing.
     let address = export.address();
     let section = file
         .sections()
-        .find(|s| s.address() <= address && address < s.address() + s.size())
+        .find(|s| {
+            address
+                .checked_sub(s.address())
+                .is_some_and(|offset| offset < s.size())
+        })
         .ok_or_else(|| format!("{HEADER_SYMBOL} points outside every section"))?;
     let data = section
         .data()
         .map_err(|e| format!("cannot read the section holding {HEADER_SYMBOL}: {e}"))?;
-    let start = usize::try_from(address - section.address()).map_err(|e| e.to_string())?;
-    let raw = data
-        .get(start..start + 24)
+    let raw = usize::try_from(address - section.address())
+        .ok()
+        .and_then(|start| data.get(start..start.checked_add(24)?))
         .ok_or_else(|| format!("{HEADER_SYMBOL} is cut short (truncated file?)"))?;
     let u32_at = |i: usize| {
         let bytes: [u8; 4] = raw[i..i + 4].try_into().expect("4 bytes");

@@ -4,9 +4,11 @@
 //! Two facts force this (FACTS.md): `dlopen` caches by path, so reopening a path returns the old
 //! code; and overwriting a loaded library in place (`cp new.so loaded.so`) crashes the process.
 //! A copy with a unique name makes the host immune to how users replace their files. The bytes
-//! copied are the very bytes [`preflight`](crate::preflight) checked, so nothing can change
-//! between the check and the load.
+//! copied are the very bytes [`preflight`](crate::preflight) checked, and the folder is private
+//! to the user running the host (on unix: owned by them, mode `0700`, checked), so nothing can
+//! change between the check and the load.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,17 +21,25 @@ pub struct ShadowDir {
     counter: AtomicU64,
 }
 
-/// The default shadow folder: `plughost-shadow` in the system's temporary folder.
+/// The default shadow folder: `plughost-shadow-<uid>` in the system's temporary folder (one
+/// per user, since it must be private).
 pub fn default_shadow_dir() -> PathBuf {
-    std::env::temp_dir().join("plughost-shadow")
+    #[cfg(unix)]
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let name = format!("plughost-shadow-{}", unsafe { libc::geteuid() });
+    #[cfg(not(unix))]
+    let name = "plughost-shadow".to_owned();
+    std::env::temp_dir().join(name)
 }
 
 impl ShadowDir {
-    /// Creates (if needed) the folder and removes copies left by host processes that no longer
-    /// run (a crash skips the clean-up copies normally get).
+    /// Creates (if needed) the folder, checks that it is private, and removes copies left by
+    /// host processes that no longer run (a crash skips the clean-up copies normally get).
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
+        create_private_dir(&dir)?;
+        // Canonical, so that it compares equal to the paths in `/proc/self/maps`.
+        let dir = dir.canonicalize()?;
         remove_stale_copies(&dir);
         Ok(ShadowDir {
             dir,
@@ -54,12 +64,19 @@ impl ShadowDir {
             std::process::id(),
             crate::discovery::LIBRARY_EXTENSION
         ));
-        std::fs::write(&path, bytes).map_err(|error| LoadError::Shadow {
+        // `create_new`: never reuse or follow whatever may already sit at that name.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(bytes));
+        let copy = ShadowCopy { path };
+        written.map_err(|error| LoadError::Shadow {
             path: original.to_owned(),
-            shadow: path.clone(),
+            shadow: copy.path.clone(),
             error,
         })?;
-        Ok(ShadowCopy { path })
+        Ok(copy)
     }
 }
 
@@ -81,6 +98,50 @@ impl Drop for ShadowCopy {
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!("could not delete shadow copy {}: {e}", self.path.display());
         }
+    }
+}
+
+/// Creates `dir` private to this user, or checks that an existing one is: on unix, a real
+/// folder (not a link) owned by the effective user with no access for group or others. Anyone
+/// else able to write there could swap a checked copy for their own code before it is loaded.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let problem = if !meta.is_dir() {
+            Some("it is not a folder".to_owned())
+        } else if meta.uid() != me {
+            Some(format!("it belongs to user {}, not to {me}", meta.uid()))
+        } else if meta.mode() & 0o077 != 0 {
+            // Ours: tighten it rather than refuse.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            None
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("the shadow folder must be private to this user: {problem}"),
+            )),
+            None => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        // Windows: the per-user temporary folder is already private to the user.
+        std::fs::create_dir_all(dir)
     }
 }
 

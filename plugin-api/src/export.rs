@@ -154,12 +154,16 @@ fn install_panic_hook(plugin: &'static str) {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         std::panic::set_hook(Box::new(move |info| {
+            use std::io::Write;
             let message = panic_message_of(info.payload());
+            // Not `eprintln!`: it panics when stderr cannot be written, and a panic inside the
+            // panic hook aborts the whole process.
+            let mut stderr = std::io::stderr().lock();
             if let Some(location) = info.location() {
                 PANIC_LOCATION.set(Some(LocationText::new(location)));
-                eprintln!("plugin {plugin} panicked at {location}: {message}");
+                let _ = writeln!(stderr, "plugin {plugin} panicked at {location}: {message}");
             } else {
-                eprintln!("plugin {plugin} panicked: {message}");
+                let _ = writeln!(stderr, "plugin {plugin} panicked: {message}");
             }
         }));
     });
@@ -187,6 +191,9 @@ fn parse_config<P: Plugin>(bytes: &[u8]) -> Result<P::Config, PluginError> {
     Ok(config)
 }
 
+/// # Safety
+///
+/// The contract of [`PluginVTable`]: `instance` and `out` are valid for writing.
 unsafe extern "C" fn init<P: Plugin>(
     config: RSlice<'_, u8>,
     instance: &mut *mut c_void,
@@ -195,6 +202,9 @@ unsafe extern "C" fn init<P: Plugin>(
     create::<P>(config.as_slice(), None, instance, out)
 }
 
+/// # Safety
+///
+/// The contract of [`StateVTable`]: `instance` and `out` are valid for writing.
 unsafe extern "C" fn init_with_state<P: Plugin>(
     config: RSlice<'_, u8>,
     state: RSlice<'_, u8>,
@@ -226,6 +236,9 @@ fn create<P: Plugin>(
     })
 }
 
+/// # Safety
+///
+/// The contract of [`StateVTable`]: `instance` is a live instance of `P` made by `init`.
 unsafe extern "C" fn save_state<P: Plugin>(instance: *const c_void, out: &mut OutBuffer) -> Status {
     // SAFETY: as in `execute`.
     let plugin = unsafe { &*instance.cast::<P>() };
@@ -237,6 +250,9 @@ unsafe extern "C" fn save_state<P: Plugin>(instance: *const c_void, out: &mut Ou
     })
 }
 
+/// # Safety
+///
+/// The contract of [`PluginVTable`]: `instance` is a live instance of `P` made by `init`.
 unsafe extern "C" fn execute<P: Plugin>(
     instance: *const c_void,
     ctx: &CallContext,
@@ -251,21 +267,32 @@ unsafe extern "C" fn execute<P: Plugin>(
     })
 }
 
+/// # Safety
+///
+/// The contract of [`PluginVTable`]: `instance` is a live instance of `P` made by `init`, given
+/// here once, with no other call on it in flight.
 unsafe extern "C" fn shutdown<P: Plugin>(instance: *mut c_void, out: &mut OutBuffer) -> Status {
     // SAFETY: the host passes the pointer `init` produced, exactly once, after every
     // `execute` on it has returned, so we own it again.
     let mut plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
     let status = guarded(out, |_| plugin.shutdown());
-    // Dropping runs plugin code too: a panicking Drop must not abort the host.
-    if catch_unwind(AssertUnwindSafe(move || drop(plugin))).is_err() && status == Status::OK {
-        let mut output = Output::new(out);
-        output.write(b"panicked while dropping the plugin");
-        output.finish();
-        return Status::PANIC;
+    // Dropping runs plugin code too: a panicking Drop must not abort the host. If Shutdown
+    // already failed, its message is the one to keep.
+    match catch_unwind(AssertUnwindSafe(move || drop(plugin))) {
+        Err(payload) if status == Status::OK => {
+            let mut output = Output::new(out);
+            output.write(b"while dropping the plugin: ");
+            output.write(panic_message(&*payload).as_bytes());
+            output.finish();
+            Status::PANIC
+        }
+        _ => status,
     }
-    status
 }
 
+/// # Safety
+///
+/// The contract of [`PluginVTable`]: `instance` is a live instance of `P` made by `init`.
 unsafe extern "C" fn health<P: Plugin>(
     instance: *const c_void,
     level: &mut u8,
@@ -285,6 +312,9 @@ unsafe extern "C" fn health<P: Plugin>(
     })
 }
 
+/// # Safety
+///
+/// The contract of [`PluginVTable`]: `out` is a valid buffer.
 unsafe extern "C" fn validate_config<P: Plugin>(
     config: RSlice<'_, u8>,
     out: &mut OutBuffer,
@@ -292,6 +322,10 @@ unsafe extern "C" fn validate_config<P: Plugin>(
     guarded(out, |_| parse_config::<P>(config.as_slice()).map(drop))
 }
 
+/// # Safety
+///
+/// `(ptr, len, cap)` are exactly those of an output this library handed over as
+/// `BufferOwner::PLUGIN`, given back once.
 unsafe extern "C" fn free_buffer(ptr: *mut u8, len: usize, cap: usize) {
     // SAFETY: the host returns exactly the (ptr, len, cap) of a `Vec<u8>` that `Output::finish`
     // leaked from this library's allocator, once.

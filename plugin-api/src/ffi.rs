@@ -333,6 +333,17 @@ pub mod health_level {
 
 /// The entry points. Every function catches panics inside the plugin (see FACTS.md: a panic
 /// cannot cross `extern "C"`) and reports them as [`Status::PANIC`].
+///
+/// # Safety
+///
+/// What the host promises when it calls them:
+/// - `instance` is a pointer `init` (or `init_with_state`) stored and `shutdown` has not been
+///   given yet; `shutdown` gets it once, when no other call on it is in flight;
+/// - every `OutBuffer` is as [`OutBuffer`] describes: `ptr[..cap]` writable host memory (or
+///   `cap == 0`), `len == 0`, `owner == HOST`;
+/// - slices and references are valid for the duration of the call;
+/// - `free_buffer` gets back exactly the `(ptr, len, cap)` of a `BufferOwner::PLUGIN` output,
+///   once, while the library is loaded.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy)]
 pub struct PluginVTable {

@@ -154,8 +154,9 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    /// Wraps the raw context the host passed.
-    pub fn new(raw: &'a CallContext) -> Self {
+    /// Wraps the raw context the host passed (a non-null `cancelled` must point to a live
+    /// flag, which is why this is not public).
+    pub(crate) fn new(raw: &'a CallContext) -> Self {
         Context { raw }
     }
 
@@ -185,8 +186,9 @@ pub struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    /// Wraps the buffer the host passed. Its current contents are kept.
-    pub fn new(raw: &'a mut OutBuffer) -> Self {
+    /// Wraps the buffer the host passed (whose `ptr[..cap]` must be writable, which is why
+    /// this is not public). Its current contents are kept.
+    pub(crate) fn new(raw: &'a mut OutBuffer) -> Self {
         Output { raw, spill: None }
     }
 

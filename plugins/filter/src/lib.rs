@@ -1,7 +1,7 @@
 //! `filter`: a JSON array of numbers in, the numbers matching the configured rule out.
 //!
 //! ```text
-//! plughost exec filter '[1, 5, 10, 20]' --config '{"rule":"gt","value":5}'   # [10.0,20.0]
+//! plughost exec filter '[1, 5, 10, 20]' --config '{"rule":"gt","value":5}'   # [10,20]
 //! ```
 
 use plugin_api::{export_plugin, json, ConfigField, Context, Output, Plugin, PluginError};
