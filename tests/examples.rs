@@ -292,17 +292,7 @@ fn cli_run_loads_and_shuts_down_cleanly_on_sigterm() {
     dir.add("counter");
     dir.add("transform");
     dir.write("junk.so", b"junk");
-    let child = std::process::Command::new(plughost_tests::plughost())
-        .arg("run")
-        .arg("--plugins-dir")
-        .arg(dir.path())
-        .arg("--shadow-dir")
-        .arg(dir.shadow())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = dir.spawn_run();
     // Wait until both plugins are loaded: their shadow copies exist.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while dir.shadow_files().len() < 2 {
@@ -313,9 +303,7 @@ fn cli_run_loads_and_shuts_down_cleanly_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
-    // SAFETY: plain libc call on a child we spawned.
-    let rc = unsafe { kill(child.id() as i32, 15) };
-    assert_eq!(rc, 0);
+    plughost_tests::terminate(&child);
     let out = child.wait_with_output().unwrap();
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
@@ -327,8 +315,4 @@ fn cli_run_loads_and_shuts_down_cleanly_on_sigterm() {
     // Newest first: transform (loaded after counter) is unloaded before it.
     assert!(log.find("unloaded transform").unwrap() < log.find("unloaded counter").unwrap());
     assert!(dir.shadow_files().is_empty());
-}
-
-extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
 }

@@ -111,12 +111,8 @@ fn cli_reports_each_panic_in_one_line_and_exits_non_zero() {
             "panicked: panicky: boom in shutdown",
         ),
     ] {
-        let out = std::process::Command::new(plughost_tests::plughost())
-            .args(["exec", "panicky", input, "--config", config])
-            .arg("--plugins-dir")
-            .arg(dir.path())
-            .arg("--shadow-dir")
-            .arg(dir.shadow())
+        let out = dir
+            .command(&["exec", "panicky", input, "--config", config])
             // std's own report would print a backtrace with this set; the plugin's hook does not.
             .env("RUST_BACKTRACE", "1")
             .output()

@@ -242,16 +242,56 @@ fn a_slow_chunked_write_gives_one_reload_of_the_final_content() {
     assert_eq!(answer(&handle), "2.0.0:x");
 }
 
+/// A watched folder serving `versioned` 1.0.0, ready to be flipped between builds.
+struct Flipping {
+    dir: PluginDir,
+    builds: [Vec<u8>; 2],
+    host: Arc<plughost::Host>,
+    _watcher: plughost::Watcher,
+    events: std::sync::mpsc::Receiver<HostEvent>,
+    handle: plughost::PluginHandle,
+}
+
+impl Flipping {
+    fn new() -> Self {
+        let dir = PluginDir::new();
+        let builds = [
+            bytes_of("fixture-versioned-v1"),
+            bytes_of("fixture-versioned-v2"),
+        ];
+        dir.replace_atomically(FILE, &builds[0]);
+        let (host, _watcher, events) = dir.watched();
+        let handle = host.handle("versioned").unwrap();
+        Flipping {
+            dir,
+            builds,
+            host,
+            _watcher,
+            events,
+            handle,
+        }
+    }
+
+    /// Reload number `i`: renames in build 2 when `i` is odd, build 1 when even, and waits for
+    /// the reload. Returns the version now serving and the event.
+    fn flip(&self, i: usize) -> (&'static str, HostEvent) {
+        self.dir.replace_atomically(FILE, &self.builds[i % 2]);
+        let version = if i.is_multiple_of(2) {
+            "1.0.0"
+        } else {
+            "2.0.0"
+        };
+        (
+            version,
+            wait_for(&self.events, WAIT, |e| reloaded_to(e, version)),
+        )
+    }
+}
+
 #[test]
 fn calls_under_load_never_fail_or_tear_across_200_reloads() {
-    let dir = PluginDir::new();
-    let builds = [
-        bytes_of("fixture-versioned-v1"),
-        bytes_of("fixture-versioned-v2"),
-    ];
-    dir.replace_atomically(FILE, &builds[0]);
-    let (host, _watcher, events) = dir.watched();
-    let handle = host.handle("versioned").unwrap();
+    let flipping = Flipping::new();
+    let handle = &flipping.handle;
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
@@ -276,34 +316,23 @@ fn calls_under_load_never_fail_or_tear_across_200_reloads() {
         .collect();
 
     for i in 1..=200 {
-        let next = &builds[i % 2];
-        dir.replace_atomically(FILE, next);
-        let version = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
-        wait_for(&events, WAIT, |e| reloaded_to(e, version));
+        flipping.flip(i);
     }
     stop.store(true, Ordering::Relaxed);
     let calls: u64 = callers.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(calls > 200, "the callers kept calling: {calls}");
     assert!(seen[0].load(Ordering::Relaxed) > 0 && seen[1].load(Ordering::Relaxed) > 0);
-    assert_eq!(answer(&handle), "1.0.0:x");
+    assert_eq!(answer(handle), "1.0.0:x");
 }
 
 #[test]
 fn five_hundred_reloads_leave_no_shadow_files_or_mappings_behind() {
-    let dir = PluginDir::new();
-    let builds = [
-        bytes_of("fixture-versioned-v1"),
-        bytes_of("fixture-versioned-v2"),
-    ];
-    dir.replace_atomically(FILE, &builds[0]);
-    let (host, _watcher, events) = dir.watched();
-    let handle = host.handle("versioned").unwrap();
+    let flipping = Flipping::new();
+    let (dir, handle) = (&flipping.dir, &flipping.handle);
     assert_eq!(mapped_under(dir.shadow()), 1);
 
     for i in 1..=500 {
-        dir.replace_atomically(FILE, &builds[i % 2]);
-        let version = if i % 2 == 0 { "1.0.0" } else { "2.0.0" };
-        let event = wait_for(&events, WAIT, |e| reloaded_to(e, version));
+        let (version, event) = flipping.flip(i);
         assert!(
             matches!(
                 event,
@@ -315,7 +344,7 @@ fn five_hundred_reloads_leave_no_shadow_files_or_mappings_behind() {
             "reload {i}: {event:?}"
         );
         if i % 50 == 0 {
-            assert_eq!(answer(&handle), format!("{version}:x"));
+            assert_eq!(answer(handle), format!("{version}:x"));
         }
     }
     assert_eq!(dir.shadow_files().len(), 1, "{:?}", dir.shadow_files());
@@ -324,7 +353,7 @@ fn five_hundred_reloads_leave_no_shadow_files_or_mappings_behind() {
         1,
         "only the version in service is mapped"
     );
-    assert_eq!(host.still_mapped(), 0);
+    assert_eq!(flipping.host.still_mapped(), 0);
 }
 
 #[test]
@@ -396,17 +425,7 @@ fn cli_run_logs_each_reload() {
     let dir = PluginDir::new();
     let counter = bytes_of("counter");
     dir.replace_atomically("libcounter.so", &counter);
-    let mut child = std::process::Command::new(plughost_tests::plughost())
-        .arg("run")
-        .arg("--plugins-dir")
-        .arg(dir.path())
-        .arg("--shadow-dir")
-        .arg(dir.shadow())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = dir.spawn_run();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut wait_line = |needle: &str| -> String {
         for line in lines.by_ref() {
@@ -433,13 +452,8 @@ fn cli_run_logs_each_reload() {
         "{line}"
     );
     assert!(line.contains("libcounter.so"), "{line}");
-    // SAFETY: plain libc call on a child we spawned.
-    assert_eq!(unsafe { kill(child.id() as i32, 15) }, 0);
+    plughost_tests::terminate(&child);
     let line = wait_line("unloaded counter 1.0.0");
     assert!(line.contains("(library unloaded)"), "{line}");
     assert!(child.wait().unwrap().success());
-}
-
-extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -136,16 +136,31 @@ impl PluginDir {
         target
     }
 
-    /// Runs `plughost <args> --plugins-dir <this> --shadow-dir <its shadow>`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(plughost())
+    /// `plughost <args> --plugins-dir <this> --shadow-dir <its shadow>`, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(plughost());
+        command
             .args(args)
             .arg("--plugins-dir")
             .arg(self.path())
             .arg("--shadow-dir")
-            .arg(self.shadow())
-            .output()
-            .expect("run plughost")
+            .arg(self.shadow());
+        command
+    }
+
+    /// Runs `plughost <args>` on this folder to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run plughost")
+    }
+
+    /// Starts `plughost run` on this folder with INFO logs, uncoloured, on a piped stderr.
+    pub fn spawn_run(&self) -> Child {
+        self.command(&["run"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start plughost run")
     }
 
     /// The files in the shadow folder.
@@ -223,4 +238,12 @@ pub fn mapped_under(dir: &Path) -> usize {
     paths.sort();
     paths.dedup();
     paths.len()
+}
+
+/// Sends SIGTERM to a child process, as a service manager stopping it would.
+#[cfg(unix)]
+pub fn terminate(child: &Child) {
+    let pid = i32::try_from(child.id()).expect("pid fits in i32");
+    // SAFETY: `kill` has no memory-safety preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill failed");
 }

@@ -362,22 +362,7 @@ impl Host {
         Some(retire_in_background(
             version,
             self.shared.clone(),
-            |old, retired, shared| {
-                let status = describe_unload(&retired, shared, "library");
-                match &retired.shutdown {
-                    Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
-                    Err(e) => warn!(
-                        "unloaded {} {} after a failed shutdown: {e} ({status})",
-                        old.name, old.version
-                    ),
-                }
-                shared.events.emit(HostEvent::Unloaded {
-                    name: old.name,
-                    version: old.version,
-                    file: old.file,
-                    status: retired.unload,
-                });
-            },
+            |old, retired, shared| report_unload(old, &retired, shared),
         ))
     }
 
