@@ -185,18 +185,14 @@ fn cli_exec_reads_stdin_and_reports_failures() {
     use std::io::Write;
     let dir = PluginDir::new();
     dir.add("transform");
-    let mut child = std::process::Command::new(plughost_tests::plughost())
-        .args([
+    let mut child = dir
+        .command(&[
             "exec",
             "transform",
             "-",
             "--config",
             r#"{"mode":"reverse"}"#,
         ])
-        .arg("--plugins-dir")
-        .arg(dir.path())
-        .arg("--shadow-dir")
-        .arg(dir.shadow())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

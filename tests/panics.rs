@@ -138,18 +138,14 @@ fn a_panic_with_stderr_unwritable_is_still_just_an_error() {
     let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
         return; // no /dev/full on this system
     };
-    let status = std::process::Command::new(plughost_tests::plughost())
-        .args([
+    let status = dir
+        .command(&[
             "exec",
             "panicky",
             "panic",
             "--config",
             r#"{"panic_in":"execute"}"#,
         ])
-        .arg("--plugins-dir")
-        .arg(dir.path())
-        .arg("--shadow-dir")
-        .arg(dir.shadow())
         .stderr(full)
         .status()
         .unwrap();
