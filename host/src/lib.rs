@@ -34,6 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod callbacks;
 pub mod discovery;
 pub mod dispatch;
 pub mod error;

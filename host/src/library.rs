@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use plugin_api::ffi::{
-    PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL, STATE_SYMBOL,
+    HostExport, PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL, HOST_SYMBOL,
+    STATE_SYMBOL,
 };
+
+use crate::callbacks::{PluginIdentity, HOST_API};
 
 use abi_stable::std_types::RSlice;
 use plugin_api::ffi::Status;
@@ -31,9 +34,11 @@ pub struct PluginLibrary {
     state: Option<StateVTable>,
     content_hash: u128,
     load_time: Duration,
-    // Field order is drop order: close the library before deleting its file.
+    // Field order is drop order: close the library before deleting its file, and before
+    // freeing the identity its callbacks refer to.
     library: libloading::Library,
     shadow: ShadowCopy,
+    identity: Option<Box<PluginIdentity>>,
 }
 
 impl std::fmt::Debug for PluginLibrary {
@@ -102,6 +107,7 @@ impl PluginLibrary {
             validate::to_semver(header.api_version),
         )?;
         let state = read_state_export(path, &library)?;
+        let identity = install_host_api(path, &library, &info)?;
         Ok(PluginLibrary {
             info,
             file: path.to_owned(),
@@ -111,6 +117,7 @@ impl PluginLibrary {
             load_time: started.elapsed(),
             library,
             shadow: copy,
+            identity,
         })
     }
 
@@ -188,7 +195,10 @@ impl PluginLibrary {
     /// copy. Nothing the plugin created may be alive any more (the instance is shut down).
     pub fn close(self) -> UnloadStatus {
         let PluginLibrary {
-            library, shadow, ..
+            library,
+            shadow,
+            identity,
+            ..
         } = self;
         if let Err(e) = library.close() {
             tracing::warn!("closing {} failed: {e}", shadow.path().display());
@@ -200,6 +210,12 @@ impl PluginLibrary {
             None => UnloadStatus::Unknown,
         };
         drop(shadow);
+        if status == UnloadStatus::Unmapped {
+            drop(identity);
+        } else {
+            // Code still mapped (a pending thread-local destructor) may yet log through it.
+            std::mem::forget(identity);
+        }
         status
     }
 }
@@ -218,6 +234,31 @@ pub fn content_hash(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
+/// Finds the optional host-callbacks export (plugin-api 1.2), checks its layout and gives the
+/// plugin the host's callbacks with an identity naming it. Absent is fine (older plugins).
+fn install_host_api(
+    path: &Path,
+    library: &libloading::Library,
+    info: &PluginInfo,
+) -> Result<Option<Box<PluginIdentity>>, LoadError> {
+    // SAFETY: plugin-api declares this symbol as a `HostExport` static; we take its address.
+    let symbol = unsafe { library.get::<*const HostExport>(format!("{HOST_SYMBOL}\0").as_bytes()) };
+    let Ok(symbol) = symbol else {
+        return Ok(None);
+    };
+    // SAFETY: a `'static` in the loaded library; `layout` is checked before `install` is used.
+    let export = unsafe { &**symbol };
+    validate::check_export_layout(path, "host callbacks", HOST_API_LAYOUT, export.layout)?;
+    let identity = PluginIdentity::new(&info.name, &info.version);
+    // SAFETY: the layout matches ours; `HOST_API` is a static and the identity is kept until
+    // the library is closed (longer if it stays mapped).
+    unsafe { (export.install)(&HOST_API, (&*identity as *const PluginIdentity).cast()) };
+    Ok(Some(identity))
+}
+
+const HOST_API_LAYOUT: &abi_stable::type_layout::TypeLayout =
+    <plugin_api::ffi::HostApi as abi_stable::StableAbi>::LAYOUT;
+
 /// Finds the optional state hand-over export and checks its layout on its own. Absent is fine
 /// (plugins built against plugin-api 1.0); present with another layout is a refusal.
 fn read_state_export(
@@ -233,7 +274,12 @@ fn read_state_export(
     // SAFETY: the symbol is a `'static` in the loaded library (alive while `library` is); its
     // two fields are references whose targets we only read after the layout check.
     let export = unsafe { &**symbol };
-    validate::check_state_layout(path, export.layout)?;
+    validate::check_export_layout(
+        path,
+        "state hand-over",
+        <StateVTable as abi_stable::StableAbi>::LAYOUT,
+        export.layout,
+    )?;
     Ok(Some(*export.vtable))
 }
 

@@ -14,7 +14,7 @@ use abi_stable::abi_stability::abi_checking::{
 use abi_stable::type_layout::{TLFieldOrFunction, TypeLayout};
 use abi_stable::StableAbi;
 use plugin_api::ffi::{
-    ApiVersion, PluginModule, StateVTable, API_VERSION, HEADER_SYMBOL, HEADER_VERSION, MAGIC,
+    ApiVersion, PluginModule, API_VERSION, HEADER_SYMBOL, HEADER_VERSION, MAGIC,
 };
 
 use crate::error::LoadError;
@@ -89,17 +89,19 @@ pub fn check_layout(path: &Path, found: &'static TypeLayout) -> Result<(), LoadE
     )
 }
 
-/// Compares the plugin's layout of the optional [`StateVTable`] with the host's.
-pub fn check_state_layout(path: &Path, found: &'static TypeLayout) -> Result<(), LoadError> {
-    let expected: &'static TypeLayout = <StateVTable as StableAbi>::LAYOUT;
+/// Compares the plugin's layout of an optional export's type (`what`: "state hand-over",
+/// "host callbacks") with the host's, with fresh checking globals as in [`check_layout`].
+pub fn check_export_layout(
+    path: &Path,
+    what: &str,
+    expected: &'static TypeLayout,
+    found: &'static TypeLayout,
+) -> Result<(), LoadError> {
     check_layout_compatibility_with_globals(expected, found, &CheckingGlobals::new()).map_err(
         |errors| LoadError::LayoutMismatch {
             path: path.to_owned(),
             expected: host_api_version(),
-            summary: format!(
-                "state hand-over export: {}",
-                summarize_layout_errors(&errors)
-            ),
+            summary: format!("{what} export: {}", summarize_layout_errors(&errors)),
         },
     )
 }

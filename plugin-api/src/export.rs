@@ -15,8 +15,9 @@ use abi_stable::std_types::{RSlice, RStr};
 use abi_stable::StableAbi;
 
 use crate::ffi::{
-    health_level, CallContext, OutBuffer, PluginHeader, PluginMetadata, PluginModule, PluginVTable,
-    StateExport, StateVTable, Status, API_VERSION, HEADER_VERSION, MAGIC,
+    health_level, CallContext, HostApi, HostExport, OutBuffer, PluginHeader, PluginMetadata,
+    PluginModule, PluginVTable, StateExport, StateVTable, Status, API_VERSION, HEADER_VERSION,
+    MAGIC,
 };
 use crate::plugin::{Context, Health, Output, Plugin, PluginError};
 
@@ -82,6 +83,14 @@ pub const fn state_export(vtable: &'static StateVTable) -> StateExport {
     StateExport {
         layout: <StateVTable as StableAbi>::LAYOUT,
         vtable,
+    }
+}
+
+/// The optional host-callbacks export, the same for every plugin.
+pub const fn host_export() -> HostExport {
+    HostExport {
+        layout: <HostApi as StableAbi>::LAYOUT,
+        install: crate::log::install,
     }
 }
 
@@ -355,6 +364,9 @@ macro_rules! export_plugin {
 
             #[unsafe(no_mangle)]
             pub static PLUGHOST_PLUGIN_HEADER: __p::PluginHeader = __p::header(&MODULE);
+
+            #[unsafe(no_mangle)]
+            pub static PLUGHOST_PLUGIN_HOST: __p::HostExport = __p::host_export();
 
             static STATE_VTABLE: __p::StateVTable = __p::state_vtable::<$plugin>();
             #[unsafe(no_mangle)]

@@ -26,6 +26,10 @@ use abi_stable::StableAbi;
 /// can hand their state to the next version of themselves on hot reload.
 pub const STATE_SYMBOL: &str = "PLUGHOST_PLUGIN_STATE";
 
+/// The name of the optional [`HostExport`] static (plugin-api 1.2): plugins that export it
+/// receive the host's callbacks (logging) before Init.
+pub const HOST_SYMBOL: &str = "PLUGHOST_PLUGIN_HOST";
+
 /// The name of the exported [`PluginHeader`] static, as written in the library's symbol table
 /// (Mach-O adds its usual leading underscore).
 pub const HEADER_SYMBOL: &str = "PLUGHOST_PLUGIN_HEADER";
@@ -406,4 +410,48 @@ pub struct StateVTable {
         instance: &mut *mut c_void,
         out: &mut OutBuffer,
     ) -> Status,
+}
+
+/// Optional export (plugin-api 1.2), behind [`HOST_SYMBOL`]: how the host hands the plugin its
+/// callbacks. The host checks `layout` against its own [`HostApi`] and calls `install` once,
+/// after loading and before Init.
+#[repr(C)]
+pub struct HostExport {
+    /// abi_stable's description of [`HostApi`] as the plugin saw it.
+    pub layout: &'static TypeLayout,
+    /// Stores the host's table and the opaque identity to pass back with every callback.
+    pub install: unsafe extern "C" fn(api: &'static HostApi, plugin: *const c_void),
+}
+
+// SAFETY: as for `PluginHeader`: immutable `'static` data, only read.
+unsafe impl Sync for HostExport {}
+
+/// Log levels crossing the boundary, as in `tracing` and `log`.
+pub mod log_level {
+    /// Something failed.
+    pub const ERROR: u8 = 1;
+    /// Something looks wrong.
+    pub const WARN: u8 = 2;
+    /// Something worth knowing.
+    pub const INFO: u8 = 3;
+    /// Detail for debugging.
+    pub const DEBUG: u8 = 4;
+    /// Even more detail.
+    pub const TRACE: u8 = 5;
+}
+
+/// The host's callbacks. `plugin` is always the identity the host passed to
+/// [`HostExport::install`].
+///
+/// # Safety
+///
+/// The plugin calls these only with that identity, from any thread, while its library is
+/// loaded; `message` is valid UTF-8 for the duration of the call.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct HostApi {
+    /// Whether a message at `level` would be recorded (so the plugin can skip formatting it).
+    pub log_enabled: unsafe extern "C" fn(plugin: *const c_void, level: u8) -> bool,
+    /// Records a message at `level`, in the host's log, attributed to the plugin.
+    pub log: unsafe extern "C" fn(plugin: *const c_void, level: u8, message: RStr<'_>),
 }

@@ -101,6 +101,7 @@
 mod export;
 pub mod ffi;
 pub mod json;
+pub mod log;
 mod plugin;
 
 pub use ffi::{ConfigField, ConfigType, API_VERSION};
@@ -109,7 +110,7 @@ pub use plugin::{Context, Health, NoConfig, Output, Plugin, PluginError};
 /// Used by [`export_plugin!`]'s expansion; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{header, module, rstr_array, state_export, state_vtable};
-    pub use crate::ffi::{PluginHeader, PluginModule, StateExport, StateVTable};
+    pub use crate::export::{header, host_export, module, rstr_array, state_export, state_vtable};
+    pub use crate::ffi::{HostExport, PluginHeader, PluginModule, StateExport, StateVTable};
     pub use abi_stable::std_types::RStr;
 }

@@ -92,8 +92,9 @@ impl Plugin for Counter {
     }
 
     fn shutdown(&mut self) -> Result<(), PluginError> {
+        let count = self.count.load(Ordering::Relaxed);
+        plugin_api::info!("shutting down at {count}");
         if let Some(path) = &self.report_file {
-            let count = self.count.load(Ordering::Relaxed);
             std::fs::write(path, format!("counter shut down at {count}\n"))
                 .map_err(|e| PluginError::new(format!("cannot write {path}: {e}")))?;
         }
