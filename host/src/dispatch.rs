@@ -132,6 +132,20 @@ impl PluginHandle {
         }
     }
 
+    /// Like [`call_into`](Self::call_into), with a deadline and cancellation flag the plugin
+    /// can see through its `Context`. The async path's core.
+    pub(crate) fn call_into_with(
+        &self,
+        ctx: &CallContext,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
+        match &*self.slot.load() {
+            Some(version) => version.call_into_with(ctx, input, output),
+            None => Err(self.not_loaded()),
+        }
+    }
+
     /// Calls the plugin with `input` and lets it allocate the output, which it frees again
     /// when the returned [`PluginOutput`] is dropped. The output keeps its plugin version
     /// loaded, so drop it soon. Prefer [`call_into`](Self::call_into) on hot paths.
@@ -189,6 +203,11 @@ impl PluginHandle {
         })
     }
 
+    /// The name, shared.
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
+        self.slot.shared_name()
+    }
+
     #[cold]
     fn not_loaded(&self) -> CallError {
         CallError::NotLoaded {
@@ -201,11 +220,23 @@ impl RunningPlugin {
     /// One call into this version; see [`PluginHandle::call_into`].
     #[inline]
     pub(crate) fn call_into(&self, input: &[u8], output: &mut Vec<u8>) -> Result<(), CallError> {
-        let ctx = CallContext::none();
-        // SAFETY: `execute`, `free_buffer` and the instance belong to this live version.
+        self.call_into_with(&CallContext::none(), input, output)
+    }
+
+    /// One call with the caller's deadline and cancellation flag. Always inlined: without it
+    /// the synchronous path measured 12 ns slower.
+    #[inline(always)]
+    pub(crate) fn call_into_with(
+        &self,
+        ctx: &CallContext,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
+        // SAFETY: `execute`, `free_buffer` and the instance belong to this live version; the
+        // caller keeps `ctx.cancelled` (if not null) alive for the call.
         let status = unsafe {
             with_output(output, self.free_buffer, |buf| {
-                (self.execute)(self.instance(), &ctx, RSlice::from_slice(input), buf)
+                (self.execute)(self.instance(), ctx, RSlice::from_slice(input), buf)
             })
         };
         if status == Status::OK {

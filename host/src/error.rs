@@ -168,6 +168,47 @@ pub enum CallError {
         /// The code.
         status: u8,
     },
+    /// The call did not finish by its deadline; the plugin was asked to stop (its
+    /// `ctx.is_cancelled()` turned true).
+    #[error("plugin {plugin} did not answer within {} ms", timeout.as_millis())]
+    Timeout {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The time it had.
+        timeout: std::time::Duration,
+    },
+    /// The plugin already runs as many calls as it may at once.
+    #[error("plugin {plugin} is busy: {limit} calls already in flight")]
+    Busy {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Its concurrency limit.
+        limit: usize,
+    },
+    /// The plugin's rate limit is used up for now.
+    #[error("plugin {plugin} is rate limited to {calls} calls per {} ms", per.as_millis())]
+    RateLimited {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Calls allowed...
+        calls: u32,
+        /// ...per this long.
+        per: std::time::Duration,
+    },
+    /// The plugin failed too often in a row; calls fail fast until its cool-down ends.
+    #[error(
+        "plugin {plugin} is failing: circuit open after {failures} consecutive failures, \
+         retried in {} ms",
+        retry_in.as_millis()
+    )]
+    CircuitOpen {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The failures that opened it.
+        failures: u32,
+        /// When a call will be let through again.
+        retry_in: std::time::Duration,
+    },
     /// No plugin of that name is loaded.
     #[error("no plugin named {plugin:?} is loaded")]
     NotFound {

@@ -1,5 +1,6 @@
 //! The cost of calling a plugin: a 16-byte echo through a [`PluginHandle`] (into a host buffer,
-//! and with a plugin-allocated output) next to the same work as a direct Rust call, in one run.
+//! and with a plugin-allocated output) next to the same work as a direct Rust call, and through
+//! the async path with all its layers, in one run.
 //!
 //! `cargo bench -p plughost-tests --bench call`
 
@@ -57,6 +58,30 @@ fn call_path(c: &mut Criterion) {
     });
     group.bench_function("handle_plugin_alloc", |b| {
         b.iter(|| black_box(handle.call(black_box(&input)).unwrap().len()))
+    });
+
+    // The async path with every layer on: metrics, circuit breaker, deadline, rate limit
+    // (never reached), concurrency limit, and the call on tokio's blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dispatcher = plughost::Dispatcher::new(
+        std::sync::Arc::new(host),
+        plughost::CallPolicy {
+            max_concurrent: Some(64),
+            rate: Some(plughost::Rate {
+                calls: u32::MAX,
+                per: Duration::from_secs(1),
+            }),
+            ..plughost::CallPolicy::default()
+        },
+    );
+    let echo = dispatcher.plugin("echo").unwrap();
+    group.bench_function("async_all_layers", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(echo.call(black_box(input.to_vec())).await.unwrap()) })
     });
     group.finish();
 }

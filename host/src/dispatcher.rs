@@ -1,0 +1,234 @@
+//! The async call API: `dispatcher.execute(name, input).await`, with each plugin's calls
+//! guarded by the [`layers`](crate::layers) its [`CallPolicy`] asks for, plus per-plugin
+//! metrics and health checks.
+//!
+//! ```no_run
+//! # async fn demo(host: std::sync::Arc<plughost::Host>) -> Result<(), plughost::CallError> {
+//! use plughost::{CallPolicy, Dispatcher};
+//! use std::time::Duration;
+//!
+//! let dispatcher = Dispatcher::new(host, CallPolicy::default());
+//! dispatcher.set_policy("transform", CallPolicy {
+//!     timeout: Duration::from_millis(200),
+//!     max_concurrent: Some(8),
+//!     ..CallPolicy::default()
+//! });
+//! let answer = dispatcher.execute("transform", b"hello".to_vec()).await?;
+//! let transform = dispatcher.plugin("transform")?;   // skip the name lookup next time
+//! let answer = transform.call(b"again".to_vec()).await?;
+//! println!("{:?}", dispatcher.metrics("transform"));
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tower::{ServiceBuilder, ServiceExt};
+use tracing::{info, warn};
+
+use crate::dispatch::Health;
+use crate::error::CallError;
+use crate::layers::blocking::Blocking;
+use crate::layers::breaker::{BreakerLayer, CircuitBreaker, CircuitState};
+use crate::layers::deadline::{Deadline, DeadlineLayer};
+use crate::layers::limit::{Concurrency, ConcurrencyLayer, RateLayer, RateLimit};
+use crate::layers::metrics::{Metrics, MetricsLayer, MetricsSnapshot, PluginMetrics};
+use crate::layers::PluginCall;
+use crate::policy::CallPolicy;
+use crate::Host;
+
+/// Every plugin's layers, outermost first; layers its policy leaves out pass calls through.
+type Stack = Metrics<CircuitBreaker<Deadline<RateLimit<Concurrency<Blocking>>>>>;
+
+/// Async, guarded calls into a [`Host`]'s plugins. Needs a tokio runtime.
+pub struct Dispatcher {
+    host: Arc<Host>,
+    default_policy: CallPolicy,
+    policies: Mutex<HashMap<String, CallPolicy>>,
+    plugins: RwLock<HashMap<String, AsyncHandle>>,
+    metrics: Mutex<HashMap<String, Arc<PluginMetrics>>>,
+    health: Mutex<HashMap<String, Health>>,
+}
+
+/// A plugin's guarded async entry point; cheap to clone.
+#[derive(Clone)]
+pub struct AsyncHandle {
+    stack: Stack,
+    timeout: Duration,
+    breaker: BreakerLayer,
+}
+
+impl AsyncHandle {
+    /// Calls the plugin through its layers.
+    pub async fn call(&self, input: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let call = PluginCall {
+            input,
+            deadline: tokio::time::Instant::now() + self.timeout,
+            cancel: Arc::new(AtomicBool::new(false)),
+            started: Arc::new(AtomicBool::new(false)),
+        };
+        self.stack.clone().oneshot(call).await
+    }
+}
+
+impl Dispatcher {
+    /// Calls into `host`'s plugins with `default_policy` unless [`set_policy`]
+    /// (Self::set_policy) says otherwise for a plugin.
+    pub fn new(host: Arc<Host>, default_policy: CallPolicy) -> Self {
+        Dispatcher {
+            host,
+            default_policy,
+            policies: Mutex::default(),
+            plugins: RwLock::default(),
+            metrics: Mutex::default(),
+            health: Mutex::default(),
+        }
+    }
+
+    /// The host it calls into.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Gives `plugin` its own policy (its metrics are kept; its circuit starts closed).
+    pub fn set_policy(&self, plugin: &str, policy: CallPolicy) {
+        lock(&self.policies).insert(plugin.to_owned(), policy);
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(plugin);
+    }
+
+    /// Calls `plugin` with `input` through its layers.
+    pub async fn execute(&self, plugin: &str, input: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        self.plugin(plugin)?.call(input).await
+    }
+
+    /// The guarded entry point of `plugin`, built on first use.
+    pub fn plugin(&self, name: &str) -> Result<AsyncHandle, CallError> {
+        if let Some(handle) = self
+            .plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(handle.clone());
+        }
+        let handle = self.build(name)?;
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), handle.clone());
+        Ok(handle)
+    }
+
+    fn build(&self, name: &str) -> Result<AsyncHandle, CallError> {
+        let handle = self.host.handle(name)?;
+        let plugin: Arc<str> = name.into();
+        let policy = lock(&self.policies)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| self.default_policy.clone());
+        let metrics = lock(&self.metrics)
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        let breaker = BreakerLayer::new(plugin.clone(), policy.breaker);
+        let stack = ServiceBuilder::new()
+            .layer(MetricsLayer::new(metrics.clone()))
+            .layer(breaker.clone())
+            .layer(DeadlineLayer::new(
+                plugin.clone(),
+                policy.timeout,
+                policy.stuck_after,
+                metrics,
+            ))
+            .layer(RateLayer::new(
+                plugin.clone(),
+                policy.rate,
+                policy.when_limited,
+            ))
+            .layer(ConcurrencyLayer::new(
+                plugin,
+                policy.max_concurrent,
+                policy.when_limited,
+            ))
+            .service(Blocking::new(handle));
+        Ok(AsyncHandle {
+            stack,
+            timeout: policy.timeout,
+            breaker,
+        })
+    }
+
+    /// The metrics of `plugin`, if it has been called through this dispatcher.
+    pub fn metrics(&self, plugin: &str) -> Option<MetricsSnapshot> {
+        lock(&self.metrics).get(plugin).map(|m| m.snapshot())
+    }
+
+    /// The state of `plugin`'s circuit, if it has one.
+    pub fn circuit(&self, plugin: &str) -> Option<CircuitState> {
+        self.plugin(plugin).ok()?.breaker.state()
+    }
+
+    /// Asks `plugin` how it is doing now (on the blocking pool, within its policy's timeout),
+    /// and logs a change from the last answer.
+    pub async fn check_health(&self, plugin: &str) -> Result<Health, CallError> {
+        let handle = self.host.handle(plugin)?;
+        let timeout = lock(&self.policies)
+            .get(plugin)
+            .map_or(self.default_policy.timeout, |p| p.timeout);
+        let name: Arc<str> = plugin.into();
+        let answer = tokio::time::timeout(
+            timeout,
+            tokio::task::spawn_blocking(move || handle.health()),
+        )
+        .await;
+        let health = match answer {
+            Ok(Ok(Ok(health))) => health,
+            Ok(Ok(Err(error))) => Health::Unhealthy(format!("health check failed: {error}")),
+            Ok(Err(join)) => Health::Unhealthy(format!("health check failed: {join}")),
+            Err(_) => Health::Unhealthy(format!(
+                "health check did not answer within {} ms",
+                timeout.as_millis()
+            )),
+        };
+        let previous = lock(&self.health).insert(plugin.to_owned(), health.clone());
+        if previous.as_ref() != Some(&health) {
+            let _span = tracing::info_span!("plugin", name = %name).entered();
+            match &health {
+                Health::Healthy | Health::Unknown => info!("plugin {name} is {health:?}"),
+                Health::Degraded(why) => warn!("plugin {name} is degraded: {why}"),
+                Health::Unhealthy(why) => warn!("plugin {name} is unhealthy: {why}"),
+            }
+        }
+        Ok(health)
+    }
+
+    /// The last health answer of `plugin`.
+    pub fn last_health(&self, plugin: &str) -> Option<Health> {
+        lock(&self.health).get(plugin).cloned()
+    }
+
+    /// Checks every plugin's health every `interval` until the returned task is aborted.
+    pub fn poll_health(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let dispatcher = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                for info in dispatcher.host.plugins() {
+                    // An unloaded plugin between listing and checking is not news.
+                    let _ = dispatcher.check_health(&info.name).await;
+                }
+            }
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each map update is a single insert or remove: a poisoned lock holds a valid map.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

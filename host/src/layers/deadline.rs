@@ -1,0 +1,128 @@
+//! The deadline: the caller gets [`CallError::Timeout`] at the deadline, not when the plugin
+//! finally returns; the plugin's cancellation flag is set; a plugin still running
+//! `stuck_after` later is reported stuck, and its call is followed until it does return (it
+//! keeps its concurrency slot until then, so stuck calls cannot pile up).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::{Layer, Service};
+use tracing::{info, warn, Instrument};
+
+use super::metrics::PluginMetrics;
+use super::{CallFuture, PluginCall};
+use crate::error::CallError;
+
+/// Adds the deadline to a service.
+#[derive(Clone)]
+pub struct DeadlineLayer {
+    plugin: Arc<str>,
+    timeout: Duration,
+    stuck_after: Duration,
+    metrics: Arc<PluginMetrics>,
+}
+
+impl DeadlineLayer {
+    /// Calls to `plugin` get `timeout` (for the error message) and are reported stuck
+    /// `stuck_after` past their deadline.
+    pub fn new(
+        plugin: Arc<str>,
+        timeout: Duration,
+        stuck_after: Duration,
+        metrics: Arc<PluginMetrics>,
+    ) -> Self {
+        DeadlineLayer {
+            plugin,
+            timeout,
+            stuck_after,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    layer: DeadlineLayer,
+}
+
+impl<S> Service<PluginCall> for Deadline<S>
+where
+    S: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>,
+{
+    type Response = Vec<u8>;
+    type Error = CallError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, call: PluginCall) -> CallFuture {
+        let deadline = call.deadline;
+        let cancel = call.cancel.clone();
+        let started = call.started.clone();
+        let mut answer = self.inner.call(call);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, &mut answer).await {
+                Ok(result) => result,
+                Err(_) => {
+                    cancel.store(true, Ordering::SeqCst);
+                    // A call that never started (it waited for a slot or a thread) just ends
+                    // here; see `blocking` for why SeqCst.
+                    if started.load(Ordering::SeqCst) {
+                        tokio::spawn(follow_late_call(answer, layer.clone()));
+                    }
+                    Err(CallError::Timeout {
+                        plugin: layer.plugin,
+                        timeout: layer.timeout,
+                    })
+                }
+            }
+        })
+    }
+}
+
+/// Waits for a call that missed its deadline; reports it stuck if it runs `stuck_after`
+/// longer, and says when it finally returns.
+async fn follow_late_call(answer: CallFuture, layer: DeadlineLayer) {
+    let span = tracing::info_span!("plugin", name = %layer.plugin);
+    follow(answer, layer).instrument(span).await
+}
+
+async fn follow(mut answer: CallFuture, layer: DeadlineLayer) {
+    if tokio::time::timeout(layer.stuck_after, &mut answer)
+        .await
+        .is_ok()
+    {
+        return; // stopped in time, as asked
+    }
+    layer.metrics.stuck_began();
+    warn!(
+        "plugin {} is stuck: still running {} ms after its deadline despite being cancelled",
+        layer.plugin,
+        layer.stuck_after.as_millis()
+    );
+    let late = tokio::time::Instant::now();
+    let _ = answer.await;
+    layer.metrics.stuck_ended();
+    info!(
+        "stuck call to plugin {} returned {} ms later",
+        layer.plugin,
+        (late.elapsed() + layer.stuck_after).as_millis()
+    );
+}
