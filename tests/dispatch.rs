@@ -121,20 +121,38 @@ async fn the_concurrency_limit_rejects_or_queues_excess_calls() {
         max_concurrent: Some(2),
         ..policy(3000)
     });
-    let calls = (0..5).map(|_| {
-        let dispatcher = dispatcher.clone();
-        tokio::spawn(async move { dispatcher.execute("slow", b"sleep 300".to_vec()).await })
-    });
-    let mut outcomes = Vec::new();
-    for call in calls.collect::<Vec<_>>() {
-        outcomes.push(call.await.unwrap());
+    // Two long calls take both slots...
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let dispatcher = dispatcher.clone();
+            tokio::spawn(async move { dispatcher.execute("slow", b"sleep 800".to_vec()).await })
+        })
+        .collect();
+    while dispatcher.metrics("slow").map_or(0, |m| m.in_flight) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let ok = outcomes.iter().filter(|o| o.is_ok()).count();
-    let busy = outcomes
-        .iter()
-        .filter(|o| matches!(o, Err(CallError::Busy { limit: 2, .. })))
-        .count();
-    assert_eq!((ok, busy), (2, 3), "{outcomes:?}");
+    // In flight counts from the outermost layer; give them the moment to take their slots.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // ...so further calls are refused at once, with a clear error.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = dispatcher
+            .execute("slow", b"hi".to_vec())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, CallError::Busy { limit: 2, .. }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "plugin slow is busy: 2 calls already in flight"
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+    for call in running {
+        assert_eq!(text(call.await.unwrap().unwrap()), "slept");
+    }
     assert_eq!(dispatcher.metrics("slow").unwrap().rejected, 3);
 
     // Waiting instead: all five get through, two at a time.
@@ -275,4 +293,51 @@ async fn health_is_checked_on_demand_and_on_an_interval() {
         dispatcher.check_health("nosuch").await,
         Err(CallError::NotFound { .. })
     ));
+}
+
+#[test]
+fn cli_exec_honours_the_timeout_and_reports_timing() {
+    let dir = PluginDir::new();
+    dir.add("fixture-slow");
+    let started = Instant::now();
+    let out = dir
+        .command(&[
+            "exec",
+            "slow",
+            "sleep 3000",
+            "--timeout",
+            "300",
+            "--verbose",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "did not wait for the plugin"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = plughost_tests::stderr(&out);
+    assert!(
+        err.contains("error: plugin slow did not answer within 300 ms"),
+        "{err}"
+    );
+    let timing = err
+        .lines()
+        .find(|l| l.starts_with("slow: load "))
+        .expect(&err);
+    assert!(timing.contains("execute timed out after"), "{timing}");
+
+    let out = dir
+        .command(&["exec", "slow", "hi", "--verbose"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = plughost_tests::stderr(&out);
+    let timing = err
+        .lines()
+        .find(|l| l.starts_with("slow: load "))
+        .expect(&err);
+    for part in ["init", "execute", "shutdown"] {
+        assert!(timing.contains(part), "{timing}");
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use plughost::{Host, HostOptions, LoadError, PluginInfo, WatchOptions};
+use plughost::{CallPolicy, Dispatcher, Host, HostOptions, LoadError, PluginInfo, WatchOptions};
 
 /// Discover, validate, load and call native Rust plugins.
 #[derive(Debug, Parser)]
@@ -35,6 +35,9 @@ enum Command {
         /// changed file must be quiet before it is reloaded, in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 50)]
         settle_ms: u64,
+        /// Check every plugin's health this often, in seconds, logging changes; 0 turns it off.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        health_interval: u64,
     },
     /// Show every library in the folder: name, version, plugin-api version, file, status.
     List(DirArgs),
@@ -60,6 +63,12 @@ enum Command {
         /// Init configuration, as JSON.
         #[arg(long, value_name = "JSON", default_value = "{}")]
         config: String,
+        /// Give up on the call after this many milliseconds (the plugin is asked to stop).
+        #[arg(long, value_name = "MS", default_value_t = 30_000)]
+        timeout: u64,
+        /// Print where the time went (load, init, execute, shutdown) to stderr.
+        #[arg(long, short)]
+        verbose: bool,
         #[command(flatten)]
         dir: DirArgs,
     },
@@ -108,6 +117,9 @@ fn init_logging(verbose_by_default: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Its report of a failed write is an `eprintln!`, which panics when stderr is full or
+        // closed; a log line lost is better than a host aborted.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -117,19 +129,39 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             no_watch,
             settle_ms,
-        } => serve(&dir, !no_watch, Duration::from_millis(settle_ms)),
+            health_interval,
+        } => serve(
+            &dir,
+            !no_watch,
+            Duration::from_millis(settle_ms),
+            Duration::from_secs(health_interval),
+        ),
         Command::List(dir) => list(&dir),
         Command::Inspect { file, json, config } => inspect(&file, json, config.as_deref()),
         Command::Exec {
             name,
             input,
             config,
+            timeout,
+            verbose,
             dir,
-        } => exec(&name, &input, &config, &dir),
+        } => exec(
+            &name,
+            &input,
+            &config,
+            Duration::from_millis(timeout),
+            verbose,
+            &dir,
+        ),
     }
 }
 
-fn serve(dir: &DirArgs, watch: bool, settle: Duration) -> anyhow::Result<ExitCode> {
+fn serve(
+    dir: &DirArgs,
+    watch: bool,
+    settle: Duration,
+    health_interval: Duration,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,7 +190,14 @@ fn serve(dir: &DirArgs, watch: bool, settle: Duration) -> anyhow::Result<ExitCod
         if watch { "watching" } else { "from" },
         dir.plugins_dir.display()
     );
+    let health = (!health_interval.is_zero()).then(|| {
+        let _runtime = runtime.enter();
+        Arc::new(Dispatcher::new(host.clone(), CallPolicy::default())).poll_health(health_interval)
+    });
     runtime.block_on(shutdown_requested);
+    if let Some(health) = health {
+        health.abort();
+    }
     tracing::info!("shutting down");
     drop(watcher);
     host.shutdown();
@@ -346,7 +385,14 @@ fn print_info(info: &PluginInfo, file: &Path) {
     print_table(&rows);
 }
 
-fn exec(name: &str, input: &str, config: &str, dir: &DirArgs) -> anyhow::Result<ExitCode> {
+fn exec(
+    name: &str,
+    input: &str,
+    config: &str,
+    timeout: Duration,
+    verbose: bool,
+    dir: &DirArgs,
+) -> anyhow::Result<ExitCode> {
     serde_json::from_str::<serde_json::Value>(config)
         .with_context(|| format!("--config is not valid JSON: {config}"))?;
     let input = if input == "-" {
@@ -359,9 +405,10 @@ fn exec(name: &str, input: &str, config: &str, dir: &DirArgs) -> anyhow::Result<
         input.as_bytes().to_vec()
     };
 
-    let host = dir.host()?;
+    let host = Arc::new(dir.host()?);
     let mut refused = Vec::new();
     let mut library = None;
+    let started = std::time::Instant::now();
     // A library's name is only known once it is loaded: open them in order, stop at the first
     // that is `name` (the one `plughost run` would load too).
     for path in host.discover()? {
@@ -385,13 +432,60 @@ fn exec(name: &str, input: &str, config: &str, dir: &DirArgs) -> anyhow::Result<
         }
         bail!(message);
     };
+    let loaded = started.elapsed();
 
-    let handle = host.start(library, config.as_bytes())?;
-    let mut output = Vec::new();
-    let result = handle.call_into(&input, &mut output);
-    drop(handle);
+    let started = std::time::Instant::now();
+    host.start(library, config.as_bytes())?;
+    let initialised = started.elapsed();
+
+    // One call through the same guarded path a long-running host uses.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let dispatcher = Dispatcher::new(
+        host.clone(),
+        CallPolicy {
+            timeout,
+            breaker: None,
+            ..CallPolicy::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(dispatcher.execute(name, input));
+    let executed = started.elapsed();
+
+    if let Err(error @ plughost::CallError::Timeout { .. }) = result {
+        // The plugin is still running: Shutdown (and unloading) must wait for it, so leave it
+        // to the end of the process instead.
+        if verbose {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{name}: load {:.2} ms, init {:.2} ms, execute timed out after {:.3} ms; \
+                 exiting without waiting for the plugin",
+                loaded.as_secs_f64() * 1e3,
+                initialised.as_secs_f64() * 1e3,
+                executed.as_secs_f64() * 1e3,
+            );
+        }
+        let _ = writeln!(std::io::stderr(), "error: {error}");
+        std::process::exit(1);
+    }
+    let started = std::time::Instant::now();
     let shutdown = host.unload(name);
-    result?;
+    let shut_down = started.elapsed();
+    if verbose {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{name}: load {:.2} ms, init {:.2} ms, execute {:.3} ms, shutdown {:.2} ms",
+            ms(loaded),
+            ms(initialised),
+            ms(executed),
+            ms(shut_down)
+        );
+    }
+    let output = result?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&output)?;
     if !output.ends_with(b"\n") {

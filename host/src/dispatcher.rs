@@ -74,8 +74,8 @@ impl AsyncHandle {
 }
 
 impl Dispatcher {
-    /// Calls into `host`'s plugins with `default_policy` unless [`set_policy`]
-    /// (Self::set_policy) says otherwise for a plugin.
+    /// Calls into `host`'s plugins with `default_policy` unless
+    /// [`set_policy`](Self::set_policy) says otherwise for a plugin.
     pub fn new(host: Arc<Host>, default_policy: CallPolicy) -> Self {
         Dispatcher {
             host,
@@ -92,7 +92,8 @@ impl Dispatcher {
         &self.host
     }
 
-    /// Gives `plugin` its own policy (its metrics are kept; its circuit starts closed).
+    /// Gives `plugin` its own policy, for calls that start from now on (its metrics are kept;
+    /// its circuit starts closed; calls in flight finish under the old limits).
     pub fn set_policy(&self, plugin: &str, policy: CallPolicy) {
         lock(&self.policies).insert(plugin.to_owned(), policy);
         self.plugins
@@ -116,11 +117,14 @@ impl Dispatcher {
         {
             return Ok(handle.clone());
         }
+        // Build under the write lock: two first calls racing must share one stack, or each
+        // would get its own limits and circuit.
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = plugins.get(name) {
+            return Ok(handle.clone());
+        }
         let handle = self.build(name)?;
-        self.plugins
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_owned(), handle.clone());
+        plugins.insert(name.to_owned(), handle.clone());
         Ok(handle)
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 /// The guards around calls to one plugin.
 #[derive(Debug, Clone)]
 pub struct CallPolicy {
-    /// How long a call may take before the caller gets [`CallError::Timeout`]
-    /// (crate::CallError::Timeout) and the plugin is asked to stop. Waiting for a concurrency
+    /// How long a call may take before the caller gets
+    /// [`CallError::Timeout`](crate::CallError::Timeout) and the plugin is asked to stop. Waiting for a concurrency
     /// or rate slot counts too. Default 5 s.
     pub timeout: Duration,
     /// How long past its deadline a call may keep running before the plugin is reported stuck.

@@ -81,6 +81,14 @@ where
             match tokio::time::timeout_at(deadline, &mut answer).await {
                 Ok(result) => result,
                 Err(_) => {
+                    {
+                        let _span = tracing::info_span!("plugin", name = %layer.plugin).entered();
+                        warn!(
+                            "call to plugin {} timed out after {} ms; asking it to stop",
+                            layer.plugin,
+                            layer.timeout.as_millis()
+                        );
+                    }
                     cancel.store(true, Ordering::SeqCst);
                     // A call that never started (it waited for a slot or a thread) just ends
                     // here; see `blocking` for why SeqCst.

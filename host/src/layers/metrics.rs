@@ -175,7 +175,8 @@ where
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             metrics.record(&outcome, started.elapsed());
             if let Err(CallError::Panicked { plugin, message }) = &outcome {
-                tracing::warn!(target: "plugin", plugin = %plugin, "panicked: {message}");
+                let _span = tracing::info_span!("plugin", name = %plugin).entered();
+                tracing::warn!("plugin {plugin} panicked: {message}");
             }
             outcome
         })
