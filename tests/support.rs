@@ -103,6 +103,7 @@ impl PluginDir {
         Host::new(HostOptions {
             plugins_dir: self.path().to_owned(),
             shadow_dir: self.shadow().to_owned(),
+            ..HostOptions::default()
         })
         .expect("create host")
     }

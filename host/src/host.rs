@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::discovery;
 use crate::dispatch::PluginHandle;
@@ -29,9 +29,12 @@ use crate::shadow::{self, ShadowDir};
 pub struct HostOptions {
     /// The folder scanned for plugin libraries (non-recursive). Default: `plugins`.
     pub plugins_dir: PathBuf,
-    /// Where private copies of loaded libraries go. Default: `plughost-shadow` in the system's
-    /// temporary folder.
+    /// Where private copies of loaded libraries go. Default: `plughost-shadow-<uid>` in the
+    /// system's temporary folder.
     pub shadow_dir: PathBuf,
+    /// How long [`Host::shutdown`] waits for a plugin's calls in flight before leaving it
+    /// loaded without Shutdown. Default 10 s.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for HostOptions {
@@ -39,6 +42,7 @@ impl Default for HostOptions {
         HostOptions {
             plugins_dir: PathBuf::from("plugins"),
             shadow_dir: shadow::default_shadow_dir(),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -442,8 +446,20 @@ impl Host {
         };
         // One at a time, newest first: a later plugin may still be using an earlier one.
         for version in versions {
-            let (old, retired) = retire_now(version);
-            report_unload(old, &retired, &self.shared);
+            match retire_within(version, Some(self.options.shutdown_timeout)) {
+                Ok((old, retired)) => report_unload(old, &retired, &self.shared),
+                Err((old, version)) => {
+                    error!(
+                        "{} {} still has calls running {} s after shutdown began; left loaded \
+                         without Shutdown (unloading code that runs would crash)",
+                        old.name,
+                        old.version,
+                        self.options.shutdown_timeout.as_secs()
+                    );
+                    // Never dropped: dropping would shut it down under the running calls.
+                    std::mem::forget(version);
+                }
+            }
         }
         for thread in threads {
             let _ = thread.join();
@@ -478,6 +494,19 @@ struct OldVersion {
 
 /// Waits until no call holds `version` any more, then shuts it down and unloads it.
 fn retire_now(version: Arc<RunningPlugin>) -> (OldVersion, Retired) {
+    match retire_within(version, None) {
+        Ok(retired) => retired,
+        Err(_) => unreachable!("no time limit"),
+    }
+}
+
+/// Like [`retire_now`], giving up after `limit`: then the version is left loaded, without
+/// Shutdown (its code is still running, so unloading it would crash the calls), and handed
+/// back.
+fn retire_within(
+    version: Arc<RunningPlugin>,
+    limit: Option<Duration>,
+) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
     let info = version.library().info();
     let old = OldVersion {
         name: info.name.clone(),
@@ -493,6 +522,9 @@ fn retire_now(version: Arc<RunningPlugin>) -> (OldVersion, Retired) {
             Ok(running) => break running,
             Err(shared) => {
                 // Calls in flight (or `PluginOutput`s still held) keep this version alive.
+                if limit.is_some_and(|limit| waiting_since.elapsed() >= limit) {
+                    return Err((old, shared));
+                }
                 if waiting_since.elapsed() >= next_warning {
                     warn!(
                         "{} {} is out of service but still in use ({} calls or outputs held) \
@@ -510,7 +542,7 @@ fn retire_now(version: Arc<RunningPlugin>) -> (OldVersion, Retired) {
             }
         }
     };
-    (old, running.retire())
+    Ok((old, running.retire()))
 }
 
 /// [`retire_now`] on a thread of its own, then `report`.

@@ -33,6 +33,7 @@ fn call_path(c: &mut Criterion) {
     let host = Host::new(HostOptions {
         plugins_dir: plugins.path().to_owned(),
         shadow_dir: shadow.path().to_owned(),
+        ..HostOptions::default()
     })
     .unwrap();
     let handle = host.load_file(&file, b"").unwrap();

@@ -113,6 +113,7 @@ fn round(builds: &[Vec<u8>], pinned: bool) {
         Host::new(HostOptions {
             plugins_dir: plugins.path().to_owned(),
             shadow_dir: shadow.path().to_owned(),
+            ..HostOptions::default()
         })
         .unwrap(),
     );
