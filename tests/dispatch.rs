@@ -299,6 +299,8 @@ async fn health_is_checked_on_demand_and_on_an_interval() {
 fn cli_exec_honours_the_timeout_and_reports_timing() {
     let dir = PluginDir::new();
     dir.add("fixture-slow");
+    // Build the binary first: on a fresh clone that takes far longer than the call.
+    plughost_tests::plughost();
     let started = Instant::now();
     let out = dir
         .command(&[
@@ -312,7 +314,7 @@ fn cli_exec_honours_the_timeout_and_reports_timing() {
         .output()
         .unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(5),
         "did not wait for the plugin"
     );
     assert_eq!(out.status.code(), Some(1));
@@ -368,4 +370,32 @@ fn shutdown_does_not_hang_on_a_plugin_stuck_in_a_call() {
     assert!(host.plugins().is_empty());
     // The call itself is unharmed: its library was left loaded.
     assert!(stuck.join().unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_leaves_the_slot_taken_until_the_plugin_returns() {
+    let (_dir, dispatcher) = dispatcher(CallPolicy {
+        max_concurrent: Some(1),
+        ..policy(5000)
+    });
+    // The caller stops waiting (as a select! or a disconnected client would)...
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        dispatcher.execute("slow", b"sleep 600".to_vec()),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    // ...but the plugin still runs, so its slot is still taken...
+    let error = dispatcher
+        .execute("slow", b"hi".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CallError::Busy { .. }), "{error:?}");
+    // ...until it returns.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        text(dispatcher.execute("slow", b"hi".to_vec()).await.unwrap()),
+        "ok"
+    );
+    assert_eq!(dispatcher.metrics("slow").unwrap().in_flight, 0);
 }

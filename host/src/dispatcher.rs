@@ -68,6 +68,7 @@ impl AsyncHandle {
             deadline: tokio::time::Instant::now() + self.timeout,
             cancel: Arc::new(AtomicBool::new(false)),
             started: Arc::new(AtomicBool::new(false)),
+            permit: None,
         };
         self.stack.clone().oneshot(call).await
     }

@@ -83,6 +83,11 @@ struct Lifecycle {
     refused: HashMap<PathBuf, u128>,
     /// Threads retiring old versions, joined at shutdown.
     retiring: Vec<JoinHandle<()>>,
+    /// The Init configuration each plugin name was last started with, reused when its file
+    /// is reloaded or comes back after a deletion.
+    configs: HashMap<String, Vec<u8>>,
+    /// Set by `shutdown`: nothing is loaded after it.
+    closed: bool,
 }
 
 /// What background retirements share with the host.
@@ -191,6 +196,9 @@ impl Host {
     pub fn sync_file(&self, path: &Path) {
         let noticed = Instant::now();
         let mut lifecycle = self.lifecycle();
+        if lifecycle.closed {
+            return;
+        }
         let existing = self.registry.find_by_file(path);
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
@@ -237,7 +245,11 @@ impl Host {
                 }
             }
             Err(error) => {
-                lifecycle.refused.insert(path.to_owned(), hash);
+                // An Init failure may pass (say, a port the old version still holds): only a
+                // file refused for what it is stays refused until its content changes.
+                if !matches!(error, LoadError::Init { .. }) {
+                    lifecycle.refused.insert(path.to_owned(), hash);
+                }
                 self.refused(&error, existing.as_deref());
             }
         }
@@ -283,7 +295,18 @@ impl Host {
             None => None,
         };
         let load_time = library.load_time();
+        if lifecycle.closed {
+            return Err(LoadError::Init {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+                cause: CallError::Failed {
+                    plugin: info.name.as_str().into(),
+                    message: "the host has shut down".into(),
+                },
+            });
+        }
         let running = RunningPlugin::start(library, &config, state.as_deref())?;
+        lifecycle.configs.insert(info.name.clone(), config);
         let file = running.library().file().to_owned();
         let previous = slot.swap(Some(Arc::new(running)));
         let took = noticed.elapsed();
@@ -435,6 +458,7 @@ impl Host {
     pub fn shutdown(&self) {
         let (versions, threads) = {
             let mut lifecycle = self.lifecycle();
+            lifecycle.closed = true;
             let versions: Vec<Arc<RunningPlugin>> = self
                 .registry
                 .loaded()
@@ -461,8 +485,16 @@ impl Host {
                 }
             }
         }
+        // Old versions still retiring after reloads: wait for them within the same bound; a
+        // thread still waiting on a stuck call is left to finish on its own.
+        let deadline = Instant::now() + self.options.shutdown_timeout;
         for thread in threads {
-            let _ = thread.join();
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -115,13 +115,17 @@ impl RunningPlugin {
         let Some(state) = self.library().state_vtable() else {
             return Ok(None);
         };
-        let mut bytes = Vec::new();
-        // SAFETY: the state vtable belongs to our loaded library; `instance` is live.
-        let status = unsafe {
-            with_output(&mut bytes, self.free_buffer, |out| {
-                (state.save)(self.instance, out)
-            })
-        };
+        let save = state.save;
+        // On a thread of its own, like Init and Shutdown: the watcher thread that reloads is
+        // long-lived, and a thread-local destructor registered on it would pin the old library.
+        let (status, bytes) = on_own_thread(|| {
+            let mut bytes = Vec::new();
+            // SAFETY: the state vtable belongs to our loaded library; `instance` is live.
+            let status = unsafe {
+                with_output(&mut bytes, self.free_buffer, |out| save(self.instance, out))
+            };
+            (status, bytes)
+        });
         if status != Status::OK {
             return Err(call_error(&self.name, status, &bytes));
         }

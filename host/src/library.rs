@@ -34,10 +34,10 @@ pub struct PluginLibrary {
     state: Option<StateVTable>,
     content_hash: u128,
     load_time: Duration,
-    // Field order is drop order: close the library before deleting its file, and before
-    // freeing the identity its callbacks refer to.
-    library: libloading::Library,
-    shadow: ShadowCopy,
+    // Taken by `close` (explicitly, or from `Drop`): the library is closed before its file
+    // is deleted and before the identity its callbacks refer to is freed.
+    library: Option<libloading::Library>,
+    shadow: Option<ShadowCopy>,
     identity: Option<Box<PluginIdentity>>,
 }
 
@@ -47,7 +47,7 @@ impl std::fmt::Debug for PluginLibrary {
             .field("name", &self.info.name)
             .field("version", &self.info.version)
             .field("file", &self.file)
-            .field("shadow", &self.shadow.path())
+            .field("shadow", &self.shadow_path())
             .finish()
     }
 }
@@ -115,8 +115,8 @@ impl PluginLibrary {
             state,
             content_hash: content_hash(bytes),
             load_time: started.elapsed(),
-            library,
-            shadow: copy,
+            library: Some(library),
+            shadow: Some(copy),
             identity,
         })
     }
@@ -133,7 +133,9 @@ impl PluginLibrary {
 
     /// The private copy actually loaded.
     pub fn shadow_path(&self) -> &Path {
-        self.shadow.path()
+        self.shadow
+            .as_ref()
+            .map_or(Path::new(""), |shadow| shadow.path())
     }
 
     /// How long reading, checking, copying and loading took.
@@ -193,13 +195,14 @@ impl PluginLibrary {
 
     /// Closes the library, checks whether it left the address space, then deletes the shadow
     /// copy. Nothing the plugin created may be alive any more (the instance is shut down).
-    pub fn close(self) -> UnloadStatus {
-        let PluginLibrary {
-            library,
-            shadow,
-            identity,
-            ..
-        } = self;
+    pub fn close(mut self) -> UnloadStatus {
+        self.close_now()
+    }
+
+    fn close_now(&mut self) -> UnloadStatus {
+        let (Some(library), Some(shadow)) = (self.library.take(), self.shadow.take()) else {
+            return UnloadStatus::Unknown; // closed already
+        };
         if let Err(e) = library.close() {
             tracing::warn!("closing {} failed: {e}", shadow.path().display());
         }
@@ -210,6 +213,7 @@ impl PluginLibrary {
             None => UnloadStatus::Unknown,
         };
         drop(shadow);
+        let identity = self.identity.take();
         if status == UnloadStatus::Unmapped {
             drop(identity);
         } else {
@@ -217,6 +221,12 @@ impl PluginLibrary {
             std::mem::forget(identity);
         }
         status
+    }
+}
+
+impl Drop for PluginLibrary {
+    fn drop(&mut self) {
+        self.close_now();
     }
 }
 

@@ -51,7 +51,8 @@ impl Default for WatchOptions {
     }
 }
 
-/// A running watch of a host's plugins folder. Dropping it stops the watch.
+/// A running watch of a host's plugins folder. Dropping it stops the watch; so does dropping
+/// the host.
 pub struct Watcher {
     // Dropping the notify watcher closes the event channel, which ends the thread.
     watcher: Option<notify::RecommendedWatcher>,
@@ -96,7 +97,8 @@ impl Host {
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(watch_error)?;
 
-        let host = Arc::clone(self);
+        // Weak: a watcher must not keep its host alive (dropping the host shuts plugins down).
+        let host = Arc::downgrade(self);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -107,7 +109,11 @@ impl Host {
                     let wait = due.values().min().map_or(Duration::from_millis(500), |t| {
                         t.saturating_duration_since(Instant::now())
                     });
-                    match events.recv_timeout(wait) {
+                    let event = events.recv_timeout(wait);
+                    let Some(host) = host.upgrade() else {
+                        break;
+                    };
+                    match event {
                         Ok(Ok(event)) => note(&host, &dir, &options, &event, &mut due),
                         Ok(Err(e)) => warn!("watching {}: {e}", dir.display()),
                         Err(RecvTimeoutError::Timeout) => {}

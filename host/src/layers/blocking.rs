@@ -35,7 +35,7 @@ impl Service<PluginCall> for Blocking {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: PluginCall) -> CallFuture {
+    fn call(&mut self, mut call: PluginCall) -> CallFuture {
         let handle = self.handle.clone();
         // The plugin sees the deadline as wall-clock time.
         let left = call
@@ -46,7 +46,11 @@ impl Service<PluginCall> for Blocking {
             .unwrap_or(Duration::ZERO)
             .as_nanos() as u64;
         let plugin = self.handle.shared_name().clone();
+        // Named explicitly: closures capture only the fields they use, and the slot must live
+        // until the plugin returns.
+        let permit = call.permit.take();
         let task = CallPool::global().run(move || {
+            let _permit = permit;
             // A call whose deadline passed while it waited for a thread does not start. The
             // deadline layer sets `cancel` then reads `started`; this sets `started` then reads
             // `cancel`: with SeqCst, at least one of the two sees the other.

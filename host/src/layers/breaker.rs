@@ -208,10 +208,32 @@ where
             Err(fail_fast) => return Box::pin(std::future::ready(Err(fail_fast))),
         };
         let answer = self.inner.call(call);
+        // A trial whose caller gave up gives no verdict: let the next call try instead.
+        let unfinished_trial = trial.then(|| TrialGuard(Some(circuit.clone())));
         Box::pin(async move {
             let outcome = answer.await;
+            if let Some(mut guard) = unfinished_trial {
+                guard.0 = None;
+            }
             circuit.record(trial, &outcome);
             outcome
         })
+    }
+}
+
+/// Re-opens a half-open circuit (ready for the next trial) if its trial call is dropped.
+struct TrialGuard(Option<Circuit>);
+
+impl Drop for TrialGuard {
+    fn drop(&mut self) {
+        if let Some(circuit) = &self.0 {
+            let mut state = circuit.lock();
+            if *state == CircuitState::HalfOpen {
+                *state = CircuitState::Open {
+                    until: Instant::now(),
+                    failures: circuit.policy.failures,
+                };
+            }
+        }
     }
 }

@@ -77,9 +77,15 @@ where
         let started = call.started.clone();
         let mut answer = self.inner.call(call);
         let layer = self.layer.clone();
+        // A caller that stops waiting (its future dropped) gives up on the call too.
+        let abandoned = CancelOnDrop(Some(cancel.clone()));
         Box::pin(async move {
+            let _abandoned = abandoned;
             match tokio::time::timeout_at(deadline, &mut answer).await {
-                Ok(result) => result,
+                Ok(result) => {
+                    _abandoned.disarm();
+                    result
+                }
                 Err(_) => {
                     {
                         let _span = tracing::info_span!("plugin", name = %layer.plugin).entered();
@@ -133,4 +139,21 @@ async fn follow(mut answer: CallFuture, layer: DeadlineLayer) {
         layer.plugin,
         (late.elapsed() + layer.stuck_after).as_millis()
     );
+}
+
+/// Sets a call's cancellation flag if dropped while armed.
+struct CancelOnDrop(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = &self.0 {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    }
 }

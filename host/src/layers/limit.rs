@@ -64,7 +64,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: PluginCall) -> CallFuture {
+    fn call(&mut self, mut call: PluginCall) -> CallFuture {
         let Some((limit, slots)) = self.layer.limit.clone() else {
             return self.inner.call(call);
         };
@@ -75,10 +75,12 @@ where
                 WhenLimited::Reject => slots.try_acquire_owned().ok(),
                 WhenLimited::Wait => slots.acquire_owned().await.ok(),
             };
-            let Some(_permit) = permit else {
+            let Some(permit) = permit else {
                 return Err(CallError::Busy { plugin, limit });
             };
-            // The permit is held until the plugin returns, even past a timeout.
+            // The permit goes with the call: held until the plugin returns, even past a
+            // timeout or after the caller gave up.
+            call.permit = Some(permit);
             inner.call(call).await
         })
     }

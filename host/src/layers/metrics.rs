@@ -167,12 +167,12 @@ where
 
     fn call(&mut self, call: PluginCall) -> CallFuture {
         let metrics = self.metrics.clone();
-        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::new(metrics.clone());
         let started = std::time::Instant::now();
         let answer = self.inner.call(call);
         Box::pin(async move {
             let outcome = answer.await;
-            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             metrics.record(&outcome, started.elapsed());
             if let Err(CallError::Panicked { plugin, message }) = &outcome {
                 let _span = tracing::info_span!("plugin", name = %plugin).entered();
@@ -180,5 +180,22 @@ where
             }
             outcome
         })
+    }
+}
+
+/// Counts a call in flight for as long as it lives, so a call whose caller gave up (its future
+/// dropped) is not counted forever.
+struct InFlight(Arc<PluginMetrics>);
+
+impl InFlight {
+    fn new(metrics: Arc<PluginMetrics>) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

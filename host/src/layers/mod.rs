@@ -36,6 +36,9 @@ pub struct PluginCall {
     pub cancel: Arc<AtomicBool>,
     /// Set by [`blocking`] when the plugin starts running the call.
     pub started: Arc<AtomicBool>,
+    /// The concurrency slot, once [`limit`] took one. It travels with the call to the thread
+    /// that runs it and is released when the plugin returns, even if the caller gave up.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What every layer's future is.

@@ -55,7 +55,7 @@ impl CallPool {
     pub async fn run<T: Send + 'static>(
         &'static self,
         job: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, oneshot::error::RecvError> {
+    ) -> Result<T, Abandoned> {
         let (answer, mut receiver) = oneshot::channel();
         self.submit(Box::new(move || {
             let _ = answer.send(job());
@@ -65,27 +65,40 @@ impl CallPool {
             match receiver.try_recv() {
                 Ok(value) => return Ok(value),
                 Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
-                Err(oneshot::error::TryRecvError::Closed) => break,
+                // The job ended without an answer; awaiting a closed receiver would panic.
+                Err(oneshot::error::TryRecvError::Closed) => return Err(Abandoned),
             }
         }
-        receiver.await
+        receiver.await.map_err(|_| Abandoned)
     }
 
     fn submit(&'static self, job: Job) {
-        self.lock().push_back(job);
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        if self.spinner.load(Ordering::SeqCst) {
+        let waiting = {
+            let mut queue = self.lock();
+            queue.push_back(job);
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            queue.len()
+        };
+        let spinning = usize::from(self.spinner.load(Ordering::SeqCst));
+        if waiting <= spinning {
             return; // the spinning worker takes it without a wake-up
         }
-        if self.idle.load(Ordering::SeqCst) > 0 {
+        let sleeping = self.idle.load(Ordering::SeqCst);
+        if sleeping > 0 {
             self.wake.notify_one();
-        } else if self.threads.fetch_add(1, Ordering::SeqCst) < MAX_THREADS {
-            std::thread::Builder::new()
-                .name("plughost-call".into())
-                .spawn(move || self.work())
-                .expect("spawn a plugin call thread");
-        } else {
-            self.threads.fetch_sub(1, Ordering::SeqCst);
+        }
+        // More jobs waiting than workers free to take them (the others may be busy with a
+        // plugin that is slow or stuck): add a thread, so one plugin cannot hold up another.
+        // A thread too many is harmless; it exits when idle.
+        if waiting > spinning + sleeping {
+            if self.threads.fetch_add(1, Ordering::SeqCst) < MAX_THREADS {
+                std::thread::Builder::new()
+                    .name("plughost-call".into())
+                    .spawn(move || self.work())
+                    .expect("spawn a plugin call thread");
+            } else {
+                self.threads.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
@@ -108,7 +121,7 @@ impl CallPool {
     fn work(&'static self) {
         loop {
             while let Some(job) = self.take() {
-                job();
+                run(job);
             }
             // Idle: spin for the next job if no other worker does, then sleep.
             if !self.spinner.swap(true, Ordering::SeqCst) {
@@ -120,7 +133,7 @@ impl CallPool {
                 }
                 self.spinner.store(false, Ordering::SeqCst);
                 if let Some(job) = job {
-                    job();
+                    run(job);
                     continue;
                 }
             }
@@ -142,4 +155,15 @@ impl CallPool {
             }
         }
     }
+}
+
+/// A pool job that ended without an answer (it panicked, which the plugin's own guards
+/// normally prevent).
+#[derive(Debug)]
+pub struct Abandoned;
+
+/// Runs a job; a panic ends the job, not the worker (plugin entry points catch their own
+/// panics, so this guards the host's code around them).
+fn run(job: Job) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
 }
