@@ -31,16 +31,22 @@ use tracing::{info, warn};
 use crate::dispatch::Health;
 use crate::error::CallError;
 use crate::layers::blocking::Blocking;
-use crate::layers::breaker::{BreakerLayer, CircuitBreaker, CircuitState};
-use crate::layers::deadline::{Deadline, DeadlineLayer};
-use crate::layers::limit::{Concurrency, ConcurrencyLayer, RateLayer, RateLimit};
-use crate::layers::metrics::{Metrics, MetricsLayer, MetricsSnapshot, PluginMetrics};
-use crate::layers::PluginCall;
+use crate::layers::breaker::{BreakerLayer, CircuitState};
+use crate::layers::deadline::DeadlineLayer;
+use crate::layers::limit::{ConcurrencyLayer, RateLayer};
+use crate::layers::metrics::{MetricsLayer, MetricsSnapshot, PluginMetrics};
+use crate::layers::{Layered, PluginCall};
 use crate::policy::CallPolicy;
 use crate::Host;
 
 /// Every plugin's layers, outermost first; layers its policy leaves out pass calls through.
-type Stack = Metrics<CircuitBreaker<Deadline<RateLimit<Concurrency<Blocking>>>>>;
+type Stack = Layered<
+    MetricsLayer,
+    Layered<
+        BreakerLayer,
+        Layered<DeadlineLayer, Layered<RateLayer, Layered<ConcurrencyLayer, Blocking>>>,
+    >,
+>;
 
 /// Async, guarded calls into a [`Host`]'s plugins. Needs a tokio runtime.
 pub struct Dispatcher {

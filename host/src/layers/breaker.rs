@@ -4,13 +4,11 @@
 //! opens it again. Every change is logged.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use tokio::time::Instant;
-use tower::{Layer, Service};
 use tracing::{info, warn};
 
-use super::{CallFuture, PluginCall};
+use super::{CallFuture, CallLayer, Next, PluginCall};
 use crate::error::CallError;
 use crate::policy::Breaker;
 
@@ -170,44 +168,16 @@ impl Circuit {
     }
 }
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = CircuitBreaker<S>;
-    fn layer(&self, inner: S) -> CircuitBreaker<S> {
-        CircuitBreaker {
-            inner,
-            circuit: self.circuit.clone(),
-        }
-    }
-}
-
-/// See [`BreakerLayer`].
-#[derive(Clone)]
-pub struct CircuitBreaker<S> {
-    inner: S,
-    circuit: Option<Circuit>,
-}
-
-impl<S> Service<PluginCall> for CircuitBreaker<S>
-where
-    S: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>,
-{
-    type Response = Vec<u8>;
-    type Error = CallError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, call: PluginCall) -> CallFuture {
+impl CallLayer for BreakerLayer {
+    fn call<S: Next>(&self, inner: &mut S, call: PluginCall) -> CallFuture {
         let Some(circuit) = self.circuit.clone() else {
-            return self.inner.call(call);
+            return inner.call(call);
         };
         let trial = match circuit.admit() {
             Ok(trial) => trial,
             Err(fail_fast) => return Box::pin(std::future::ready(Err(fail_fast))),
         };
-        let answer = self.inner.call(call);
+        let answer = inner.call(call);
         // A trial whose caller gave up gives no verdict: let the next call try instead.
         let unfinished_trial = trial.then(|| TrialGuard(Some(circuit.clone())));
         Box::pin(async move {

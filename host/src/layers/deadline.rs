@@ -5,14 +5,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower::{Layer, Service};
 use tracing::{info, warn, Instrument};
 
 use super::metrics::PluginMetrics;
-use super::{CallFuture, PluginCall};
+use super::{CallFuture, CallLayer, Next, PluginCall};
 use crate::error::CallError;
 
 /// Adds the deadline to a service.
@@ -42,41 +40,13 @@ impl DeadlineLayer {
     }
 }
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// See [`DeadlineLayer`].
-#[derive(Clone)]
-pub struct Deadline<S> {
-    inner: S,
-    layer: DeadlineLayer,
-}
-
-impl<S> Service<PluginCall> for Deadline<S>
-where
-    S: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>,
-{
-    type Response = Vec<u8>;
-    type Error = CallError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, call: PluginCall) -> CallFuture {
+impl CallLayer for DeadlineLayer {
+    fn call<S: Next>(&self, inner: &mut S, call: PluginCall) -> CallFuture {
         let deadline = call.deadline;
         let cancel = call.cancel.clone();
         let started = call.started.clone();
-        let mut answer = self.inner.call(call);
-        let layer = self.layer.clone();
+        let mut answer = inner.call(call);
+        let layer = self.clone();
         // A caller that stops waiting (its future dropped) gives up on the call too.
         let abandoned = CancelOnDrop(Some(cancel.clone()));
         Box::pin(async move {

@@ -2,14 +2,12 @@
 //! deadline bounds the wait; with [`WhenLimited::Reject`] an excess call fails at once.
 
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
-use super::{CallFuture, PluginCall};
+use super::{CallFuture, CallLayer, Next, PluginCall};
 use crate::error::CallError;
 use crate::policy::{Rate, WhenLimited};
 
@@ -32,44 +30,13 @@ impl ConcurrencyLayer {
     }
 }
 
-impl<S> Layer<S> for ConcurrencyLayer {
-    type Service = Concurrency<S>;
-    fn layer(&self, inner: S) -> Concurrency<S> {
-        Concurrency {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// See [`ConcurrencyLayer`].
-#[derive(Clone)]
-pub struct Concurrency<S> {
-    inner: S,
-    layer: ConcurrencyLayer,
-}
-
-impl<S> Service<PluginCall> for Concurrency<S>
-where
-    S: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
-{
-    type Response = Vec<u8>;
-    type Error = CallError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut call: PluginCall) -> CallFuture {
-        let Some((limit, slots)) = self.layer.limit.clone() else {
-            return self.inner.call(call);
+impl CallLayer for ConcurrencyLayer {
+    fn call<S: Next>(&self, inner: &mut S, mut call: PluginCall) -> CallFuture {
+        let Some((limit, slots)) = self.limit.clone() else {
+            return inner.call(call);
         };
-        let (plugin, when_limited) = (self.layer.plugin.clone(), self.layer.when_limited);
-        let mut inner = self.inner.clone();
+        let (plugin, when_limited) = (self.plugin.clone(), self.when_limited);
+        let mut inner = inner.clone();
         Box::pin(async move {
             let permit = match when_limited {
                 WhenLimited::Reject => slots.try_acquire_owned().ok(),
@@ -135,44 +102,13 @@ impl Bucket {
     }
 }
 
-impl<S> Layer<S> for RateLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// See [`RateLayer`].
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    layer: RateLayer,
-}
-
-impl<S> Service<PluginCall> for RateLimit<S>
-where
-    S: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>
-        + Clone
-        + Send
-        + 'static,
-{
-    type Response = Vec<u8>;
-    type Error = CallError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: PluginCall) -> CallFuture {
-        let Some((rate, bucket)) = self.layer.limit.clone() else {
-            return self.inner.call(call);
+impl CallLayer for RateLayer {
+    fn call<S: Next>(&self, inner: &mut S, call: PluginCall) -> CallFuture {
+        let Some((rate, bucket)) = self.limit.clone() else {
+            return inner.call(call);
         };
-        let (plugin, when_limited) = (self.layer.plugin.clone(), self.layer.when_limited);
-        let mut inner = self.inner.clone();
+        let (plugin, when_limited) = (self.plugin.clone(), self.when_limited);
+        let mut inner = inner.clone();
         Box::pin(async move {
             loop {
                 let taken = bucket.lock().unwrap_or_else(|e| e.into_inner()).take(rate);

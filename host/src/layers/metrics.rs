@@ -3,14 +3,12 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tower::{Layer, Service};
 
-use super::{CallFuture, PluginCall};
+use super::{CallFuture, CallLayer, Next, PluginCall};
 use crate::error::CallError;
 
 /// The counters and histogram of one plugin.
@@ -136,40 +134,12 @@ impl MetricsLayer {
     }
 }
 
-impl<S> Layer<S> for MetricsLayer {
-    type Service = Metrics<S>;
-    fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// See [`MetricsLayer`].
-#[derive(Clone)]
-pub struct Metrics<S> {
-    inner: S,
-    metrics: Arc<PluginMetrics>,
-}
-
-impl<S> Service<PluginCall> for Metrics<S>
-where
-    S: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>,
-{
-    type Response = Vec<u8>;
-    type Error = CallError;
-    type Future = CallFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, call: PluginCall) -> CallFuture {
+impl CallLayer for MetricsLayer {
+    fn call<S: Next>(&self, inner: &mut S, call: PluginCall) -> CallFuture {
         let metrics = self.metrics.clone();
         let in_flight = InFlight::new(metrics.clone());
         let started = std::time::Instant::now();
-        let answer = self.inner.call(call);
+        let answer = inner.call(call);
         Box::pin(async move {
             let outcome = answer.await;
             drop(in_flight);

@@ -22,7 +22,10 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::task::{Context, Poll};
+
 use tokio::time::Instant;
+use tower::Service;
 
 use crate::error::CallError;
 
@@ -43,3 +46,70 @@ pub struct PluginCall {
 
 /// What every layer's future is.
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send>>;
+
+/// What one layer does to a call, given the rest of the stack. Each layer's settings type
+/// implements it; [`Layered`] makes that a tower `Service`, and the type a tower `Layer`.
+pub trait CallLayer: Clone + Send + Sync + 'static {
+    /// Handles `call`, passing it on to `inner` (or not).
+    fn call<S: Next>(&self, inner: &mut S, call: PluginCall) -> CallFuture;
+}
+
+/// The rest of the stack, as a layer sees it. Every service in the stack is always ready
+/// (limits are taken inside the call, within its deadline), so `poll_ready` is trivial.
+pub trait Next:
+    Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Next for T where
+    T: Service<PluginCall, Response = Vec<u8>, Error = CallError, Future = CallFuture>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A layer `L` in front of the service `S`.
+#[derive(Clone)]
+pub struct Layered<L, S> {
+    layer: L,
+    inner: S,
+}
+
+impl<L: CallLayer, S: Next> Service<PluginCall> for Layered<L, S> {
+    type Response = Vec<u8>;
+    type Error = CallError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: PluginCall) -> CallFuture {
+        self.layer.call(&mut self.inner, call)
+    }
+}
+
+/// Makes each layer's settings a tower `Layer` (a blanket impl is not allowed for a foreign
+/// trait).
+macro_rules! tower_layer {
+    ($($layer:ty),*) => {$(
+        impl<S> tower::Layer<S> for $layer {
+            type Service = Layered<$layer, S>;
+            fn layer(&self, inner: S) -> Self::Service {
+                Layered { layer: self.clone(), inner }
+            }
+        }
+    )*};
+}
+
+tower_layer!(
+    metrics::MetricsLayer,
+    breaker::BreakerLayer,
+    deadline::DeadlineLayer,
+    limit::RateLayer,
+    limit::ConcurrencyLayer
+);
