@@ -98,6 +98,17 @@ struct Shared {
     still_mapped: Mutex<Vec<PathBuf>>,
 }
 
+impl Shared {
+    /// Records `closed` (a version found still mapped after closing), forgets those that have
+    /// left memory since, and says how many remain.
+    fn still_mapped(&self, closed: Option<PathBuf>) -> usize {
+        let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
+        paths.retain(|p| mapping::is_mapped(p).unwrap_or(false));
+        paths.extend(closed);
+        paths.len()
+    }
+}
+
 impl Host {
     /// A host with no plugin running yet. Creates the shadow folder.
     pub fn new(options: HostOptions) -> Result<Self, HostError> {
@@ -428,13 +439,7 @@ impl Host {
     /// [`UnloadStatus::StillMapped`]). Checked afresh on every call: a pinned library leaves
     /// once the thread pinning it ends.
     pub fn still_mapped(&self) -> usize {
-        let mut paths = self
-            .shared
-            .still_mapped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        paths.retain(|p| mapping::is_mapped(p).unwrap_or(false));
-        paths.len()
+        self.shared.still_mapped(None)
     }
 
     /// Takes a plugin out of service: waits for its calls in flight, calls Shutdown, unloads
@@ -597,19 +602,11 @@ fn retire_in_background(
 /// Records a still-mapped library and says what became of it, for log lines.
 fn describe_unload(retired: &Retired, shared: &Shared, subject: &str) -> String {
     match retired.unload {
-        UnloadStatus::StillMapped => {
-            let mut paths = shared
-                .still_mapped
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            paths.retain(|p| mapping::is_mapped(p).unwrap_or(false));
-            paths.push(retired.shadow.clone());
-            format!(
-                "{}; {} closed version(s) still mapped in all",
-                retired.unload.describe(subject),
-                paths.len()
-            )
-        }
+        UnloadStatus::StillMapped => format!(
+            "{}; {} closed version(s) still mapped in all",
+            retired.unload.describe(subject),
+            shared.still_mapped(Some(retired.shadow.clone()))
+        ),
         other => other.describe(subject),
     }
 }

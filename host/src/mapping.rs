@@ -42,17 +42,6 @@ pub fn is_mapped(path: &Path) -> Option<bool> {
     mapped_paths().map(|maps| maps.iter().any(|p| p == path))
 }
 
-/// How many of `paths` are mapped into this process, if the platform can tell.
-pub fn count_mapped<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Option<usize> {
-    let maps = mapped_paths()?;
-    Some(
-        paths
-            .into_iter()
-            .filter(|p| maps.iter().any(|m| m == p))
-            .count(),
-    )
-}
-
 /// The files mapped into this process, from `/proc/self/maps` (Linux only). A mapping whose
 /// file was deleted shows as `<path> (deleted)`; the suffix is removed.
 #[cfg(target_os = "linux")]
