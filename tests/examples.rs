@@ -163,7 +163,7 @@ fn cli_exec_prints_the_answer() {
         "exec",
         "transform",
         "hello",
-        "--config",
+        "--init",
         r#"{"mode":"upper"}"#,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -173,7 +173,7 @@ fn cli_exec_prints_the_answer() {
         "exec",
         "filter",
         "[3, 4, 5]",
-        "--config",
+        "--init",
         r#"{"rule":"lt","value":5}"#,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -186,13 +186,7 @@ fn cli_exec_reads_stdin_and_reports_failures() {
     let dir = PluginDir::new();
     dir.add("transform");
     let mut child = dir
-        .command(&[
-            "exec",
-            "transform",
-            "-",
-            "--config",
-            r#"{"mode":"reverse"}"#,
-        ])
+        .command(&["exec", "transform", "-", "--init", r#"{"mode":"reverse"}"#])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -210,15 +204,15 @@ fn cli_exec_reads_stdin_and_reports_failures() {
         stderr(&out)
     );
 
-    let out = dir.cli(&["exec", "transform", "x", "--config", "{mode"]);
+    let out = dir.cli(&["exec", "transform", "x", "--init", "{mode"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("--config is not valid JSON"),
+        stderr(&out).contains("--init is not valid JSON"),
         "{}",
         stderr(&out)
     );
 
-    let out = dir.cli(&["exec", "transform", "x", "--config", r#"{"mode":"shout"}"#]);
+    let out = dir.cli(&["exec", "transform", "x", "--init", r#"{"mode":"shout"}"#]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

@@ -112,7 +112,7 @@ fn cli_reports_each_panic_in_one_line_and_exits_non_zero() {
         ),
     ] {
         let out = dir
-            .command(&["exec", "panicky", input, "--config", config])
+            .command(&["exec", "panicky", input, "--init", config])
             // std's own report would print a backtrace with this set; the plugin's hook does not.
             .env("RUST_BACKTRACE", "1")
             .output()
@@ -143,7 +143,7 @@ fn a_panic_with_stderr_unwritable_is_still_just_an_error() {
             "exec",
             "panicky",
             "panic",
-            "--config",
+            "--init",
             r#"{"panic_in":"execute"}"#,
         ])
         .stderr(full)

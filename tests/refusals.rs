@@ -247,7 +247,7 @@ fn inspect_checks_a_configuration_without_starting_the_plugin() {
         std::process::Command::new(plughost_tests::plughost())
             .arg("inspect")
             .arg(&counter)
-            .args(["--config", config])
+            .args(["--init", config])
             .output()
             .unwrap()
     };

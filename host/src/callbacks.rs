@@ -1,4 +1,5 @@
-//! What the host offers plugins through [`HostApi`]: for now, its log.
+//! What the host offers plugins: its log through [`HostApi`] (plugin-api 1.2), and calls to
+//! the plugins they depend on through [`PluginCalls`] (plugin-api 1.3).
 //!
 //! A plugin's log lines come out of the host's `tracing` output with target `plugin`, inside a
 //! `plugin` span carrying the plugin's name and version, so `RUST_LOG` filters them like the
@@ -6,23 +7,123 @@
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
 
-use abi_stable::std_types::RStr;
-use plugin_api::ffi::{log_level, HostApi};
+use abi_stable::std_types::{RSlice, RStr};
+use plugin_api::ffi::{
+    log_level, BufferOwner, CallContext, HostApi, OutBuffer, PluginCalls, Status,
+};
 use tracing::Span;
+
+use crate::registry::Slot;
 
 /// Who is calling back: one per loaded plugin version, handed to the plugin as an opaque
 /// pointer at install time.
 pub(crate) struct PluginIdentity {
+    name: String,
     span: Span,
+    /// The slots of the plugins it declared as dependencies, bound by the host once they are
+    /// known to be in service (before Init). A slot follows its plugin across reloads.
+    dependencies: OnceLock<Vec<Arc<Slot>>>,
 }
 
 impl PluginIdentity {
     pub(crate) fn new(name: &str, version: &semver::Version) -> Box<Self> {
         Box::new(PluginIdentity {
+            name: name.to_owned(),
             span: tracing::info_span!("plugin", name = %name, version = %version),
+            dependencies: OnceLock::new(),
         })
     }
+
+    /// Lets the plugin call the plugins in `slots`, and no others. Only the first binding
+    /// counts: a library's dependencies are fixed once it runs.
+    pub(crate) fn bind_dependencies(&self, slots: Vec<Arc<Slot>>) {
+        let _ = self.dependencies.set(slots);
+    }
+}
+
+/// The call table every plugin that declares dependencies gets.
+pub(crate) static PLUGIN_CALLS: PluginCalls = PluginCalls {
+    call: call_plugin,
+    free_buffer: free_host_buffer,
+};
+
+/// # Safety
+///
+/// `plugin` is the identity given at install; `ctx`, `name`, `input` and `out` are valid for
+/// the call, `out` lending `ptr[..cap]` of the caller's memory.
+unsafe extern "C" fn call_plugin(
+    plugin: *const c_void,
+    ctx: &CallContext,
+    name: RStr<'_>,
+    input: RSlice<'_, u8>,
+    out: &mut OutBuffer,
+) -> Status {
+    // SAFETY: as documented; the identity outlives every call the library can make.
+    let identity = unsafe { &*plugin.cast::<PluginIdentity>() };
+    let name = name.as_rslice().as_slice();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let slot = identity
+            .dependencies
+            .get()
+            .and_then(|slots| slots.iter().find(|s| s.name().as_bytes() == name));
+        let Some(slot) = slot else {
+            let message = format!("not a declared dependency of {}", identity.name);
+            return reply(out, Status::ERROR, message.as_bytes());
+        };
+        let version = slot.load();
+        let Some(version) = version.as_ref() else {
+            return reply(out, Status::ERROR, b"not loaded");
+        };
+        // The callee writes straight into the caller's lent buffer.
+        let mut inner = OutBuffer::host(out.ptr, out.cap);
+        // SAFETY: `version` is held for the call; its instance is live until it retires,
+        // which waits for this guard. `input` and `inner` are valid for the call.
+        let status = unsafe { (version.execute)(version.instance(), ctx, input, &mut inner) };
+        if inner.owner == BufferOwner::PLUGIN {
+            // The callee spilled into its own allocation, which only it can free: copy it into
+            // ours, which the caller gives back through `free_host_buffer`.
+            // SAFETY: the callee's output protocol: `ptr[..len]` initialised, freed once below.
+            let bytes = unsafe { std::slice::from_raw_parts(inner.ptr, inner.len) }.to_vec();
+            // SAFETY: exactly the triple the callee handed out, given back once.
+            unsafe { (version.free_buffer)(inner.ptr, inner.len, inner.cap) };
+            hand_over(out, bytes);
+        } else {
+            out.len = inner.len;
+        }
+        status
+    }));
+    outcome.unwrap_or_else(|_| reply(out, Status::ERROR, b"the host failed to make the call"))
+}
+
+/// Writes `message` into the caller's buffer, or a host allocation if it does not fit.
+fn reply(out: &mut OutBuffer, status: Status, message: &[u8]) -> Status {
+    if message.len() <= out.cap {
+        // SAFETY: `out` lends `ptr[..cap]` of writable memory.
+        unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), out.ptr, message.len()) };
+        out.len = message.len();
+    } else {
+        hand_over(out, message.to_vec());
+    }
+    status
+}
+
+/// Gives `bytes` to the caller as a host allocation ([`BufferOwner::CALLEE`]).
+fn hand_over(out: &mut OutBuffer, bytes: Vec<u8>) {
+    let mut bytes = std::mem::ManuallyDrop::new(bytes);
+    out.ptr = bytes.as_mut_ptr();
+    out.len = bytes.len();
+    out.cap = bytes.capacity();
+    out.owner = BufferOwner::CALLEE;
+}
+
+/// # Safety
+///
+/// `(ptr, len, cap)` is an output [`hand_over`] gave out, returned once.
+unsafe extern "C" fn free_host_buffer(ptr: *mut u8, len: usize, cap: usize) {
+    // SAFETY: as documented: a `Vec<u8>` of this host's allocator, leaked by `hand_over`.
+    drop(unsafe { Vec::from_raw_parts(ptr, len, cap) });
 }
 
 /// The table every plugin gets.

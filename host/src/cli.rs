@@ -1,7 +1,9 @@
-//! The command line: `plughost run | list | inspect | exec`.
+//! The command line: `plughost run | list | inspect | exec | config check | enable | disable`.
 //!
-//! Logs go to stderr (filtered by `RUST_LOG`; default `info` for `run`, `warn` otherwise), so
-//! that what a command prints on stdout can be piped.
+//! Settings come from `--config FILE`, else `plughost.toml` in the working folder if present,
+//! else the defaults; `--plugins-dir` and `--shadow-dir` override the file. Logs go to stderr
+//! (filtered by `RUST_LOG`; default `info` for `run`, `warn` otherwise; JSON lines if the file
+//! says `log_format = "json"`), so that what a command prints on stdout can be piped.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,12 +13,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use plughost::{CallPolicy, Dispatcher, Host, HostOptions, LoadError, PluginInfo, WatchOptions};
+use plughost::config::DEFAULT_FILE;
+use plughost::{
+    schema, CallPolicy, Dispatcher, Host, HostConfig, HostOptions, LoadError, LogFormat,
+    PluginInfo, WatchOptions,
+};
 
 /// Discover, validate, load and call native Rust plugins.
 #[derive(Debug, Parser)]
 #[command(name = "plughost", version, about)]
 struct Cli {
+    /// The configuration file [default: plughost.toml in the working folder, if present].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,9 +41,10 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
         /// Where the platform cannot tell when a write is finished (not Linux), how long a
-        /// changed file must be quiet before it is reloaded, in milliseconds.
-        #[arg(long, value_name = "MS", default_value_t = 50)]
-        settle_ms: u64,
+        /// changed file must be quiet before it is reloaded, in milliseconds [default: the
+        /// file's host.debounce].
+        #[arg(long, value_name = "MS")]
+        settle_ms: Option<u64>,
         /// Check every plugin's health this often, in seconds, logging changes; 0 turns it off.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         health_interval: u64,
@@ -49,10 +59,10 @@ enum Command {
         /// Print the metadata as JSON.
         #[arg(long)]
         json: bool,
-        /// Also ask the plugin whether it accepts this configuration (JSON), without starting
-        /// it.
-        #[arg(long, value_name = "JSON")]
-        config: Option<String>,
+        /// Also ask the plugin whether it accepts this Init configuration (JSON), without
+        /// starting it.
+        #[arg(long = "init", value_name = "JSON")]
+        init: Option<String>,
     },
     /// Load one plugin, Init it, Execute it once on INPUT, print the output, Shut it down.
     Exec {
@@ -60,45 +70,79 @@ enum Command {
         name: String,
         /// The input; `-` reads standard input.
         input: String,
-        /// Init configuration, as JSON.
-        #[arg(long, value_name = "JSON", default_value = "{}")]
-        config: String,
-        /// Give up on the call after this many milliseconds (the plugin is asked to stop).
-        #[arg(long, value_name = "MS", default_value_t = 30_000)]
-        timeout: u64,
+        /// Init configuration, as JSON [default: the plugin's table in the configuration file].
+        #[arg(long = "init", value_name = "JSON")]
+        init: Option<String>,
+        /// Give up on the call after this many milliseconds (the plugin is asked to stop)
+        /// [default: the plugin's timeout in the configuration file, else 30000].
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
         /// Print where the time went (load, init, execute, shutdown) to stderr.
         #[arg(long, short)]
         verbose: bool,
         #[command(flatten)]
         dir: DirArgs,
     },
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Enable a plugin in the configuration file; a running `plughost run` starts it.
+    Enable {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Disable a plugin in the configuration file; a running `plughost run` shuts it down and
+    /// unloads it (its file is left alone).
+    Disable {
+        /// The plugin's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the file and every plugin's config against the plugin's schema and
+    /// requirements (reading descriptors only, starting nothing), and print the effective
+    /// configuration with secrets masked. Exits 1 if anything would be refused.
+    Check(DirArgs),
 }
 
 #[derive(Debug, Args)]
 struct DirArgs {
-    /// The plugins folder.
-    #[arg(long, value_name = "DIR", default_value = "plugins")]
-    plugins_dir: PathBuf,
-    /// Where private copies of loaded libraries go [default: <temp>/plughost-shadow].
+    /// The plugins folder [default: the file's host.plugins_dir, else plugins].
+    #[arg(long, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Where private copies of loaded libraries go [default: <temp>/plughost-shadow-<uid>].
     #[arg(long, value_name = "DIR")]
     shadow_dir: Option<PathBuf>,
 }
 
 impl DirArgs {
-    fn host(&self) -> anyhow::Result<Host> {
-        let mut options = HostOptions::with_plugins_dir(&self.plugins_dir);
-        if let Some(shadow) = &self.shadow_dir {
-            options.shadow_dir = shadow.clone();
+    /// The settings, with these flags applied over them.
+    fn apply(&self, mut config: HostConfig) -> HostConfig {
+        if let Some(dir) = &self.plugins_dir {
+            config.host.plugins_dir = dir.clone();
         }
-        Ok(Host::new(options)?)
+        if let Some(dir) = &self.shadow_dir {
+            config.host.shadow_dir = Some(dir.clone());
+        }
+        config
     }
 }
 
 /// Runs the command line and maps failure to exit code 1 with a one-line reason.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Run { .. }));
-    match run(cli.command) {
+    // The file is read first: it says how to log.
+    let config = HostConfig::discover(cli.config.as_deref());
+    let format = config
+        .as_ref()
+        .map_or(LogFormat::Human, |c| c.host.log_format);
+    init_logging(matches!(cli.command, Command::Run { .. }), format);
+    let outcome = config
+        .map_err(anyhow::Error::from)
+        .and_then(|config| run(cli.command, config, cli.config.as_deref()));
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             // Not `eprintln!`, which panics when stderr cannot be written: the exit code must
@@ -109,55 +153,74 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose_by_default: bool) {
+fn init_logging(verbose_by_default: bool, format: LogFormat) {
     let default = if verbose_by_default { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         // Its report of a failed write is an `eprintln!`, which panics when stderr is full or
         // closed; a log line lost is better than a host aborted.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+fn run(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             dir,
             no_watch,
             settle_ms,
             health_interval,
-        } => serve(
-            &dir,
-            !no_watch,
-            Duration::from_millis(settle_ms),
-            Duration::from_secs(health_interval),
-        ),
-        Command::List(dir) => list(&dir),
-        Command::Inspect { file, json, config } => inspect(&file, json, config.as_deref()),
+        } => {
+            let config = dir.apply(config);
+            let watch = config.host.watch && !no_watch;
+            let settle = settle_ms.map_or(config.host.debounce, Duration::from_millis);
+            serve(config, watch, settle, Duration::from_secs(health_interval))
+        }
+        Command::List(dir) => list(dir.apply(config)),
+        Command::Inspect { file, json, init } => inspect(&file, json, init.as_deref()),
         Command::Exec {
             name,
             input,
-            config,
+            init,
             timeout,
             verbose,
             dir,
         } => exec(
             &name,
             &input,
-            &config,
-            Duration::from_millis(timeout),
+            init.as_deref(),
+            timeout.map(Duration::from_millis),
             verbose,
-            &dir,
+            dir.apply(config),
         ),
+        Command::Config(ConfigCommand::Check(dir)) => check(dir.apply(config)),
+        Command::Enable { name } => set_enabled(file, &name, true),
+        Command::Disable { name } => set_enabled(file, &name, false),
+    }
+}
+
+/// The call policy for `plugin`: its timeout from the settings (else the host's, else 30 s).
+fn policy_for(config: &HostConfig, plugin: &str) -> CallPolicy {
+    let timeout = config
+        .plugin(plugin)
+        .timeout
+        .or(config.host.call_timeout)
+        .unwrap_or(CallPolicy::default().timeout);
+    CallPolicy {
+        timeout,
+        ..CallPolicy::default()
     }
 }
 
 fn serve(
-    dir: &DirArgs,
+    config: HostConfig,
     watch: bool,
     settle: Duration,
     health_interval: Duration,
@@ -171,7 +234,8 @@ fn serve(
         let _runtime = runtime.enter();
         shutdown_signal()?
     };
-    let host = Arc::new(dir.host()?);
+    let plugins_dir = config.host.plugins_dir.clone();
+    let host = Arc::new(Host::with_config(config)?);
     // Watch first, so that nothing written while loading is missed.
     let watcher = if watch {
         let options = WatchOptions {
@@ -188,7 +252,7 @@ fn serve(
         report.loaded.len(),
         report.refused.len(),
         if watch { "watching" } else { "from" },
-        dir.plugins_dir.display()
+        plugins_dir.display()
     );
     let health = (!health_interval.is_zero()).then(|| {
         let _runtime = runtime.enter();
@@ -245,8 +309,8 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-fn list(dir: &DirArgs) -> anyhow::Result<ExitCode> {
-    let host = dir.host()?;
+fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
+    let host = Host::with_config(config.clone())?;
     let mut rows = vec![[
         "NAME".to_owned(),
         "VERSION".to_owned(),
@@ -265,6 +329,7 @@ fn list(dir: &DirArgs) -> anyhow::Result<ExitCode> {
                         info.name,
                         file_name(first)
                     ),
+                    None if !config.plugin(&info.name).enabled => "disabled".to_owned(),
                     None => "ok".to_owned(),
                 };
                 names.push((info.name.clone(), library.file().to_owned()));
@@ -318,15 +383,40 @@ fn inspect(file: &Path, json: bool, config: Option<&str>) -> anyhow::Result<Exit
     let library = host.open(file)?;
     let info = library.info();
     if let Some(config) = config {
-        library
-            .validate_config(config.as_bytes())
-            .with_context(|| {
-                format!(
-                    "{}: plugin {} does not accept the configuration {config}",
+        // Shown with its secrets masked: it may hold a password.
+        let shown = match serde_json::from_str::<serde_json::Value>(config) {
+            Ok(serde_json::Value::Object(map)) => {
+                serde_json::Value::Object(schema::masked(info, &map)).to_string()
+            }
+            Ok(_) => config.to_owned(),
+            Err(_) => "(not JSON)".to_owned(),
+        };
+        // The plugin gets what the host would give it: the schema's defaults filled in.
+        let filled = match serde_json::from_str::<serde_json::Value>(config) {
+            Ok(serde_json::Value::Object(map)) => match schema::check(info, &map) {
+                Ok(checked) => serde_json::to_string(&checked.config)?,
+                Err(problem) => bail!(
+                    "{}: plugin {}: config key `{}` {}",
                     file.display(),
-                    info.name
-                )
-            })?;
+                    info.name,
+                    problem.key,
+                    problem.reason
+                ),
+            },
+            _ => config.to_owned(),
+        };
+        library.validate_config(filled.as_bytes()).map_err(|e| {
+            let secrets =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(config)
+                    .map(|map| schema::secrets(info, &map))
+                    .unwrap_or_default();
+            anyhow::anyhow!(
+                "{}: plugin {} does not accept the configuration {shown}: {}",
+                file.display(),
+                info.name,
+                schema::scrub(&e.to_string(), &secrets)
+            )
+        })?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(info)?);
@@ -388,13 +478,18 @@ fn print_info(info: &PluginInfo, file: &Path) {
 fn exec(
     name: &str,
     input: &str,
-    config: &str,
-    timeout: Duration,
+    init: Option<&str>,
+    timeout: Option<Duration>,
     verbose: bool,
-    dir: &DirArgs,
+    config: HostConfig,
 ) -> anyhow::Result<ExitCode> {
-    serde_json::from_str::<serde_json::Value>(config)
-        .with_context(|| format!("--config is not valid JSON: {config}"))?;
+    if let Some(init) = init {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(init) {
+            bail!("--init is not valid JSON: {e}");
+        }
+    }
+    let timeout = timeout.unwrap_or_else(|| policy_for(&config, name).timeout);
+    let plugins_dir = config.host.plugins_dir.clone();
     let input = if input == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -405,7 +500,7 @@ fn exec(
         input.as_bytes().to_vec()
     };
 
-    let host = Arc::new(dir.host()?);
+    let host = Arc::new(Host::with_config(config)?);
     let mut refused = Vec::new();
     let mut library = None;
     let started = std::time::Instant::now();
@@ -422,7 +517,7 @@ fn exec(
         }
     }
     let Some(library) = library else {
-        let mut message = format!("no plugin named {name:?} in {}", dir.plugins_dir.display());
+        let mut message = format!("no plugin named {name:?} in {}", plugins_dir.display());
         if !refused.is_empty() {
             message.push_str(&format!(
                 " ({} file(s) refused, e.g. {}; see `plughost list`)",
@@ -435,7 +530,10 @@ fn exec(
     let loaded = started.elapsed();
 
     let started = std::time::Instant::now();
-    host.start(library, config.as_bytes())?;
+    match init {
+        Some(init) => host.start(library, init.as_bytes())?,
+        None => host.start_configured(library)?,
+    };
     let initialised = started.elapsed();
 
     // One call through the same guarded path a long-running host uses.
@@ -493,5 +591,167 @@ fn exec(
     }
     stdout.flush()?;
     shutdown.with_context(|| format!("plugin {name} answered but failed to shut down"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plughost config check`.
+fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
+    let host = Host::with_config(config.clone())?;
+    let file = config
+        .file
+        .as_ref()
+        .map_or("(defaults: no plughost.toml)".to_owned(), |f| {
+            f.display().to_string()
+        });
+    let mut problems: Vec<String> = Vec::new();
+    let mut libraries = Vec::new();
+    for outcome in host.scan()? {
+        match outcome {
+            Ok(library) => libraries.push(library),
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "warning: refused {error}");
+            }
+        }
+    }
+    let mut effective = toml::Table::new();
+    effective.insert("host".into(), toml::Value::try_from(&config.host)?);
+    let mut plugins = toml::Table::new();
+    let mut candidates = Vec::new();
+    for library in &libraries {
+        let info = library.info();
+        let settings = config.plugin(&info.name);
+        let mut table = toml::Table::new();
+        table.insert("enabled".into(), settings.enabled.into());
+        table.insert("priority".into(), settings.priority.into());
+        if let Some(timeout) = settings.timeout {
+            table.insert(
+                "timeout".into(),
+                humantime::format_duration(timeout).to_string().into(),
+            );
+        }
+        match schema::check(info, &settings.config) {
+            Ok(checked) => {
+                for key in &checked.unknown {
+                    let at = config.locate(&["plugins", &info.name, "config", key]);
+                    let at = at.map(|a| format!("{a}: ")).unwrap_or_default();
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "warning: {at}plugin {}: unknown config key `{key}` (not in its schema)",
+                        info.name
+                    );
+                }
+                let bytes = serde_json::to_vec(&checked.config)?;
+                if settings.enabled {
+                    if let Err(e) = library.validate_config(&bytes) {
+                        let secrets = schema::secrets(info, &checked.config);
+                        problems.push(format!(
+                            "plugin {} refuses its config: {}",
+                            info.name,
+                            schema::scrub(&e.to_string(), &secrets)
+                        ));
+                    }
+                }
+                let shown = serde_json::Value::Object(schema::masked(info, &checked.config));
+                if let Ok(value) = toml::Value::try_from(&shown) {
+                    table.insert("config".into(), value);
+                }
+            }
+            Err(problem) => {
+                let at = config.locate(&["plugins", &info.name, "config", &problem.key]);
+                let at = at.map(|a| format!("{a}: ")).unwrap_or_default();
+                problems.push(format!(
+                    "{at}plugin {}: config key `{}` {}",
+                    info.name, problem.key, problem.reason
+                ));
+            }
+        }
+        plugins.insert(info.name.clone(), table.into());
+        if settings.enabled {
+            candidates.push(plughost::dependencies::Candidate {
+                info: info.clone(),
+                file: library.file().to_owned(),
+                priority: settings.priority,
+            });
+        }
+    }
+    for name in config.plugins.keys() {
+        if !plugins.contains_key(name) {
+            let at = config.locate(&["plugins", name]);
+            let at = at.map(|a| format!("{a}: ")).unwrap_or_default();
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {at}no plugin named {name} in {}",
+                config.host.plugins_dir.display()
+            );
+        }
+    }
+    let plan =
+        plughost::dependencies::start_order(&candidates, &[], &|n| !config.plugin(n).enabled);
+    problems.extend(plan.refused.iter().map(|(_, e)| e.to_string()));
+    let order: Vec<&str> = plan
+        .order
+        .iter()
+        .map(|&i| candidates[i].info.name.as_str())
+        .collect();
+    effective.insert("plugins".into(), plugins.into());
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# effective configuration of {file}; secrets shown as ***"
+    )?;
+    writeln!(out, "# start order: {}", order.join(", "))?;
+    writeln!(out, "{}", toml::to_string_pretty(&effective)?)?;
+    if problems.is_empty() {
+        let _ = writeln!(std::io::stderr(), "{file}: ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            let _ = writeln!(std::io::stderr(), "error: {problem}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `plughost enable` / `disable`: sets `plugins.NAME.enabled` in the file, keeping the rest
+/// of it (comments, order, formatting) as it was. A running `plughost run` watching the file
+/// applies the change.
+fn set_enabled(file: Option<&Path>, name: &str, enabled: bool) -> anyhow::Result<ExitCode> {
+    let path = file.unwrap_or(Path::new(DEFAULT_FILE));
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.is_none() => String::new(),
+        Err(e) => bail!("{}: cannot read the file: {e}", path.display()),
+    };
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let plugins = document
+        .entry("plugins")
+        .or_insert_with(|| {
+            let mut table = toml_edit::Table::new();
+            table.set_implicit(true);
+            table.into()
+        })
+        .as_table_mut()
+        .with_context(|| format!("{}: plugins is not a table", path.display()))?;
+    let plugin = plugins
+        .entry(name)
+        .or_insert_with(|| toml_edit::Table::new().into())
+        .as_table_like_mut()
+        .with_context(|| format!("{}: plugins.{name} is not a table", path.display()))?;
+    plugin.insert("enabled", toml_edit::value(enabled));
+    // The new text is checked like any edit before it replaces the file.
+    let updated = document.to_string();
+    HostConfig::parse(path, &updated)?;
+    let temporary = path.with_extension("toml.plughost-tmp");
+    std::fs::write(&temporary, &updated)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("{}: cannot write the file", path.display()))?;
+    println!(
+        "{} {name} in {}; a running plughost applies it now",
+        if enabled { "enabled" } else { "disabled" },
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

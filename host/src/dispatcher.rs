@@ -54,6 +54,8 @@ pub struct Dispatcher {
     default_policy: CallPolicy,
     policies: Mutex<HashMap<String, CallPolicy>>,
     plugins: RwLock<HashMap<String, AsyncHandle>>,
+    /// The host's settings generation the built stacks follow (timeouts from plughost.toml).
+    generation: std::sync::atomic::AtomicU64,
     metrics: Mutex<HashMap<String, Arc<PluginMetrics>>>,
     health: Mutex<HashMap<String, Health>>,
 }
@@ -85,6 +87,7 @@ impl Dispatcher {
     /// [`set_policy`](Self::set_policy) says otherwise for a plugin.
     pub fn new(host: Arc<Host>, default_policy: CallPolicy) -> Self {
         Dispatcher {
+            generation: std::sync::atomic::AtomicU64::new(host.settings_generation()),
             host,
             default_policy,
             policies: Mutex::default(),
@@ -99,7 +102,7 @@ impl Dispatcher {
         &self.host
     }
 
-    /// Gives `plugin` its own policy, for calls that start from now on (its metrics are kept;
+    /// Gives `plugin` its own policy (which wins over the settings' timeout), for calls that start from now on (its metrics are kept;
     /// its circuit starts closed; calls in flight finish under the old limits).
     pub fn set_policy(&self, plugin: &str, policy: CallPolicy) {
         lock(&self.policies).insert(plugin.to_owned(), policy);
@@ -116,6 +119,18 @@ impl Dispatcher {
 
     /// The guarded entry point of `plugin`, built on first use.
     pub fn plugin(&self, name: &str) -> Result<AsyncHandle, CallError> {
+        let generation = self.host.settings_generation();
+        if self
+            .generation
+            .swap(generation, std::sync::atomic::Ordering::AcqRel)
+            != generation
+        {
+            // The settings changed (a timeout, say): rebuild every stack on its next call.
+            self.plugins
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         if let Some(handle) = self
             .plugins
             .read()
@@ -138,10 +153,15 @@ impl Dispatcher {
     fn build(&self, name: &str) -> Result<AsyncHandle, CallError> {
         let handle = self.host.handle(name)?;
         let plugin: Arc<str> = name.into();
-        let policy = lock(&self.policies)
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| self.default_policy.clone());
+        let policy = lock(&self.policies).get(name).cloned().unwrap_or_else(|| {
+            // The settings' timeout (the plugin's, else the host's), if they give one.
+            let settings = self.host.config();
+            let mut policy = self.default_policy.clone();
+            if let Some(timeout) = settings.plugin(name).timeout.or(settings.host.call_timeout) {
+                policy.timeout = timeout;
+            }
+            policy
+        });
         let metrics = lock(&self.metrics)
             .entry(name.to_owned())
             .or_default()

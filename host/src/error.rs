@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::Location;
+use crate::metadata::Requirement;
+
 /// Why a plugin file was refused. Every variant names the file; the host goes on without it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -111,6 +114,78 @@ pub enum LoadError {
         /// What Init reported.
         cause: CallError,
     },
+    /// The plugin's configuration does not fit its schema (checked before Init).
+    #[error("{}: plugin {name}: {}config key `{key}` {reason}", path.display(), at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The key at fault.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+        /// Where the key is (or should be) in `plughost.toml`, if the config came from there.
+        at: Option<Box<Location>>,
+    },
+    /// A plugin it requires is not in service.
+    #[error("{}: plugin {name} requires {requirement}, which {why}", path.display())]
+    MissingDependency {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// What it requires.
+        requirement: Box<Requirement>,
+        /// Why that is not there: "is not loaded", "is disabled in plughost.toml"...
+        why: String,
+    },
+    /// A plugin it requires is in service at a version outside the range.
+    #[error("{}: plugin {name} requires {requirement}, but {} {found} is loaded", path.display(), requirement.name)]
+    DependencyVersion {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// What it requires.
+        requirement: Box<Requirement>,
+        /// The version in service.
+        found: Box<semver::Version>,
+    },
+    /// This version would break a plugin in service that requires another range of it.
+    #[error("{}: {name} {version} would break {dependent}, which requires {requirement}", path.display())]
+    BreaksDependent {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The version refused.
+        version: Box<semver::Version>,
+        /// The plugin that requires it.
+        dependent: String,
+        /// What that plugin requires.
+        requirement: Box<Requirement>,
+    },
+    /// The plugin is part of a dependency cycle.
+    #[error("{}: plugin {name} is in a dependency cycle: {}", path.display(), cycle.join(" -> "))]
+    DependencyCycle {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The cycle, first name repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// As many plugins as `max_plugins` allows are running already.
+    #[error("{}: plugin {name} not started: max_plugins ({max}) are running", path.display())]
+    TooMany {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl LoadError {
@@ -127,7 +202,13 @@ impl LoadError {
             | LoadError::Shadow { path, .. }
             | LoadError::Open { path, .. }
             | LoadError::DuplicateName { path, .. }
-            | LoadError::Init { path, .. } => path,
+            | LoadError::Init { path, .. }
+            | LoadError::Config { path, .. }
+            | LoadError::MissingDependency { path, .. }
+            | LoadError::DependencyVersion { path, .. }
+            | LoadError::BreaksDependent { path, .. }
+            | LoadError::DependencyCycle { path, .. }
+            | LoadError::TooMany { path, .. } => path,
         }
     }
 }
@@ -251,5 +332,58 @@ pub enum HostError {
         path: PathBuf,
         /// The OS error.
         error: std::io::Error,
+    },
+}
+
+/// Why a `plughost.toml` (or an edit of it) was refused. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the file: {error}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// What the parser said.
+        message: String,
+    },
+    /// A `${VAR}` without a default names a variable that is not set.
+    #[error("{at}: {key}: environment variable {variable} is not set (write ${{{variable}:-default}} to give a default)")]
+    Env {
+        /// Where the value is.
+        at: Location,
+        /// The key whose value names it, dotted (`plugins.storage.config.path`).
+        key: String,
+        /// The variable.
+        variable: String,
+    },
+    /// A plugin's settings cannot be applied: its config does not fit its schema, or its
+    /// dependencies would not be met.
+    #[error("{}: {reason}", at.as_ref().map_or_else(|| path.display().to_string(), ToString::to_string))]
+    Plugin {
+        /// The configuration file.
+        path: PathBuf,
+        /// Where in it, if the reason is one place.
+        at: Option<Location>,
+        /// The plugin.
+        plugin: String,
+        /// Why, naming the plugin (and the key or dependency).
+        reason: String,
+    },
+    /// The file could not be changed (`plughost enable`/`disable`).
+    #[error("{}: cannot update the file: {message}", path.display())]
+    Edit {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
     },
 }

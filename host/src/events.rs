@@ -58,6 +58,20 @@ pub enum HostEvent {
         /// What became of its library.
         status: UnloadStatus,
     },
+    /// A new `plughost.toml` (or enable / disable) was applied.
+    ConfigApplied {
+        /// The file, if the change came from one.
+        file: Option<PathBuf>,
+        /// The plugins it changed: started, stopped or re-initialised.
+        changed: Vec<String>,
+    },
+    /// An edit of `plughost.toml` was refused; the running configuration stays.
+    ConfigRefused {
+        /// The file.
+        file: PathBuf,
+        /// Why, naming the line or the plugin.
+        reason: String,
+    },
 }
 
 /// The open subscriptions.

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, info_span, warn};
 
+use crate::config::HostConfig;
+use crate::dependencies::{self, Candidate};
 use crate::discovery;
 use crate::dispatch::PluginHandle;
 use crate::error::{CallError, HostError, LoadError};
@@ -22,7 +24,10 @@ use crate::library::{self, PluginLibrary};
 use crate::mapping::{self, UnloadStatus};
 use crate::metadata::PluginInfo;
 use crate::registry::{Registry, Slot};
+use crate::schema;
 use crate::shadow::{self, ShadowDir};
+
+mod reconfigure;
 
 /// Where a host finds plugins and keeps its shadow copies.
 #[derive(Debug, Clone)]
@@ -83,9 +88,16 @@ struct Lifecycle {
     refused: HashMap<PathBuf, u128>,
     /// Threads retiring old versions, joined at shutdown.
     retiring: Vec<JoinHandle<()>>,
-    /// The Init configuration each plugin name was last started with, reused when its file
-    /// is reloaded or comes back after a deletion.
+    /// The Init configuration each plugin name was last given through the API
+    /// ([`Host::start`]), reused when its file is reloaded or comes back after a deletion.
+    /// Plugins without one take theirs from `config`.
     configs: HashMap<String, Vec<u8>>,
+    /// The settings: `plughost.toml`, with enable / disable applied.
+    config: HostConfig,
+    /// The file each plugin name was last seen in, running or not (for `enable`).
+    known: HashMap<String, PathBuf>,
+    /// Files refused because a plugin they require was missing: tried again after a load.
+    waiting: Vec<PathBuf>,
     /// Set by `shutdown`: nothing is loaded after it.
     closed: bool,
 }
@@ -96,6 +108,8 @@ struct Shared {
     events: Subscribers,
     /// Shadow paths of closed versions that were still mapped when checked.
     still_mapped: Mutex<Vec<PathBuf>>,
+    /// Bumped whenever the settings change, so a dispatcher knows to rebuild its policies.
+    settings_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -123,6 +137,37 @@ impl Host {
             lifecycle: Mutex::default(),
             shared: Arc::default(),
         })
+    }
+
+    /// A host set up from a configuration (`plughost.toml`): plugins folder, shadow folder,
+    /// and each plugin's settings, applied by [`load_all`](Self::load_all) and every later
+    /// load.
+    pub fn with_config(config: HostConfig) -> Result<Self, HostError> {
+        let mut options = HostOptions::with_plugins_dir(&config.host.plugins_dir);
+        if let Some(dir) = &config.host.shadow_dir {
+            options.shadow_dir = dir.clone();
+        }
+        let host = Host::new(options)?;
+        host.lifecycle().config = config;
+        Ok(host)
+    }
+
+    /// The settings in force: the configuration file's, with enable / disable applied.
+    pub fn config(&self) -> HostConfig {
+        self.lifecycle().config.clone()
+    }
+
+    /// Changes whenever [`config`](Self::config) does. Cheap: one atomic load.
+    pub fn settings_generation(&self) -> u64 {
+        self.shared
+            .settings_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn settings_changed(&self) {
+        self.shared
+            .settings_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The options it was made with.
@@ -168,37 +213,92 @@ impl Host {
             .map(PluginHandle::new)
     }
 
+    /// Starts an opened library with its configuration from the settings (or the one last
+    /// given through [`start`](Self::start)).
+    pub fn start_configured(&self, library: PluginLibrary) -> Result<PluginHandle, LoadError> {
+        let mut lifecycle = self.lifecycle();
+        self.install(&mut lifecycle, library, None, Instant::now())
+            .map(PluginHandle::new)
+    }
+
     /// Opens and starts one library.
     pub fn load_file(&self, path: &Path, config: &[u8]) -> Result<PluginHandle, LoadError> {
         self.start(self.open(path)?, config)
     }
 
     /// Loads every library in the plugins folder with `config_for(plugin)` as its Init
-    /// configuration. Refusals are logged and reported; the others load regardless.
+    /// configuration, in dependency order. Refusals are logged and reported; the others load
+    /// regardless.
     pub fn load_all_with(
         &self,
         mut config_for: impl FnMut(&PluginInfo) -> Vec<u8>,
     ) -> Result<LoadReport, HostError> {
+        self.load_folder(|info| Some(config_for(info)))
+    }
+
+    /// Loads every enabled library in the plugins folder, in dependency order (then by
+    /// priority), each with its configuration from the settings.
+    pub fn load_all(&self) -> Result<LoadReport, HostError> {
+        self.load_folder(|_| None)
+    }
+
+    fn load_folder(
+        &self,
+        mut config_for: impl FnMut(&PluginInfo) -> Option<Vec<u8>>,
+    ) -> Result<LoadReport, HostError> {
         let mut report = LoadReport::default();
+        let mut libraries = Vec::new();
         for path in self.discover()? {
-            let outcome = self.open(&path).and_then(|library| {
-                let config = config_for(library.info());
-                self.start(library, &config)
-            });
-            match outcome {
-                Ok(handle) => report.loaded.extend(handle.info()),
+            match self.open(&path) {
+                Ok(library) => libraries.push(library),
                 Err(error) => {
                     self.refused(&error, None);
                     report.refused.push(error);
                 }
             }
         }
+        let mut lifecycle = self.lifecycle();
+        libraries.retain(|library| lifecycle.admit(library));
+        let candidates: Vec<Candidate> = libraries
+            .iter()
+            .map(|library| Candidate {
+                info: library.info().clone(),
+                file: library.file().to_owned(),
+                priority: lifecycle.config.plugin(&library.info().name).priority,
+            })
+            .collect();
+        let running: Vec<PluginInfo> = self
+            .plugins()
+            .into_iter()
+            .filter(|p| !candidates.iter().any(|c| c.info.name == p.name))
+            .collect();
+        let config = &lifecycle.config;
+        let plan =
+            dependencies::start_order(&candidates, &running, &|name| !config.plugin(name).enabled);
+        let mut libraries: Vec<Option<PluginLibrary>> = libraries.into_iter().map(Some).collect();
+        for (i, error) in plan.refused {
+            drop(libraries[i].take());
+            lifecycle.wait_if_passing(&error);
+            self.refused(&error, None);
+            report.refused.push(error);
+        }
+        for i in plan.order {
+            let Some(library) = libraries[i].take() else {
+                continue;
+            };
+            let config = config_for(library.info());
+            match self.install(&mut lifecycle, library, config.as_deref(), Instant::now()) {
+                Ok(slot) => report
+                    .loaded
+                    .extend(slot.current().map(|v| v.library().info().clone())),
+                Err(error) => {
+                    lifecycle.wait_if_passing(&error);
+                    self.refused(&error, None);
+                    report.refused.push(error);
+                }
+            }
+        }
         Ok(report)
-    }
-
-    /// Loads every library in the plugins folder with an empty configuration.
-    pub fn load_all(&self) -> Result<LoadReport, HostError> {
-        self.load_all_with(|_| Vec::new())
     }
 
     /// Brings the host in line with what `path` now holds: loads a new library, replaces the
@@ -210,16 +310,36 @@ impl Host {
         if lifecycle.closed {
             return;
         }
+        if !self.sync_locked(&mut lifecycle, path, noticed) {
+            return;
+        }
+        // A plugin started: files that were waiting for a plugin they require may load now.
+        loop {
+            let waiting = std::mem::take(&mut lifecycle.waiting);
+            let mut progress = false;
+            for file in waiting {
+                progress |= self.sync_locked(&mut lifecycle, &file, Instant::now());
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// [`sync_file`](Self::sync_file) under the lifecycle lock. Says whether a plugin started
+    /// or was replaced.
+    fn sync_locked(&self, lifecycle: &mut Lifecycle, path: &Path, noticed: Instant) -> bool {
         let existing = self.registry.find_by_file(path);
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 lifecycle.refused.remove(path);
+                lifecycle.waiting.retain(|p| p != path);
                 if let Some(slot) = existing {
                     let retiring = self.take_out_of_service(&slot);
                     lifecycle.retiring.extend(retiring);
                 }
-                return;
+                return false;
             }
             Err(error) => {
                 let error = LoadError::Read {
@@ -227,7 +347,7 @@ impl Host {
                     error,
                 };
                 self.refused(&error, existing.as_deref());
-                return;
+                return false;
             }
         };
         let hash = library::content_hash(&bytes);
@@ -237,38 +357,57 @@ impl Host {
             .is_some_and(|v| v.library().content_hash() == hash)
         {
             debug!("{}: content unchanged, nothing to reload", path.display());
-            return;
+            return false;
         }
         if lifecycle.refused.get(path) == Some(&hash) {
             debug!("{}: content already refused", path.display());
-            return;
+            return false;
         }
-        let outcome = PluginLibrary::open_bytes(path, &bytes, &self.shadow)
-            .and_then(|library| self.install(&mut lifecycle, library, None, noticed));
+        let outcome = PluginLibrary::open_bytes(path, &bytes, &self.shadow).and_then(|library| {
+            if !lifecycle.admit(&library) {
+                return Ok(None);
+            }
+            self.install(lifecycle, library, None, noticed).map(Some)
+        });
         drop(bytes);
+        lifecycle.retiring.retain(|t| !t.is_finished());
         match outcome {
-            Ok(slot) => {
+            Ok(Some(slot)) => {
                 lifecycle.refused.remove(path);
+                lifecycle.waiting.retain(|p| p != path);
                 // The file now holds another plugin: the one it held before goes.
                 if let Some(previous) = existing.filter(|s| s.name() != slot.name()) {
                     let retiring = self.take_out_of_service(&previous);
                     lifecycle.retiring.extend(retiring);
                 }
+                true
             }
+            Ok(None) => false,
             Err(error) => {
-                // An Init failure may pass (say, a port the old version still holds): only a
-                // file refused for what it is stays refused until its content changes.
-                if !matches!(error, LoadError::Init { .. }) {
-                    lifecycle.refused.insert(path.to_owned(), hash);
+                match error {
+                    // Passing refusals: an Init failure (say, a port the old version still
+                    // holds) is tried again on the next event; a missing plugin it requires,
+                    // when a plugin starts.
+                    LoadError::Init { .. } | LoadError::TooMany { .. } => {}
+                    LoadError::MissingDependency { .. } | LoadError::DependencyVersion { .. } => {
+                        lifecycle.wait_if_passing(&error);
+                    }
+                    // Only a file refused for what it is stays refused until its content
+                    // changes.
+                    _ => {
+                        lifecycle.refused.insert(path.to_owned(), hash);
+                    }
                 }
                 self.refused(&error, existing.as_deref());
+                false
             }
         }
-        lifecycle.retiring.retain(|t| !t.is_finished());
     }
 
-    /// Puts `library` in service. `config`: the Init configuration, or `None` to reuse the
-    /// running version's (a reload).
+    /// Puts `library` in service: checks the plugins it requires are in service (and that
+    /// those requiring it accept this version), checks its configuration against its schema,
+    /// calls Init and swaps it into its slot. `config`: the Init configuration (JSON), or
+    /// `None` for the one last given through the API, else the settings'.
     fn install(
         &self,
         lifecycle: &mut Lifecycle,
@@ -278,6 +417,16 @@ impl Host {
     ) -> Result<Arc<Slot>, LoadError> {
         let info = library.info().clone();
         let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
+        if lifecycle.closed {
+            return Err(LoadError::Init {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+                cause: CallError::Failed {
+                    plugin: info.name.as_str().into(),
+                    message: "the host has shut down".into(),
+                },
+            });
+        }
         let slot = self.registry.slot_or_insert(&info.name);
         let old = slot.current();
         if let Some(old) = &old {
@@ -289,14 +438,26 @@ impl Host {
                 });
             }
         }
-        let config = config.map_or_else(
-            || {
-                old.as_ref()
-                    .map(|v| v.config().to_vec())
-                    .unwrap_or_default()
-            },
-            <[u8]>::to_vec,
-        );
+        let max = lifecycle.config.host.max_plugins;
+        if old.is_none() && self.registry.loaded().len() >= max {
+            return Err(LoadError::TooMany {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+                max,
+            });
+        }
+        let required = self.required_slots(lifecycle, &library)?;
+        let given = config
+            .map(<[u8]>::to_vec)
+            .or_else(|| lifecycle.configs.get(&info.name).cloned());
+        let init_config = match &given {
+            Some(given) => checked_config(&lifecycle.config, &library, given, false)?,
+            None => {
+                let settings = lifecycle.config.plugin(&info.name).config;
+                let json = serde_json::to_vec(&settings).unwrap_or_default();
+                checked_config(&lifecycle.config, &library, &json, true)?
+            }
+        };
         let state = match old.as_ref().map(|v| v.save_state()) {
             Some(Err(e)) => {
                 warn!("{e}; the new version starts without the old one's state");
@@ -306,19 +467,14 @@ impl Host {
             None => None,
         };
         let load_time = library.load_time();
-        if lifecycle.closed {
-            return Err(LoadError::Init {
-                path: library.file().to_owned(),
-                name: info.name.clone(),
-                cause: CallError::Failed {
-                    plugin: info.name.as_str().into(),
-                    message: "the host has shut down".into(),
-                },
-            });
+        library.bind_dependencies(required);
+        let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref())
+            .map_err(|e| scrub_init_error(e, &init_config.secrets))?;
+        if let Some(given) = given {
+            lifecycle.configs.insert(info.name.clone(), given);
         }
-        let running = RunningPlugin::start(library, &config, state.as_deref())?;
-        lifecycle.configs.insert(info.name.clone(), config);
         let file = running.library().file().to_owned();
+        lifecycle.known.insert(info.name.clone(), file.clone());
         let previous = slot.swap(Some(Arc::new(running)));
         let took = noticed.elapsed();
         match previous {
@@ -377,6 +533,73 @@ impl Host {
         Ok(slot)
     }
 
+    /// The slots of the plugins `library` requires, each in service at a version in range;
+    /// and no plugin in service that requires `library`'s plugin may be left out of range.
+    fn required_slots(
+        &self,
+        lifecycle: &Lifecycle,
+        library: &PluginLibrary,
+    ) -> Result<Vec<Arc<Slot>>, LoadError> {
+        let info = library.info();
+        let mut slots = Vec::with_capacity(info.dependencies.len());
+        for requirement in &info.dependencies {
+            let slot = self.registry.slot(&requirement.name);
+            let version = slot.as_ref().and_then(|s| s.current());
+            match (slot, version) {
+                (Some(slot), Some(version)) => {
+                    let found = &version.library().info().version;
+                    if !requirement.range.matches(found) {
+                        return Err(LoadError::DependencyVersion {
+                            path: library.file().to_owned(),
+                            name: info.name.clone(),
+                            requirement: Box::new(requirement.clone()),
+                            found: Box::new(found.clone()),
+                        });
+                    }
+                    slots.push(slot);
+                }
+                _ => {
+                    let disabled = !lifecycle.config.plugin(&requirement.name).enabled;
+                    return Err(LoadError::MissingDependency {
+                        path: library.file().to_owned(),
+                        name: info.name.clone(),
+                        requirement: Box::new(requirement.clone()),
+                        why: if disabled {
+                            "is disabled in plughost.toml".into()
+                        } else {
+                            "is not loaded".into()
+                        },
+                    });
+                }
+            }
+        }
+        for dependent in self.plugins() {
+            let breaks = dependent
+                .dependencies
+                .iter()
+                .find(|r| r.name == info.name && !r.range.matches(&info.version));
+            if let Some(requirement) = breaks {
+                return Err(LoadError::BreaksDependent {
+                    path: library.file().to_owned(),
+                    name: info.name.clone(),
+                    version: Box::new(info.version.clone()),
+                    dependent: dependent.name.clone(),
+                    requirement: Box::new(requirement.clone()),
+                });
+            }
+        }
+        Ok(slots)
+    }
+
+    /// The plugins in service that require `name`.
+    fn dependents_of(&self, name: &str) -> Vec<String> {
+        self.plugins()
+            .into_iter()
+            .filter(|p| p.dependencies.iter().any(|r| r.name == name))
+            .map(|p| p.name)
+            .collect()
+    }
+
     /// Logs and announces a refusal. `kept`: the plugin that keeps serving, if any.
     fn refused(&self, error: &LoadError, kept: Option<&Slot>) {
         let kept = kept.and_then(Slot::current).map(|v| {
@@ -397,6 +620,14 @@ impl Host {
     /// Empties `slot` and retires its version in the background once in-flight calls are done.
     fn take_out_of_service(&self, slot: &Slot) -> Option<JoinHandle<()>> {
         let version = slot.swap(None)?;
+        let dependents = self.dependents_of(slot.name());
+        if !dependents.is_empty() {
+            warn!(
+                "{} is out of service; {} require it, and their calls to it fail until it is back",
+                slot.name(),
+                dependents.join(", ")
+            );
+        }
         Some(retire_in_background(
             version,
             self.shared.clone(),
@@ -464,16 +695,24 @@ impl Host {
         let (versions, threads) = {
             let mut lifecycle = self.lifecycle();
             lifecycle.closed = true;
-            let versions: Vec<Arc<RunningPlugin>> = self
-                .registry
-                .loaded()
+            let mut slots = self.registry.loaded();
+            slots.reverse();
+            let infos: Vec<PluginInfo> = slots
                 .iter()
-                .rev()
-                .filter_map(|slot| slot.swap(None))
+                .map(|slot| {
+                    slot.current()
+                        .map(|v| v.library().info().clone())
+                        .expect("loaded slots hold a version")
+                })
+                .collect();
+            let versions: Vec<Arc<RunningPlugin>> = dependencies::stop_order(&infos)
+                .into_iter()
+                .filter_map(|i| slots[i].swap(None))
                 .collect();
             (versions, std::mem::take(&mut lifecycle.retiring))
         };
-        // One at a time, newest first: a later plugin may still be using an earlier one.
+        // One at a time, each before the plugins it requires, otherwise newest first: a later
+        // plugin may still be using an earlier one.
         for version in versions {
             match retire_within(version, Some(self.options.shutdown_timeout)) {
                 Ok((old, retired)) => report_unload(old, &retired, &self.shared),
@@ -614,5 +853,122 @@ fn describe_unload(retired: &Retired, shared: &Shared, subject: &str) -> String 
 impl Drop for Host {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+impl Lifecycle {
+    /// Remembers the file of a refusal for a missing or mismatched requirement, to try it
+    /// again when another plugin starts.
+    fn wait_if_passing(&mut self, error: &LoadError) {
+        let passing = matches!(
+            error,
+            LoadError::MissingDependency { .. } | LoadError::DependencyVersion { .. }
+        );
+        if passing && !self.waiting.iter().any(|p| p == error.path()) {
+            self.waiting.push(error.path().to_owned());
+        }
+    }
+
+    /// Notes where `library`'s plugin lives and says whether the settings let it run.
+    fn admit(&mut self, library: &PluginLibrary) -> bool {
+        let info = library.info();
+        self.known
+            .insert(info.name.clone(), library.file().to_owned());
+        let enabled = self.config.plugin(&info.name).enabled;
+        if !enabled {
+            info!(
+                "{} {} in {} is disabled: not started",
+                info.name,
+                info.version,
+                library.file().display()
+            );
+        }
+        enabled
+    }
+}
+
+/// An Init configuration that fits the plugin's schema, and the secrets in it.
+struct CheckedConfig {
+    bytes: Vec<u8>,
+    secrets: Vec<String>,
+}
+
+/// Checks `given` (JSON) against `library`'s schema and fills in the defaults. `from_settings`:
+/// the configuration came from the settings, so errors point into `config`'s file. Bytes that
+/// are not a JSON object are passed on as they are, for the plugin to refuse.
+fn checked_config(
+    config: &HostConfig,
+    library: &PluginLibrary,
+    given: &[u8],
+    from_settings: bool,
+) -> Result<CheckedConfig, LoadError> {
+    let info = library.info();
+    let given_map = if given.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(given) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => {
+                return Ok(CheckedConfig {
+                    bytes: given.to_vec(),
+                    secrets: Vec::new(),
+                })
+            }
+        }
+    };
+    let at = |key: &str| {
+        from_settings
+            .then(|| config.locate(&["plugins", &info.name, "config", key]))
+            .flatten()
+            .map(Box::new)
+    };
+    let checked = schema::check(info, &given_map).map_err(|problem| LoadError::Config {
+        path: library.file().to_owned(),
+        name: info.name.clone(),
+        at: at(&problem.key),
+        key: problem.key,
+        reason: problem.reason,
+    })?;
+    for key in &checked.unknown {
+        let at = at(key).map(|a| format!("{a}: ")).unwrap_or_default();
+        warn!(
+            "{at}plugin {}: unknown config key `{key}` (not in its schema; passed on)",
+            info.name
+        );
+    }
+    Ok(CheckedConfig {
+        bytes: serde_json::to_vec(&checked.config).unwrap_or_default(),
+        secrets: schema::secrets(info, &checked.config),
+    })
+}
+
+/// `error` with any secret the plugin quoted in its Init failure masked.
+fn scrub_init_error(error: LoadError, secrets: &[String]) -> LoadError {
+    match error {
+        LoadError::Init {
+            path,
+            name,
+            cause: CallError::Failed { plugin, message },
+        } => LoadError::Init {
+            path,
+            name,
+            cause: CallError::Failed {
+                plugin,
+                message: schema::scrub(&message, secrets),
+            },
+        },
+        LoadError::Init {
+            path,
+            name,
+            cause: CallError::Panicked { plugin, message },
+        } => LoadError::Init {
+            path,
+            name,
+            cause: CallError::Panicked {
+                plugin,
+                message: schema::scrub(&message, secrets),
+            },
+        },
+        other => other,
     }
 }

@@ -35,6 +35,8 @@
 #![warn(missing_docs)]
 
 mod callbacks;
+pub mod config;
+pub mod dependencies;
 pub mod discovery;
 pub mod dispatch;
 pub mod dispatcher;
@@ -49,19 +51,21 @@ pub mod metadata;
 pub mod policy;
 pub mod preflight;
 pub mod registry;
+pub mod schema;
 pub mod shadow;
 pub mod validate;
 pub mod watch;
 
+pub use config::{HostConfig, HostSettings, LogFormat, PluginSettings};
 pub use dispatch::{Health, PluginHandle, PluginOutput};
 pub use dispatcher::{AsyncHandle, Dispatcher};
-pub use error::{CallError, HostError, LoadError};
+pub use error::{CallError, ConfigError, HostError, LoadError};
 pub use events::HostEvent;
 pub use host::{Host, HostOptions, LoadReport};
 pub use layers::breaker::CircuitState;
 pub use layers::metrics::MetricsSnapshot;
 pub use library::PluginLibrary;
 pub use mapping::UnloadStatus;
-pub use metadata::{ConfigKey, PluginInfo};
+pub use metadata::{ConfigKey, PluginInfo, Requirement};
 pub use policy::{Breaker, CallPolicy, Rate, WhenLimited};
 pub use watch::{WatchOptions, Watcher};

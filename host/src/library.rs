@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use plugin_api::ffi::{
-    HostExport, PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL, HOST_SYMBOL,
-    STATE_SYMBOL,
+    DependencyExport, DependencyModule, HostExport, PluginHeader, PluginVTable, StateExport,
+    StateVTable, DEPENDENCY_SYMBOL, HEADER_SYMBOL, HOST_SYMBOL, STATE_SYMBOL,
 };
 
-use crate::callbacks::{PluginIdentity, HOST_API};
+use crate::callbacks::{PluginIdentity, HOST_API, PLUGIN_CALLS};
+use crate::metadata::Requirement;
+use crate::registry::Slot;
 
 use abi_stable::std_types::RSlice;
 use plugin_api::ffi::Status;
@@ -101,13 +103,15 @@ impl PluginLibrary {
         validate::check_layout(path, header.module_layout)?;
         // From here on the module's layout is known to equal ours.
         let module = header.module;
-        let info = PluginInfo::from_ffi(
+        let mut info = PluginInfo::from_ffi(
             path,
             &module.metadata,
             validate::to_semver(header.api_version),
         )?;
         let state = read_state_export(path, &library)?;
-        let identity = install_host_api(path, &library, &info)?;
+        let identity = PluginIdentity::new(&info.name, &info.version);
+        install_host_api(path, &library, &identity)?;
+        info.dependencies = install_plugin_calls(path, &library, &identity)?;
         Ok(PluginLibrary {
             info,
             file: path.to_owned(),
@@ -117,7 +121,7 @@ impl PluginLibrary {
             load_time: started.elapsed(),
             library: Some(library),
             shadow: Some(copy),
-            identity,
+            identity: Some(identity),
         })
     }
 
@@ -146,6 +150,14 @@ impl PluginLibrary {
     /// A hash of the file's content as loaded, to tell a real change from a touched file.
     pub fn content_hash(&self) -> u128 {
         self.content_hash
+    }
+
+    /// Lets the plugin call its dependencies, whose slots are `slots` (in service now). The
+    /// host binds them once, before Init.
+    pub(crate) fn bind_dependencies(&self, slots: Vec<std::sync::Arc<Slot>>) {
+        if let Some(identity) = &self.identity {
+            identity.bind_dependencies(slots);
+        }
     }
 
     /// Whether the plugin can hand its state to its next version (plugin-api 1.1).
@@ -249,21 +261,55 @@ pub fn content_hash(bytes: &[u8]) -> u128 {
 fn install_host_api(
     path: &Path,
     library: &libloading::Library,
-    info: &PluginInfo,
-) -> Result<Option<Box<PluginIdentity>>, LoadError> {
+    identity: &PluginIdentity,
+) -> Result<(), LoadError> {
     // SAFETY: plugin-api declares this symbol as a `HostExport` static; we take its address.
     let symbol = unsafe { library.get::<*const HostExport>(format!("{HOST_SYMBOL}\0").as_bytes()) };
     let Ok(symbol) = symbol else {
-        return Ok(None);
+        return Ok(());
     };
     // SAFETY: a `'static` in the loaded library; `layout` is checked before `install` is used.
     let export = unsafe { &**symbol };
     validate::check_export_layout(path, "host callbacks", HOST_API_LAYOUT, export.layout)?;
-    let identity = PluginIdentity::new(&info.name, &info.version);
     // SAFETY: the layout matches ours; `HOST_API` is a static and the identity is kept until
     // the library is closed (longer if it stays mapped).
-    unsafe { (export.install)(&HOST_API, (&*identity as *const PluginIdentity).cast()) };
-    Ok(Some(identity))
+    unsafe { (export.install)(&HOST_API, (identity as *const PluginIdentity).cast()) };
+    Ok(())
+}
+
+/// Finds the optional dependency export (plugin-api 1.3), checks its layout, reads the
+/// requirements and gives the plugin the call table. Absent means no dependencies.
+fn install_plugin_calls(
+    path: &Path,
+    library: &libloading::Library,
+    identity: &PluginIdentity,
+) -> Result<Vec<Requirement>, LoadError> {
+    // SAFETY: plugin-api declares this symbol as a `DependencyExport` static; we take its
+    // address.
+    let symbol = unsafe {
+        library.get::<*const DependencyExport>(format!("{DEPENDENCY_SYMBOL}\0").as_bytes())
+    };
+    let Ok(symbol) = symbol else {
+        return Ok(Vec::new());
+    };
+    // SAFETY: a `'static` in the loaded library; `module` is read after the layout check.
+    let export = unsafe { &**symbol };
+    validate::check_export_layout(
+        path,
+        "dependencies",
+        <DependencyModule as abi_stable::StableAbi>::LAYOUT,
+        export.layout,
+    )?;
+    let requires = export
+        .module
+        .requires
+        .iter()
+        .map(|d| Requirement::from_ffi(path, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    // SAFETY: the layout matches ours; `PLUGIN_CALLS` is a static and the identity is kept
+    // until the library is closed (longer if it stays mapped).
+    unsafe { (export.module.install)(&PLUGIN_CALLS, (identity as *const PluginIdentity).cast()) };
+    Ok(requires)
 }
 
 const HOST_API_LAYOUT: &abi_stable::type_layout::TypeLayout =

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use abi_stable::std_types::RStr;
-use plugin_api::ffi::{ConfigField, ConfigType, PluginMetadata};
+use plugin_api::ffi::{ConfigField, ConfigType, Dependency, PluginMetadata};
 use serde::Serialize;
 
 use crate::error::LoadError;
@@ -30,6 +30,45 @@ pub struct PluginInfo {
     pub tags: Vec<String>,
     /// The keys its configuration accepts.
     pub config_schema: Vec<ConfigKey>,
+    /// The plugins it calls, which must be in service before it starts (plugin-api 1.3).
+    pub dependencies: Vec<Requirement>,
+}
+
+/// A plugin this one requires, at a range of versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    /// The required plugin's name.
+    pub name: String,
+    /// The versions accepted.
+    pub range: semver::VersionReq,
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.range)
+    }
+}
+
+impl Requirement {
+    pub(crate) fn from_ffi(path: &Path, dependency: &Dependency) -> Result<Self, LoadError> {
+        let bad = |reason: String| LoadError::Metadata {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = |s: &RStr<'_>| {
+            std::str::from_utf8(s.as_rslice().as_slice())
+                .map(str::to_owned)
+                .map_err(|e| bad(format!("dependency is not UTF-8: {e}")))
+        };
+        let name = text(&dependency.name)?;
+        let range_text = text(&dependency.version_req)?;
+        let range = semver::VersionReq::parse(&range_text).map_err(|e| {
+            bad(format!(
+                "dependency {name} {range_text:?} is not a semver range: {e}"
+            ))
+        })?;
+        Ok(Requirement { name, range })
+    }
 }
 
 /// One key of a configuration schema.
@@ -83,7 +122,7 @@ impl PluginInfo {
         let config_schema = meta
             .config_schema
             .iter()
-            .map(|f| ConfigKey::from_ffi(f, &text))
+            .map(|f| ConfigKey::from_ffi(path, f, &text))
             .collect::<Result<_, _>>()?;
         Ok(PluginInfo {
             name,
@@ -95,16 +134,26 @@ impl PluginInfo {
             capabilities: list("capabilities", meta.capabilities.as_slice())?,
             tags: list("tags", meta.tags.as_slice())?,
             config_schema,
+            dependencies: Vec::new(),
         })
     }
 }
 
 impl ConfigKey {
     fn from_ffi(
+        path: &Path,
         field: &ConfigField,
         text: &dyn Fn(&str, &RStr<'_>) -> Result<String, LoadError>,
     ) -> Result<Self, LoadError> {
         let default = text("config default", &field.default_json)?;
+        if !default.is_empty() && serde_json::from_str::<serde_json::Value>(&default).is_err() {
+            return Err(text("config key", &field.key).and_then(|key| {
+                Err(LoadError::Metadata {
+                    path: path.to_owned(),
+                    reason: format!("the default of config key {key} is not JSON: {default}"),
+                })
+            })?);
+        }
         Ok(ConfigKey {
             key: text("config key", &field.key)?,
             ty: type_name(field.ty),

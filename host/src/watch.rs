@@ -11,6 +11,9 @@
 //!   that never close; elsewhere there is no such signal, and the file is taken once it has
 //!   been quiet for [`WatchOptions::settle`].
 //!
+//! The folder of the configuration file is watched too; a change to the file is
+//! [`Host::reload_config`].
+//!
 //! Acting on a file is [`Host::sync_file`]: an unchanged hash does nothing; a file that fails
 //! validation (say, still being written) keeps the old version serving and is simply tried
 //! again on its next event.
@@ -96,6 +99,24 @@ impl Host {
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(watch_error)?;
+        // The configuration file too: its folder, since editors replace files by renaming.
+        let config = self.config().file.and_then(|file| {
+            let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
+            let folder = folder.unwrap_or(Path::new(".")).canonicalize().ok()?;
+            Some(folder.join(file.file_name()?))
+        });
+        if let Some(config) = &config {
+            let folder = config.parent().expect("joined above");
+            let same = dir.canonicalize().is_ok_and(|d| d == folder);
+            if !same {
+                watcher
+                    .watch(folder, RecursiveMode::NonRecursive)
+                    .map_err(|e| HostError::Watch {
+                        path: folder.to_owned(),
+                        error: e.to_string(),
+                    })?;
+            }
+        }
 
         // Weak: a watcher must not keep its host alive (dropping the host shuts plugins down).
         let host = Arc::downgrade(self);
@@ -114,7 +135,9 @@ impl Host {
                         break;
                     };
                     match event {
-                        Ok(Ok(event)) => note(&host, &dir, &options, &event, &mut due),
+                        Ok(Ok(event)) => {
+                            note(&host, &dir, config.as_deref(), &options, &event, &mut due)
+                        }
                         Ok(Err(e)) => warn!("watching {}: {e}", dir.display()),
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -127,7 +150,11 @@ impl Host {
                         .collect();
                     for path in ready {
                         due.remove(&path);
-                        host.sync_file(&path);
+                        if Some(&path) == config.as_ref() {
+                            host.reload_config();
+                        } else {
+                            host.sync_file(&path);
+                        }
                     }
                 }
             })
@@ -147,6 +174,7 @@ impl Host {
 fn note(
     host: &Host,
     dir: &Path,
+    config: Option<&Path>,
     options: &WatchOptions,
     event: &notify::Event,
     due: &mut HashMap<PathBuf, Instant>,
@@ -171,10 +199,15 @@ fn note(
         let Some(name) = path.file_name() else {
             continue;
         };
-        let path = dir.join(name);
-        if !discovery::is_library_path(&path) {
-            continue;
-        }
+        let path = if config == Some(path.as_path()) {
+            path.clone()
+        } else {
+            let path = dir.join(name);
+            if !discovery::is_library_path(&path) {
+                continue;
+            }
+            path
+        };
         let now = Instant::now();
         let when = match signal {
             Signal::Finished => now,

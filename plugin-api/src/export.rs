@@ -15,9 +15,9 @@ use abi_stable::std_types::{RSlice, RStr};
 use abi_stable::StableAbi;
 
 use crate::ffi::{
-    health_level, CallContext, HostApi, HostExport, OutBuffer, PluginHeader, PluginMetadata,
-    PluginModule, PluginVTable, StateExport, StateVTable, Status, API_VERSION, HEADER_VERSION,
-    MAGIC,
+    health_level, CallContext, DependencyExport, DependencyModule, HostApi, HostExport, OutBuffer,
+    PluginHeader, PluginMetadata, PluginModule, PluginVTable, StateExport, StateVTable, Status,
+    API_VERSION, HEADER_VERSION, MAGIC,
 };
 use crate::plugin::{Context, Health, Output, Plugin, PluginError};
 
@@ -96,6 +96,22 @@ pub const fn host_export() -> HostExport {
 
 /// Runs `body` with panics caught. On success the output is handed over; on error or panic
 /// the output is replaced by the message.
+/// The requirements table of plugin `P`.
+pub const fn dependency_module<P: Plugin>() -> DependencyModule {
+    DependencyModule {
+        requires: RSlice::from_slice(P::DEPENDENCIES),
+        install: crate::calls::install,
+    }
+}
+
+/// The dependency export around `module`.
+pub const fn dependency_export(module: &'static DependencyModule) -> DependencyExport {
+    DependencyExport {
+        layout: <DependencyModule as StableAbi>::LAYOUT,
+        module,
+    }
+}
+
 fn guarded(
     out: &mut OutBuffer,
     body: impl FnOnce(&mut Output<'_>) -> Result<(), PluginError>,
@@ -371,6 +387,11 @@ macro_rules! export_plugin {
             static STATE_VTABLE: __p::StateVTable = __p::state_vtable::<$plugin>();
             #[unsafe(no_mangle)]
             pub static PLUGHOST_PLUGIN_STATE: __p::StateExport = __p::state_export(&STATE_VTABLE);
+
+            static DEPENDENCY_MODULE: __p::DependencyModule = __p::dependency_module::<$plugin>();
+            #[unsafe(no_mangle)]
+            pub static PLUGHOST_PLUGIN_DEPENDENCIES: __p::DependencyExport =
+                __p::dependency_export(&DEPENDENCY_MODULE);
         };
     };
 }

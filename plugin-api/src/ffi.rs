@@ -30,6 +30,10 @@ pub const STATE_SYMBOL: &str = "PLUGHOST_PLUGIN_STATE";
 /// receive the host's callbacks (logging) before Init.
 pub const HOST_SYMBOL: &str = "PLUGHOST_PLUGIN_HOST";
 
+/// The name of the optional [`DependencyExport`] static (plugin-api 1.3): the plugins this one
+/// requires, and how it receives the callback that calls them.
+pub const DEPENDENCY_SYMBOL: &str = "PLUGHOST_PLUGIN_DEPENDENCIES";
+
 /// The name of the exported [`PluginHeader`] static, as written in the library's symbol table
 /// (Mach-O adds its usual leading underscore).
 pub const HEADER_SYMBOL: &str = "PLUGHOST_PLUGIN_HEADER";
@@ -273,6 +277,10 @@ impl BufferOwner {
     /// The plugin replaced the pointer with its own allocation; the host must give it back
     /// with [`PluginVTable::free_buffer`]`(ptr, len, cap)` once it has read it.
     pub const PLUGIN: BufferOwner = BufferOwner(1);
+    /// The same value seen from a plugin that calls the host ([`PluginCalls::call`]): the
+    /// callee (the host) allocated the bytes; give them back with
+    /// [`PluginCalls::free_buffer`].
+    pub const CALLEE: BufferOwner = BufferOwner(1);
 }
 
 /// Where an entry point writes its output (or its error message).
@@ -454,4 +462,82 @@ pub struct HostApi {
     pub log_enabled: unsafe extern "C" fn(plugin: *const c_void, level: u8) -> bool,
     /// Records a message at `level`, in the host's log, attributed to the plugin.
     pub log: unsafe extern "C" fn(plugin: *const c_void, level: u8, message: RStr<'_>),
+}
+
+/// Optional export (plugin-api 1.3), behind [`DEPENDENCY_SYMBOL`]: the plugins this one needs,
+/// and how it receives the callback to call them. The host checks `layout` against its own
+/// [`DependencyModule`], refuses the plugin while a requirement is not met, and calls
+/// `install` once, after loading and before Init.
+#[repr(C)]
+pub struct DependencyExport {
+    /// abi_stable's description of [`DependencyModule`] as the plugin saw it.
+    pub layout: &'static TypeLayout,
+    /// The requirements and the install function.
+    pub module: &'static DependencyModule,
+}
+
+// SAFETY: as for `PluginHeader`: immutable `'static` data, only read.
+unsafe impl Sync for DependencyExport {}
+
+/// See [`DependencyExport`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct DependencyModule {
+    /// The plugins this one calls, each with the versions it accepts.
+    pub requires: RSlice<'static, Dependency>,
+    /// Stores the host's call table and the opaque identity to pass back with every call.
+    pub install: unsafe extern "C" fn(calls: &'static PluginCalls, plugin: *const c_void),
+}
+
+/// One requirement: a plugin name and a semver range (`"^1.2"`, `">=1, <3"`, `"*"`), as
+/// Cargo writes them.
+///
+/// ```
+/// use plugin_api::Dependency;
+/// const DEPENDENCIES: &[Dependency] = &[Dependency::new("storage", "^1.2")];
+/// assert_eq!(DEPENDENCIES[0].name.as_str(), "storage");
+/// ```
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Dependency {
+    /// The required plugin's name.
+    pub name: RStr<'static>,
+    /// The versions accepted, as a semver requirement.
+    pub version_req: RStr<'static>,
+}
+
+impl Dependency {
+    /// Requires plugin `name` at a version matching `version_req`.
+    pub const fn new(name: &'static str, version_req: &'static str) -> Self {
+        Dependency {
+            name: RStr::from_str(name),
+            version_req: RStr::from_str(version_req),
+        }
+    }
+}
+
+/// How a plugin calls the plugins it declared as dependencies, through the host. `plugin` is
+/// always the identity the host passed to [`DependencyModule::install`].
+///
+/// # Safety
+///
+/// The plugin calls these only with that identity, from inside one of its own calls (the
+/// host's `ctx` is passed on, so deadline and cancellation follow), while its library is
+/// loaded. `out` follows the [`OutBuffer`] protocol with the plugin as the lender: an output
+/// marked [`BufferOwner::CALLEE`] was allocated by the host and goes back through
+/// `free_buffer`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct PluginCalls {
+    /// Runs the plugin `name`'s Execute on `input`. `Status::ERROR` with a message when `name`
+    /// is not a declared dependency or is not loaded.
+    pub call: unsafe extern "C" fn(
+        plugin: *const c_void,
+        ctx: &CallContext,
+        name: RStr<'_>,
+        input: RSlice<'_, u8>,
+        out: &mut OutBuffer,
+    ) -> Status,
+    /// Frees an output the host allocated ([`BufferOwner::CALLEE`]).
+    pub free_buffer: unsafe extern "C" fn(ptr: *mut u8, len: usize, cap: usize),
 }

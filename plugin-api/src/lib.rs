@@ -98,19 +98,26 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod calls;
 mod export;
 pub mod ffi;
 pub mod json;
 pub mod log;
 mod plugin;
 
-pub use ffi::{ConfigField, ConfigType, API_VERSION};
+pub use ffi::{ConfigField, ConfigType, Dependency, API_VERSION};
 pub use plugin::{Context, Health, NoConfig, Output, Plugin, PluginError};
 
 /// Used by [`export_plugin!`]'s expansion; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{header, host_export, module, rstr_array, state_export, state_vtable};
-    pub use crate::ffi::{HostExport, PluginHeader, PluginModule, StateExport, StateVTable};
+    pub use crate::export::{
+        dependency_export, dependency_module, header, host_export, module, rstr_array,
+        state_export, state_vtable,
+    };
+    pub use crate::ffi::{
+        DependencyExport, DependencyModule, HostExport, PluginHeader, PluginModule, StateExport,
+        StateVTable,
+    };
     pub use abi_stable::std_types::RStr;
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::ffi::{BufferOwner, CallContext, ConfigField, OutBuffer};
+use crate::ffi::{BufferOwner, CallContext, ConfigField, Dependency, OutBuffer};
 
 /// A plugin. Implement it for a `Default` type and export it with
 /// [`export_plugin!`](crate::export_plugin).
@@ -41,6 +41,9 @@ pub trait Plugin: Default + Send + Sync + 'static {
     const TAGS: &'static [&'static str] = &[];
     /// The keys `Config` accepts, for the host's listings and validation.
     const CONFIG_SCHEMA: &'static [ConfigField] = &[];
+    /// The plugins this one calls through [`Context::call`], each with the versions it
+    /// accepts. The host starts them first and refuses this plugin while one is missing.
+    const DEPENDENCIES: &'static [Dependency] = &[];
 
     /// Checks a configuration before any instance exists. Called by the host's config checks
     /// and before every `init`.
@@ -148,7 +151,8 @@ impl fmt::Display for PluginError {
     }
 }
 
-/// The host's per-call information: deadline and cancellation.
+/// The host's per-call information: deadline and cancellation, and calls to the plugins this
+/// one depends on.
 pub struct Context<'a> {
     raw: &'a CallContext,
 }
@@ -172,6 +176,13 @@ impl<'a> Context<'a> {
     pub fn deadline(&self) -> Option<SystemTime> {
         (self.raw.deadline_unix_nanos != 0)
             .then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(self.raw.deadline_unix_nanos))
+    }
+
+    /// Calls the plugin `plugin` (one of [`Plugin::DEPENDENCIES`]) with `input` and returns its
+    /// output. The host passes this call's deadline and cancellation on. Fails with the
+    /// callee's message, or when `plugin` was not declared or is not loaded.
+    pub fn call(&self, plugin: &str, input: &[u8]) -> Result<Vec<u8>, PluginError> {
+        crate::calls::call(self.raw, plugin, input)
     }
 }
 

@@ -1,0 +1,337 @@
+//! Start order from the plugins' requirements: a plugin starts after every plugin it requires,
+//! and among plugins whose requirements are met, higher `priority` first (then by name). A
+//! plugin is refused, naming both sides, when a requirement is missing, disabled, at a version
+//! outside the range, refused itself, or part of a cycle. Shutdown runs the other way:
+//! [`stop_order`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use crate::error::LoadError;
+use crate::metadata::PluginInfo;
+
+/// A plugin that may start: who it is, its file, its priority.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Its descriptor.
+    pub info: PluginInfo,
+    /// Its file.
+    pub file: PathBuf,
+    /// Its `priority` setting.
+    pub priority: i64,
+}
+
+/// What [`start_order`] decided.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Indices into the candidates, in start order.
+    pub order: Vec<usize>,
+    /// Refused candidates, by index, each with its reason.
+    pub refused: Vec<(usize, LoadError)>,
+}
+
+/// Orders `candidates`. `running`: plugins in service that no candidate replaces, which meet
+/// requirements as they are. `disabled`: names switched off in the settings, for messages.
+pub fn start_order(
+    candidates: &[Candidate],
+    running: &[PluginInfo],
+    disabled: &dyn Fn(&str) -> bool,
+) -> Plan {
+    let by_name: HashMap<&str, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.info.name.as_str(), i))
+        .collect();
+    let mut refused: HashMap<usize, LoadError> = HashMap::new();
+
+    // Requirements nobody here can meet.
+    for (i, candidate) in candidates.iter().enumerate() {
+        for requirement in &candidate.info.dependencies {
+            let provider = by_name
+                .get(requirement.name.as_str())
+                .map(|&p| &candidates[p].info)
+                .or_else(|| running.iter().find(|r| r.name == requirement.name));
+            let error = match provider {
+                None => Some(LoadError::MissingDependency {
+                    path: candidate.file.clone(),
+                    name: candidate.info.name.clone(),
+                    requirement: Box::new(requirement.clone()),
+                    why: if disabled(&requirement.name) {
+                        "is disabled in plughost.toml".into()
+                    } else {
+                        "is not in the plugins folder".into()
+                    },
+                }),
+                Some(provider) if !requirement.range.matches(&provider.version) => {
+                    Some(LoadError::DependencyVersion {
+                        path: candidate.file.clone(),
+                        name: candidate.info.name.clone(),
+                        requirement: Box::new(requirement.clone()),
+                        found: Box::new(provider.version.clone()),
+                    })
+                }
+                Some(_) => None,
+            };
+            if let Some(error) = error {
+                refused.entry(i).or_insert(error);
+            }
+        }
+    }
+    // Cycles, among those left.
+    for i in 0..candidates.len() {
+        if refused.contains_key(&i) {
+            continue;
+        }
+        if let Some(cycle) = cycle_through(i, candidates, &by_name) {
+            refused.insert(
+                i,
+                LoadError::DependencyCycle {
+                    path: candidates[i].file.clone(),
+                    name: candidates[i].info.name.clone(),
+                    cycle,
+                },
+            );
+        }
+    }
+    // Whoever requires a refused plugin goes too, until nothing changes.
+    loop {
+        let mut more = Vec::new();
+        for (i, candidate) in candidates.iter().enumerate() {
+            if refused.contains_key(&i) {
+                continue;
+            }
+            let failed = candidate.info.dependencies.iter().find(|r| {
+                by_name
+                    .get(r.name.as_str())
+                    .is_some_and(|p| refused.contains_key(p))
+            });
+            if let Some(requirement) = failed {
+                more.push((
+                    i,
+                    LoadError::MissingDependency {
+                        path: candidate.file.clone(),
+                        name: candidate.info.name.clone(),
+                        requirement: Box::new(requirement.clone()),
+                        why: "was refused".into(),
+                    },
+                ));
+            }
+        }
+        if more.is_empty() {
+            break;
+        }
+        refused.extend(more);
+    }
+
+    // Kahn's algorithm, the ready set ordered by priority (highest first), then name.
+    let waits_on = |i: usize| -> Vec<usize> {
+        candidates[i]
+            .info
+            .dependencies
+            .iter()
+            .filter_map(|r| by_name.get(r.name.as_str()).copied())
+            .collect()
+    };
+    let mut started = vec![false; candidates.len()];
+    let mut ready = BTreeSet::new();
+    let key = |i: usize| (-candidates[i].priority, candidates[i].info.name.clone(), i);
+    for i in 0..candidates.len() {
+        if !refused.contains_key(&i) && waits_on(i).is_empty() {
+            ready.insert(key(i));
+        }
+    }
+    let mut order = Vec::new();
+    while let Some(next) = ready.pop_first() {
+        let i = next.2;
+        started[i] = true;
+        order.push(i);
+        for j in 0..candidates.len() {
+            if started[j] || refused.contains_key(&j) || !waits_on(j).contains(&i) {
+                continue;
+            }
+            if waits_on(j).iter().all(|&k| started[k]) {
+                ready.insert(key(j));
+            }
+        }
+    }
+    let mut refused: Vec<(usize, LoadError)> = refused.into_iter().collect();
+    refused.sort_by_key(|(i, _)| *i);
+    Plan { order, refused }
+}
+
+/// The cycle through `start`, if its requirements lead back to it: `[a, b, a]`.
+fn cycle_through(
+    start: usize,
+    candidates: &[Candidate],
+    by_name: &HashMap<&str, usize>,
+) -> Option<Vec<String>> {
+    // Depth-first search for a path back to `start`.
+    fn search(
+        at: usize,
+        start: usize,
+        candidates: &[Candidate],
+        by_name: &HashMap<&str, usize>,
+        path: &mut Vec<usize>,
+        seen: &mut Vec<bool>,
+    ) -> bool {
+        for requirement in &candidates[at].info.dependencies {
+            let Some(&next) = by_name.get(requirement.name.as_str()) else {
+                continue;
+            };
+            if next == start {
+                return true;
+            }
+            if seen[next] {
+                continue;
+            }
+            seen[next] = true;
+            path.push(next);
+            if search(next, start, candidates, by_name, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![start];
+    let mut seen = vec![false; candidates.len()];
+    seen[start] = true;
+    search(start, start, candidates, by_name, &mut path, &mut seen).then(|| {
+        path.iter()
+            .chain(std::iter::once(&start))
+            .map(|&i| candidates[i].info.name.clone())
+            .collect()
+    })
+}
+
+/// The order to stop `plugins` in: a plugin before any plugin it requires; otherwise the
+/// given order (pass newest first).
+pub fn stop_order(plugins: &[PluginInfo]) -> Vec<usize> {
+    let mut left: Vec<usize> = (0..plugins.len()).collect();
+    let mut order = Vec::with_capacity(plugins.len());
+    while !left.is_empty() {
+        // The first one no remaining plugin requires; with a cycle (refused at start, so only
+        // by mistake), the first one.
+        let pick = left
+            .iter()
+            .position(|&i| {
+                !left.iter().any(|&j| {
+                    j != i
+                        && plugins[j]
+                            .dependencies
+                            .iter()
+                            .any(|r| r.name == plugins[i].name)
+                })
+            })
+            .unwrap_or(0);
+        order.push(left.remove(pick));
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Requirement;
+
+    fn info(name: &str, version: &str, requires: &[(&str, &str)]) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: version.parse().unwrap(),
+            api_version: semver::Version::new(1, 3, 0),
+            description: String::new(),
+            author: String::new(),
+            license: String::new(),
+            capabilities: vec![],
+            tags: vec![],
+            config_schema: vec![],
+            dependencies: requires
+                .iter()
+                .map(|(n, r)| Requirement {
+                    name: (*n).into(),
+                    range: r.parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn candidate(info: PluginInfo, priority: i64) -> Candidate {
+        let file = PathBuf::from(format!("lib{}.so", info.name));
+        Candidate {
+            info,
+            file,
+            priority,
+        }
+    }
+
+    fn names(candidates: &[Candidate], plan: &Plan) -> Vec<String> {
+        plan.order
+            .iter()
+            .map(|&i| candidates[i].info.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn requirements_first_then_priority() {
+        let candidates = [
+            candidate(info("app", "1.0.0", &[("storage", "^1.2")]), 100),
+            candidate(info("storage", "1.3.0", &[]), 0),
+            candidate(info("metrics", "1.0.0", &[]), 5),
+        ];
+        let plan = start_order(&candidates, &[], &|_| false);
+        assert!(plan.refused.is_empty());
+        assert_eq!(names(&candidates, &plan), ["metrics", "storage", "app"]);
+    }
+
+    #[test]
+    fn refusals_name_both_sides() {
+        let candidates = [
+            candidate(info("app", "1.0.0", &[("storage", "^2")]), 0),
+            candidate(info("storage", "1.3.0", &[]), 0),
+            candidate(info("report", "1.0.0", &[("app", "*")]), 0),
+            candidate(info("lonely", "1.0.0", &[("nobody", "^1")]), 0),
+        ];
+        let plan = start_order(&candidates, &[], &|_| false);
+        assert_eq!(names(&candidates, &plan), ["storage"]);
+        let messages: Vec<String> = plan.refused.iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "libapp.so: plugin app requires storage ^2, but storage 1.3.0 is loaded",
+                "libreport.so: plugin report requires app *, which was refused",
+                "liblonely.so: plugin lonely requires nobody ^1, which is not in the plugins folder",
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let candidates = [
+            candidate(info("a", "1.0.0", &[("b", "*")]), 0),
+            candidate(info("b", "1.0.0", &[("a", "*")]), 0),
+            candidate(info("c", "1.0.0", &[("a", "*")]), 0),
+        ];
+        let plan = start_order(&candidates, &[], &|_| false);
+        assert!(plan.order.is_empty());
+        let messages: Vec<String> = plan.refused.iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            [
+                "liba.so: plugin a is in a dependency cycle: a -> b -> a",
+                "libb.so: plugin b is in a dependency cycle: b -> a -> b",
+                "libc.so: plugin c requires a *, which was refused",
+            ]
+        );
+    }
+
+    #[test]
+    fn running_plugins_meet_requirements_and_stop_last() {
+        let storage = info("storage", "1.3.0", &[]);
+        let candidates = [candidate(info("app", "1.0.0", &[("storage", "^1")]), 0)];
+        let plan = start_order(&candidates, std::slice::from_ref(&storage), &|_| false);
+        assert_eq!(plan.order, [0]);
+        // Newest first would stop storage first; app requires it, so app goes first.
+        let running = [storage, candidates[0].info.clone()];
+        assert_eq!(stop_order(&running), [1, 0]);
+    }
+}

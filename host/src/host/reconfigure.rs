@@ -1,0 +1,390 @@
+//! Changing the settings of a running host: enable, disable, and applying an edited
+//! `plughost.toml`. An edit is checked whole before anything changes (every plugin's config
+//! against its schema and by the plugin itself, every requirement of the plugins that would
+//! run); a refused edit leaves the running state as it was.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{error, info, warn};
+
+use super::{checked_config, report_unload, retire_now, Host, Lifecycle};
+use crate::config::{HostConfig, DEFAULT_FILE};
+use crate::dependencies::{self, Candidate};
+use crate::error::{ConfigError, LoadError};
+use crate::events::HostEvent;
+use crate::instance::RunningPlugin;
+use crate::library::PluginLibrary;
+use crate::metadata::PluginInfo;
+use crate::schema;
+
+impl Host {
+    /// Disables plugin `name`: it stays off across reloads and restarts of its file, and if it
+    /// runs it is shut down and unloaded (its file is left alone). Refused while a running
+    /// plugin requires it.
+    pub fn disable(&self, name: &str) -> Result<(), ConfigError> {
+        let version = {
+            let mut lifecycle = self.lifecycle();
+            let dependents = self.dependents_of(name);
+            if !dependents.is_empty() {
+                return Err(refusal(
+                    &lifecycle.config,
+                    name,
+                    format!(
+                        "cannot disable {name}: {} require{} it (disable {} first)",
+                        dependents.join(", "),
+                        if dependents.len() == 1 { "s" } else { "" },
+                        if dependents.len() == 1 { "it" } else { "them" },
+                    ),
+                ));
+            }
+            lifecycle
+                .config
+                .plugins
+                .entry(name.to_owned())
+                .or_default()
+                .enabled = false;
+            self.registry.slot(name).and_then(|slot| slot.swap(None))
+        };
+        info!("disabled {name}");
+        if let Some(version) = version {
+            // Out of service already; the wait for calls in flight happens outside the lock.
+            let (old, retired) = retire_now(version);
+            report_unload(old, &retired, &self.shared);
+        }
+        self.settings_changed();
+        self.shared.events.emit(HostEvent::ConfigApplied {
+            file: None,
+            changed: vec![name.to_owned()],
+        });
+        Ok(())
+    }
+
+    /// Enables plugin `name` and starts it from the plugins folder if it is not running.
+    pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
+        let mut lifecycle = self.lifecycle();
+        lifecycle
+            .config
+            .plugins
+            .entry(name.to_owned())
+            .or_default()
+            .enabled = true;
+        info!("enabled {name}");
+        if self.registry.slot(name).and_then(|s| s.current()).is_some() {
+            return Ok(());
+        }
+        let library = self
+            .find_in_folder(&mut lifecycle, name)
+            .map_err(|reason| refusal(&lifecycle.config, name, reason))?;
+        self.install(&mut lifecycle, library, None, Instant::now())
+            .map_err(|e| {
+                self.refused(&e, None);
+                refusal(&lifecycle.config, name, e.to_string())
+            })?;
+        self.settings_changed();
+        self.shared.events.emit(HostEvent::ConfigApplied {
+            file: None,
+            changed: vec![name.to_owned()],
+        });
+        Ok(())
+    }
+
+    /// Opens the library of plugin `name`: from the file it was last seen in, or else by
+    /// looking through the plugins folder.
+    fn find_in_folder(
+        &self,
+        lifecycle: &mut Lifecycle,
+        name: &str,
+    ) -> Result<PluginLibrary, String> {
+        if let Some(file) = lifecycle.known.get(name).cloned() {
+            if let Ok(library) = self.open(&file) {
+                if library.info().name == name {
+                    return Ok(library);
+                }
+            }
+        }
+        let loaded = self.loaded_files();
+        for file in self.discover().map_err(|e| e.to_string())? {
+            if loaded.contains(&file) {
+                continue;
+            }
+            if let Ok(library) = self.open(&file) {
+                lifecycle
+                    .known
+                    .insert(library.info().name.clone(), file.clone());
+                if library.info().name == name {
+                    return Ok(library);
+                }
+            }
+        }
+        Err(format!(
+            "no plugin named {name} in {}",
+            self.options.plugins_dir.display()
+        ))
+    }
+
+    /// Reads the configuration file again and applies it (see
+    /// [`reconfigure`](Self::reconfigure)); a file that does not parse, or an edit that is
+    /// refused, is logged and announced, and the running state stays. This is what the
+    /// watcher calls when the file changes.
+    pub fn reload_config(&self) {
+        let Some(file) = self.lifecycle().config.file.clone() else {
+            return;
+        };
+        let outcome = HostConfig::load(&file).and_then(|config| self.reconfigure(config));
+        if let Err(e) = outcome {
+            error!(
+                "refused the edit of {}: {e}; the running configuration stays",
+                file.display()
+            );
+            self.shared.events.emit(HostEvent::ConfigRefused {
+                file,
+                reason: e.to_string(),
+            });
+        }
+    }
+
+    /// Applies `new` settings: stops plugins it disables (each before those it requires),
+    /// re-initialises plugins whose config changed through the same swap as a reload, starts
+    /// plugins it enables in dependency order. Checks everything first: if any plugin's config
+    /// does not fit, or a running plugin would lose what it requires, nothing changes.
+    /// Returns the plugins changed.
+    pub fn reconfigure(&self, new: HostConfig) -> Result<Vec<String>, ConfigError> {
+        let mut lifecycle = self.lifecycle();
+        let refuse = |plugin: &str, reason: String| refusal(&new, plugin, reason);
+        warn_restart_only(&lifecycle.config, &new);
+
+        let running: Vec<Arc<RunningPlugin>> = self
+            .registry
+            .loaded()
+            .iter()
+            .filter_map(|s| s.current())
+            .collect();
+        let mut stop = Vec::new();
+        let mut reinit = Vec::new();
+        let mut staying: Vec<PluginInfo> = Vec::new();
+        for version in &running {
+            let library = version.library();
+            let name = &library.info().name;
+            let settings = new.plugin(name);
+            if !settings.enabled {
+                stop.push(library.info().clone());
+                continue;
+            }
+            staying.push(library.info().clone());
+            // A config given through the API stands until the file gives one.
+            if lifecycle.configs.contains_key(name) && settings.config.is_empty() {
+                continue;
+            }
+            let json = serde_json::to_vec(&settings.config).unwrap_or_default();
+            let checked =
+                checked_config(&new, library, &json, true).map_err(|e| load_refusal(&new, e))?;
+            if checked.bytes != version.config() {
+                library.validate_config(&checked.bytes).map_err(|e| {
+                    refuse(
+                        name,
+                        format!(
+                            "plugin {name} refuses its new config: {}",
+                            schema::scrub(&e.to_string(), &checked.secrets)
+                        ),
+                    )
+                })?;
+                reinit.push(name.clone());
+            }
+        }
+        // Plugins the edit switches on, opened to read their descriptors.
+        let mut starting: Vec<PluginLibrary> = Vec::new();
+        let switched_on: Vec<(String, PathBuf)> = lifecycle
+            .known
+            .iter()
+            .filter(|(name, _)| {
+                new.plugin(name).enabled
+                    && !lifecycle.config.plugin(name).enabled
+                    && !running.iter().any(|v| v.name() == name.as_str())
+            })
+            .map(|(name, file)| (name.clone(), file.clone()))
+            .collect();
+        for (name, file) in switched_on {
+            let library = self.open(&file).map_err(|e| refuse(&name, e.to_string()))?;
+            let json = serde_json::to_vec(&new.plugin(&name).config).unwrap_or_default();
+            checked_config(&new, &library, &json, true).map_err(|e| load_refusal(&new, e))?;
+            starting.push(library);
+        }
+        // Every plugin that would run must find what it requires among those that would run.
+        let after: Vec<&PluginInfo> = staying
+            .iter()
+            .chain(starting.iter().map(|l| l.info()))
+            .collect();
+        for plugin in &after {
+            for requirement in &plugin.dependencies {
+                match after.iter().find(|p| p.name == requirement.name) {
+                    None => {
+                        let why = if new.plugin(&requirement.name).enabled {
+                            "is not loaded"
+                        } else {
+                            "would be disabled"
+                        };
+                        return Err(refuse(
+                            &plugin.name,
+                            format!("plugin {} requires {requirement}, which {why}", plugin.name),
+                        ));
+                    }
+                    Some(found) if !requirement.range.matches(&found.version) => {
+                        return Err(refuse(
+                            &plugin.name,
+                            format!(
+                                "plugin {} requires {requirement}, but {} {} is loaded",
+                                plugin.name, found.name, found.version
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+
+        // Checked: apply.
+        for (name, settings) in &new.plugins {
+            if !settings.config.is_empty() {
+                lifecycle.configs.remove(name);
+            }
+        }
+        lifecycle.config = new;
+        let mut changed = Vec::new();
+        for i in dependencies::stop_order(&stop) {
+            let name = &stop[i].name;
+            if let Some(slot) = self.registry.slot(name) {
+                info!("disabled {name}");
+                let retiring = self.take_out_of_service(&slot);
+                lifecycle.retiring.extend(retiring);
+                changed.push(name.clone());
+            }
+        }
+        for name in reinit {
+            let Some(file) = self.registry.slot(&name).and_then(|s| s.current()) else {
+                continue;
+            };
+            let file = file.library().file().to_owned();
+            info!("{name}: config changed, re-initialising");
+            let outcome = self
+                .open(&file)
+                .and_then(|library| self.install(&mut lifecycle, library, None, Instant::now()));
+            match outcome {
+                Ok(_) => changed.push(name),
+                Err(e) => self.refused(&e, self.registry.slot(&name).as_deref()),
+            }
+        }
+        let candidates: Vec<Candidate> = starting
+            .iter()
+            .map(|l| Candidate {
+                info: l.info().clone(),
+                file: l.file().to_owned(),
+                priority: lifecycle.config.plugin(&l.info().name).priority,
+            })
+            .collect();
+        let plan = dependencies::start_order(&candidates, &self.plugins(), &|_| false);
+        let mut starting: Vec<Option<PluginLibrary>> = starting.into_iter().map(Some).collect();
+        for (i, error) in plan.refused {
+            drop(starting[i].take());
+            self.refused(&error, None);
+        }
+        for i in plan.order {
+            let Some(library) = starting[i].take() else {
+                continue;
+            };
+            let name = library.info().name.clone();
+            match self.install(&mut lifecycle, library, None, Instant::now()) {
+                Ok(_) => changed.push(name),
+                Err(e) => self.refused(&e, None),
+            }
+        }
+        let file = lifecycle.config.file.clone();
+        drop(lifecycle);
+        info!(
+            "applied {}: {}",
+            file.as_deref()
+                .map_or("the new settings".into(), |f| f.display().to_string()),
+            if changed.is_empty() {
+                "no plugin changed".into()
+            } else {
+                format!("changed {}", changed.join(", "))
+            }
+        );
+        self.settings_changed();
+        self.shared.events.emit(HostEvent::ConfigApplied {
+            file,
+            changed: changed.clone(),
+        });
+        Ok(changed)
+    }
+}
+
+/// A refused change, naming the file the settings came from.
+fn refusal(config: &HostConfig, plugin: &str, reason: String) -> ConfigError {
+    ConfigError::Plugin {
+        path: config
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
+        at: None,
+        plugin: plugin.to_owned(),
+        reason,
+    }
+}
+
+/// A plugin's refusal as a refused change: a config that does not fit its schema points at
+/// its place in the file; other reasons name the plugin's file.
+fn load_refusal(config: &HostConfig, error: LoadError) -> ConfigError {
+    match error {
+        LoadError::Config {
+            name,
+            key,
+            reason,
+            at,
+            ..
+        } => ConfigError::Plugin {
+            path: config
+                .file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
+            at: at.map(|at| *at),
+            reason: format!("plugin {name}: config key `{key}` {reason}"),
+            plugin: name,
+        },
+        other => {
+            let plugin = match &other {
+                LoadError::Init { name, .. } => name.clone(),
+                _ => String::new(),
+            };
+            refusal(config, &plugin, other.to_string())
+        }
+    }
+}
+
+/// Settings a running host cannot change: say so instead of ignoring the edit silently.
+fn warn_restart_only(old: &HostConfig, new: &HostConfig) {
+    let (a, b) = (&old.host, &new.host);
+    let mut changed = Vec::new();
+    if a.plugins_dir != b.plugins_dir {
+        changed.push("plugins_dir");
+    }
+    if a.shadow_dir != b.shadow_dir {
+        changed.push("shadow_dir");
+    }
+    if a.watch != b.watch {
+        changed.push("watch");
+    }
+    if a.debounce != b.debounce {
+        changed.push("debounce");
+    }
+    if a.log_format != b.log_format {
+        changed.push("log_format");
+    }
+    if !changed.is_empty() {
+        warn!(
+            "host.{} changed; it takes effect when plughost restarts",
+            changed.join(", host.")
+        );
+    }
+}

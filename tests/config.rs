@@ -1,0 +1,601 @@
+//! plughost.toml end to end: errors that point at the line, environment substitution, plugin
+//! configs checked against their schema, dependencies (order, calls through the host, missing,
+//! mismatched, cycles), enable / disable, live edits, and secrets never shown.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plughost::{Host, HostConfig, HostEvent, LoadError, WatchOptions};
+use plughost_tests::{plughost, stderr, stdout, terminate, wait_for, PluginDir};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A plugins folder with a `plughost.toml` beside it.
+struct Setup {
+    dir: PluginDir,
+    config_dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(packages: &[&str]) -> Self {
+        let dir = PluginDir::new();
+        for package in packages {
+            dir.add(package);
+        }
+        Setup {
+            dir,
+            config_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.config_dir.path().join("plughost.toml")
+    }
+
+    /// Writes `plughost.toml` (replacing it by rename, as editors do).
+    fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.config_path();
+        let temp = self.config_dir.path().join(".plughost.toml.swp");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        path
+    }
+
+    /// The settings of `text`, pointed at this folder.
+    fn config(&self, text: &str) -> HostConfig {
+        let path = self.write_config(text);
+        let mut config = HostConfig::load(&path).unwrap();
+        config.host.plugins_dir = self.dir.path().to_owned();
+        config.host.shadow_dir = Some(self.dir.shadow().to_owned());
+        config
+    }
+
+    fn host(&self, text: &str) -> Host {
+        Host::with_config(self.config(text)).unwrap()
+    }
+
+    /// `plughost --config <file> <args>` on this folder.
+    fn cli(&self, args: &[&str]) -> Output {
+        self.dir
+            .command(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+const STORAGE: &str = r#"
+[plugins.storage]
+priority = 1
+
+[plugins.storage.config]
+namespace = "main"
+"#;
+
+#[test]
+fn errors_in_the_file_point_at_line_and_column() {
+    let setup = Setup::new(&[]);
+    setup.write_config("[host]\nwatch = true\n\n[plugins.counter]\nenabeld = false\n");
+    let out = setup.cli(&["config", "check"]);
+    assert!(!out.status.success());
+    let file = setup.config_path().display().to_string();
+    assert!(
+        stderr(&out).contains(&format!(
+            "{file}:5:1: plugins.counter.enabeld: unknown field `enabeld`"
+        )),
+        "{}",
+        stderr(&out)
+    );
+
+    setup.write_config("[host]\nmax_plugins = \"many\"\n");
+    let out = setup.cli(&["list"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("{file}:2:15: host.max_plugins: invalid type")),
+        "{}",
+        stderr(&out)
+    );
+
+    setup.write_config("[plugins.counter]\npriority = 1\npriority = 2\n");
+    let out = setup.cli(&["config", "check"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("{file}:3:1: duplicate key")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn environment_variables_are_substituted() {
+    let setup = Setup::new(&["fixture-storage"]);
+    setup.write_config(
+        r#"
+[plugins.storage.config]
+namespace = "${PLUGHOST_TEST_NS}"
+token = "${PLUGHOST_TEST_UNSET:-fallback}"
+"#,
+    );
+    let out = setup
+        .dir
+        .command(&["config", "check"])
+        .arg("--config")
+        .arg(setup.config_path())
+        .env("PLUGHOST_TEST_NS", "from-env")
+        .env_remove("PLUGHOST_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(r#"namespace = "from-env""#),
+        "{}",
+        stdout(&out)
+    );
+    // The default applied, and is shown masked: the key is sensitive.
+    assert!(
+        stdout(&out).contains(r#"token = "***""#),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("fallback"), "{}", stdout(&out));
+
+    let out = setup
+        .dir
+        .command(&["config", "check"])
+        .arg("--config")
+        .arg(setup.config_path())
+        .env_remove("PLUGHOST_TEST_NS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let file = setup.config_path().display().to_string();
+    assert!(
+        stderr(&out).contains(&format!(
+            "{file}:3:13: plugins.storage.config.namespace: environment variable \
+             PLUGHOST_TEST_NS is not set"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn plugin_configs_are_checked_against_their_schema() {
+    let setup = Setup::new(&["fixture-storage", "transform"]);
+    let file = setup.config_path().display().to_string();
+
+    // Missing required key: the host refuses before Init, pointing at the plugin's table.
+    let host = setup.host("[plugins.storage]\npriority = 2\n");
+    let report = host.load_all().unwrap();
+    assert_eq!(report.loaded.len(), 1, "transform loads regardless");
+    let message = report.refused[0].to_string();
+    assert!(
+        message.contains(&format!(
+            "plugin storage: {file}:1:10: config key `namespace` is required (string) but \
+             missing"
+        )),
+        "{message}"
+    );
+    drop(host);
+
+    // Wrong type, at the value's line.
+    setup.write_config("[plugins.storage.config]\nnamespace = \"n\"\ncapacity = \"lots\"\n");
+    let out = setup.cli(&["config", "check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{file}:3:1: plugin storage: config key `capacity` must be an integer, found a \
+             string (\"lots\")"
+        )),
+        "{err}"
+    );
+
+    // Unknown keys are a warning, with their place; the plugin itself may still refuse them.
+    setup.write_config("[plugins.storage.config]\nnamespace = \"n\"\ncolour = \"red\"\n");
+    let out = setup.cli(&["config", "check"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "warning: {file}:3:1: plugin storage: unknown config key `colour`"
+        )),
+        "{err}"
+    );
+    assert!(!out.status.success());
+    assert!(
+        err.contains("error: plugin storage refuses its config") && err.contains("`colour`"),
+        "{err}"
+    );
+
+    // Defaults are filled in and shown in the effective configuration.
+    setup.write_config("[plugins.storage.config]\nnamespace = \"n\"\n");
+    let out = setup.cli(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("capacity = 100"), "{text}");
+    assert!(text.contains(r#"mode = "upper""#), "{text}");
+    assert!(text.contains("# start order: storage, transform"), "{text}");
+}
+
+#[test]
+fn dependencies_start_first_are_called_through_the_host_and_stop_last() {
+    let setup = Setup::new(&["fixture-notes", "fixture-storage", "transform"]);
+    // notes has the highest priority but requires storage, so storage still starts first.
+    let host = setup.host(&format!("{STORAGE}\n[plugins.notes]\npriority = 10\n"));
+    let events = host.subscribe();
+    let report = host.load_all().unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let order: Vec<&str> = report.loaded.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(order, ["storage", "notes", "transform"]);
+
+    let notes = host.handle("notes").unwrap();
+    assert_eq!(call(&notes, b"add hello").unwrap(), b"ok");
+    assert_eq!(call(&notes, b"read").unwrap(), b"main:hello");
+    // An answer larger than the buffer notes lends comes back whole.
+    let big = call(&notes, b"big 5000").unwrap();
+    assert_eq!(big.len(), "main:".len() + 5000);
+    // The callee's errors reach the caller with the callee's name.
+    let error = call(&notes, b"call storage get nothing").unwrap_err();
+    assert!(
+        error.to_string().contains("storage: no key nothing"),
+        "{error}"
+    );
+    // Only declared dependencies can be called.
+    let error = call(&notes, b"call transform hi").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("transform: not a declared dependency of notes"),
+        "{error}"
+    );
+
+    host.shutdown();
+    let unloaded: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|e| match e {
+            HostEvent::Unloaded { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    let position = |name: &str| unloaded.iter().position(|n| n == name).unwrap();
+    assert!(position("notes") < position("storage"), "{unloaded:?}");
+}
+
+#[test]
+fn missing_dependency_is_refused_and_loads_once_it_arrives() {
+    let setup = Setup::new(&["fixture-notes"]);
+    let host = Arc::new(setup.host(STORAGE));
+    let events = host.subscribe();
+    let _watcher = host.watch(WatchOptions::default()).unwrap();
+    let report = host.load_all().unwrap();
+    assert_eq!(
+        report.refused[0].to_string(),
+        format!(
+            "{}: plugin notes requires storage ^1.2, which is not in the plugins folder",
+            setup.dir.path().join("libfixture_notes.so").display()
+        )
+    );
+    assert!(host.plugins().is_empty());
+
+    setup.dir.add("fixture-storage");
+    wait_for(
+        &events,
+        WAIT,
+        |e| matches!(e, HostEvent::Loaded { name, .. } if name == "notes"),
+    );
+    assert_eq!(
+        call(&host.handle("notes").unwrap(), b"add x").unwrap(),
+        b"ok"
+    );
+}
+
+#[test]
+fn version_mismatch_and_cycles_are_refused_naming_both_sides() {
+    let setup = Setup::new(&[
+        "fixture-storage",
+        "fixture-wants-storage-v2",
+        "fixture-cycle-a",
+        "fixture-cycle-b",
+    ]);
+    let host = setup.host(STORAGE);
+    let report = host.load_all().unwrap();
+    let loaded: Vec<&str> = report.loaded.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(loaded, ["storage"]);
+    let messages: Vec<String> = report.refused.iter().map(LoadError::to_string).collect();
+    let has = |text: &str| {
+        assert!(
+            messages.iter().any(|m| m.contains(text)),
+            "{text:?} not in {messages:#?}"
+        )
+    };
+    has("plugin archive requires storage ^2, but storage 1.3.0 is loaded");
+    has("plugin cycle-a is in a dependency cycle: cycle-a -> cycle-b -> cycle-a");
+    has("plugin cycle-b is in a dependency cycle: cycle-b -> cycle-a -> cycle-b");
+}
+
+#[test]
+fn disable_and_enable_at_runtime() {
+    let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
+    let host = setup.host(STORAGE);
+    host.load_all().unwrap();
+
+    let error = host.disable("storage").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot disable storage: notes requires it (disable it first)"),
+        "{error}"
+    );
+    assert!(host.handle("storage").is_ok(), "still running");
+
+    host.disable("notes").unwrap();
+    assert!(host.handle("notes").is_err());
+    assert!(
+        setup.dir.path().join("libfixture_notes.so").exists(),
+        "file left alone"
+    );
+    host.disable("storage").unwrap();
+    assert!(host.plugins().is_empty());
+
+    // Enabling notes first fails: what it requires is disabled.
+    let error = host.enable("notes").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("plugin notes requires storage ^1.2, which is disabled in plughost.toml"),
+        "{error}"
+    );
+    host.enable("storage").unwrap();
+    host.enable("notes").unwrap();
+    assert_eq!(
+        call(&host.handle("notes").unwrap(), b"add y").unwrap(),
+        b"ok"
+    );
+}
+
+#[test]
+fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
+    let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
+    let host = Arc::new(setup.host(STORAGE));
+    let events = host.subscribe();
+    let _watcher = host.watch(WatchOptions::default()).unwrap();
+    host.load_all().unwrap();
+    let storage = host.handle("storage").unwrap();
+    call(&storage, b"put k v").unwrap();
+    assert_eq!(call(&storage, b"get k").unwrap(), b"main:v");
+
+    // A changed config re-initialises the plugin through the reload swap.
+    setup.write_config(&STORAGE.replace("\"main\"", "\"edited\""));
+    let applied = wait_for(&events, WAIT, |e| {
+        matches!(e, HostEvent::ConfigApplied { .. })
+    });
+    let HostEvent::ConfigApplied { changed, .. } = applied else {
+        unreachable!()
+    };
+    assert_eq!(changed, ["storage"]);
+    call(&storage, b"put k v").unwrap();
+    assert_eq!(call(&storage, b"get k").unwrap(), b"edited:v");
+
+    // Invalid edits are refused with the reason; the running state stays.
+    let file = setup.config_path();
+    for (edit, reason) in [
+        (
+            STORAGE.replace("namespace = \"main\"", "namespace = 7"),
+            format!(
+                "{}:6:1: plugin storage: config key `namespace` must be a string, found an \
+                 integer (7)",
+                file.display()
+            ),
+        ),
+        (
+            format!("{STORAGE}\n[plugins.storage.x\n"),
+            format!("{}:8:", file.display()),
+        ),
+        (
+            STORAGE.replace("priority = 1", "priority = 1\nenabled = false"),
+            "plugin notes requires storage ^1.2, which would be disabled".to_owned(),
+        ),
+    ] {
+        setup.write_config(&edit);
+        let refused = wait_for(&events, WAIT, |e| {
+            matches!(e, HostEvent::ConfigRefused { .. })
+        });
+        let HostEvent::ConfigRefused { reason: why, .. } = refused else {
+            unreachable!()
+        };
+        assert!(why.contains(&reason), "{why:?} lacks {reason:?}");
+        assert_eq!(call(&storage, b"get k").unwrap(), b"edited:v");
+        assert!(host.handle("notes").is_ok());
+    }
+
+    // Disabling in the file stops the plugin; enabling starts it again.
+    setup.write_config(&format!(
+        "{}\n[plugins.notes]\nenabled = false\n",
+        STORAGE.replace("\"main\"", "\"edited\"")
+    ));
+    wait_for(
+        &events,
+        WAIT,
+        |e| matches!(e, HostEvent::ConfigApplied { changed, .. } if changed == &["notes"]),
+    );
+    assert!(host.handle("notes").is_err());
+    setup.write_config(&STORAGE.replace("\"main\"", "\"edited\""));
+    wait_for(
+        &events,
+        WAIT,
+        |e| matches!(e, HostEvent::ConfigApplied { changed, .. } if changed == &["notes"]),
+    );
+    assert!(host.handle("notes").is_ok());
+}
+
+#[test]
+fn max_plugins_refuses_the_rest() {
+    let setup = Setup::new(&["transform", "filter"]);
+    let host = setup.host("[host]\nmax_plugins = 1\n");
+    let report = host.load_all().unwrap();
+    assert_eq!(report.loaded.len(), 1);
+    assert!(
+        report.refused[0]
+            .to_string()
+            .contains("not started: max_plugins (1) are running"),
+        "{}",
+        report.refused[0]
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_logs_or_cli_output() {
+    const SECRET: &str = "s3cr3t-token-value";
+    let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
+    setup.write_config(&format!("{STORAGE}token = \"{SECRET}\"\n"));
+    let mut seen = String::new();
+    for args in [&["config", "check"][..], &["list"][..]] {
+        let out = setup.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        seen.push_str(&stdout(&out));
+        seen.push_str(&stderr(&out));
+    }
+    assert!(seen.contains(r#"token = "***""#), "{seen}");
+
+    // A plugin that quotes the secret in its error is masked too.
+    let storage = setup.dir.path().join("libfixture_storage.so");
+    let out = Command::new(plughost())
+        .arg("inspect")
+        .arg(&storage)
+        .args([
+            "--init",
+            r#"{"namespace":"n","token":"bad-s3cr3t-token-value"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("token *** was revoked"),
+        "{}",
+        stderr(&out)
+    );
+    seen.push_str(&stderr(&out));
+
+    // The host's own log, at its most verbose, while the plugins load, run and stop.
+    let mut child = setup
+        .dir
+        .command(&["run", "--no-watch", "--health-interval", "0"])
+        .arg("--config")
+        .arg(setup.config_path())
+        .env("RUST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = read_until(&mut child, "plugin(s) running");
+    terminate(&child);
+    let out = child.wait_with_output().unwrap();
+    seen.push_str(&log);
+    seen.push_str(&stderr(&out));
+    assert!(seen.contains("loaded storage"), "{seen}");
+    assert!(!seen.contains("s3cr3t"), "a secret leaked:\n{seen}");
+
+    // Init failures quoting it, through the library.
+    setup.write_config(&format!("{STORAGE}token = \"bad-{SECRET}\"\n"));
+    let mut config = HostConfig::load(&setup.config_path()).unwrap();
+    config.host.plugins_dir = setup.dir.path().to_owned();
+    config.host.shadow_dir = Some(setup.dir.shadow().to_owned());
+    let host = Host::with_config(config).unwrap();
+    let report = host.load_all().unwrap();
+    let messages: Vec<String> = report.refused.iter().map(LoadError::to_string).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("token *** was revoked")),
+        "{messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("s3cr3t")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
+    let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
+    let original = format!("# operators' notes stay\n{STORAGE}");
+    setup.write_config(&original);
+    let mut child = setup
+        .dir
+        .command(&["run", "--health-interval", "0"])
+        .arg("--config")
+        .arg(setup.config_path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    read_until(&mut child, "plugin(s) running");
+
+    let toggle = |verb: &str| {
+        let out = Command::new(plughost())
+            .args([verb, "notes", "--config"])
+            .arg(setup.config_path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    toggle("disable");
+    let text = std::fs::read_to_string(setup.config_path()).unwrap();
+    assert!(text.starts_with(&original), "{text}");
+    assert!(text.contains("[plugins.notes]\nenabled = false"), "{text}");
+    read_until(&mut child, "unloaded notes");
+    toggle("enable");
+    read_until(&mut child, "loaded notes");
+
+    // JSON logs when the file asks for them (read at start).
+    terminate(&child);
+    child.wait_with_output().unwrap();
+    setup.write_config(&format!("[host]\nlog_format = \"json\"\n{STORAGE}"));
+    let out = setup.cli(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = setup
+        .dir
+        .command(&["run", "--no-watch", "--health-interval", "0"])
+        .arg("--config")
+        .arg(setup.config_path())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = read_until(&mut child, "plugin(s) running");
+    terminate(&child);
+    child.wait_with_output().unwrap();
+    for line in log.lines() {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not JSON: {line}"
+        );
+    }
+}
+
+/// Reads the child's stderr until a line contains `needle`; returns what was read.
+fn read_until(child: &mut std::process::Child, needle: &str) -> String {
+    use std::io::BufRead;
+    let stderr = child.stderr.as_mut().expect("piped stderr");
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut line = String::new();
+    while std::time::Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("{needle:?} never logged; saw:\n{seen}");
+}
+
+/// Calls `handle`, copying the answer out (a held output would keep the version alive).
+fn call(handle: &plughost::PluginHandle, input: &[u8]) -> Result<Vec<u8>, plughost::CallError> {
+    handle.call(input).map(|output| output.to_vec())
+}
