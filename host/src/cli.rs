@@ -206,19 +206,6 @@ fn run(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow::Res
     }
 }
 
-/// The call policy for `plugin`: its timeout from the settings (else the host's, else 30 s).
-fn policy_for(config: &HostConfig, plugin: &str) -> CallPolicy {
-    let timeout = config
-        .plugin(plugin)
-        .timeout
-        .or(config.host.call_timeout)
-        .unwrap_or(CallPolicy::default().timeout);
-    CallPolicy {
-        timeout,
-        ..CallPolicy::default()
-    }
-}
-
 fn serve(
     config: HostConfig,
     watch: bool,
@@ -442,6 +429,8 @@ fn print_info(info: &PluginInfo, file: &Path) {
     println!("  license:      {}", or_dash(&info.license));
     println!("  capabilities: {}", or_dash(&info.capabilities.join(", ")));
     println!("  tags:         {}", or_dash(&info.tags.join(", ")));
+    let requires: Vec<String> = info.dependencies.iter().map(ToString::to_string).collect();
+    println!("  requires:     {}", or_dash(&requires.join(", ")));
     if info.config_schema.is_empty() {
         println!("  config:       (none)");
         return;
@@ -488,7 +477,10 @@ fn exec(
             bail!("--init is not valid JSON: {e}");
         }
     }
-    let timeout = timeout.unwrap_or_else(|| policy_for(&config, name).timeout);
+    let timeout = timeout
+        .or(config.plugin(name).timeout)
+        .or(config.host.call_timeout)
+        .unwrap_or(Duration::from_secs(30));
     let plugins_dir = config.host.plugins_dir.clone();
     let input = if input == "-" {
         let mut bytes = Vec::new();

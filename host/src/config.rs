@@ -54,8 +54,8 @@ pub struct HostSettings {
     /// (`"100ms"`, `"1s"`). Default 100 ms.
     #[serde(with = "humantime_serde")]
     pub debounce: Duration,
-    /// The time limit of a call through the dispatcher, unless a plugin sets its own. Default
-    /// none.
+    /// The time limit of a call through the dispatcher, unless a plugin sets its own. Default:
+    /// the dispatcher's own (5 s for `Dispatcher`'s default policy; 30 s for `plughost exec`).
     #[serde(with = "humantime_serde")]
     pub call_timeout: Option<Duration>,
     /// How many plugins may run at once; more are refused. Default 256.

@@ -11,10 +11,12 @@
 //! 3. [`shadow`]: those bytes are written to a private, uniquely named copy;
 //! 4. [`library`]: the copy is loaded and [`validate`]d (magic, plugin-api semver, abi_stable
 //!    layout), its [`metadata`] copied out;
-//! 5. [`instance`]: Init creates the plugin instance;
-//! 6. [`registry`]: it is registered under its unique name;
-//! 7. [`dispatch`]: callers take a [`PluginHandle`] once and call it from any thread;
-//! 8. [`Host::unload`] / [`Host::shutdown`]: Shutdown, close the library, delete the copy.
+//! 5. [`config`], [`dependencies`], [`schema`]: the settings say whether and when it starts;
+//!    what it requires must be in service; its configuration must fit its schema;
+//! 6. [`instance`]: Init creates the plugin instance;
+//! 7. [`registry`]: it is registered under its unique name;
+//! 8. [`dispatch`]: callers take a [`PluginHandle`] once and call it from any thread;
+//! 9. [`Host::unload`] / [`Host::shutdown`]: Shutdown, close the library, delete the copy.
 //!
 //! ```no_run
 //! use plughost::{Host, HostOptions};
