@@ -33,6 +33,9 @@ pub struct HostConfig {
     pub host: HostSettings,
     /// The `[plugins.NAME]` tables, by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// The `[host]` table as the file says it, before command-line flags change `host`: what a
+    /// live edit is compared with.
+    pub(crate) file_host: HostSettings,
     /// Where each key and value sits in the file, for messages.
     spans: HashMap<Vec<String>, Spans>,
     text: String,
@@ -225,6 +228,7 @@ impl HostConfig {
         host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
         Ok(HostConfig {
             file: Some(path.to_owned()),
+            file_host: host.clone(),
             host,
             plugins: raw.plugins,
             spans,

@@ -110,6 +110,8 @@ struct Shared {
     still_mapped: Mutex<Vec<PathBuf>>,
     /// Bumped whenever the settings change, so a dispatcher knows to rebuild its policies.
     settings_generation: std::sync::atomic::AtomicU64,
+    /// A copy of `Lifecycle::config`, readable without waiting for a load in progress.
+    settings: arc_swap::ArcSwap<HostConfig>,
 }
 
 impl Shared {
@@ -148,13 +150,25 @@ impl Host {
             options.shadow_dir = dir.clone();
         }
         let host = Host::new(options)?;
-        host.lifecycle().config = config;
+        let mut lifecycle = host.lifecycle();
+        lifecycle.config = config;
+        host.publish_settings(&lifecycle);
+        drop(lifecycle);
         Ok(host)
     }
 
-    /// The settings in force: the configuration file's, with enable / disable applied.
-    pub fn config(&self) -> HostConfig {
-        self.lifecycle().config.clone()
+    /// The settings in force: the configuration file's, with enable / disable applied. Never
+    /// waits, even while a plugin is being loaded.
+    pub fn config(&self) -> Arc<HostConfig> {
+        self.shared.settings.load_full()
+    }
+
+    /// Makes `lifecycle.config` what [`config`](Self::config) returns and tells dispatchers.
+    fn publish_settings(&self, lifecycle: &Lifecycle) {
+        self.shared
+            .settings
+            .store(Arc::new(lifecycle.config.clone()));
+        self.settings_changed();
     }
 
     /// Changes whenever [`config`](Self::config) does. Cheap: one atomic load.

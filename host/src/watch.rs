@@ -100,7 +100,7 @@ impl Host {
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(watch_error)?;
         // The configuration file too: its folder, since editors replace files by renaming.
-        let config = self.config().file.and_then(|file| {
+        let config = self.config().file.clone().and_then(|file| {
             let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
             let folder = folder.unwrap_or(Path::new(".")).canonicalize().ok()?;
             Some(folder.join(file.file_name()?))

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 use super::{checked_config, report_unload, retire_now, Host, Lifecycle};
-use crate::config::{HostConfig, DEFAULT_FILE};
+use crate::config::{HostConfig, HostSettings, DEFAULT_FILE};
 use crate::dependencies::{self, Candidate};
 use crate::error::{ConfigError, LoadError};
 use crate::events::HostEvent;
@@ -45,6 +45,7 @@ impl Host {
                 .entry(name.to_owned())
                 .or_default()
                 .enabled = false;
+            self.publish_settings(&lifecycle);
             self.registry.slot(name).and_then(|slot| slot.swap(None))
         };
         info!("disabled {name}");
@@ -53,7 +54,6 @@ impl Host {
             let (old, retired) = retire_now(version);
             report_unload(old, &retired, &self.shared);
         }
-        self.settings_changed();
         self.shared.events.emit(HostEvent::ConfigApplied {
             file: None,
             changed: vec![name.to_owned()],
@@ -70,6 +70,7 @@ impl Host {
             .entry(name.to_owned())
             .or_default()
             .enabled = true;
+        self.publish_settings(&lifecycle);
         info!("enabled {name}");
         if self.registry.slot(name).and_then(|s| s.current()).is_some() {
             return Ok(());
@@ -82,7 +83,6 @@ impl Host {
                 self.refused(&e, None);
                 refusal(&lifecycle.config, name, e.to_string())
             })?;
-        self.settings_changed();
         self.shared.events.emit(HostEvent::ConfigApplied {
             file: None,
             changed: vec![name.to_owned()],
@@ -150,10 +150,19 @@ impl Host {
     /// plugins it enables in dependency order. Checks everything first: if any plugin's config
     /// does not fit, or a running plugin would lose what it requires, nothing changes.
     /// Returns the plugins changed.
-    pub fn reconfigure(&self, new: HostConfig) -> Result<Vec<String>, ConfigError> {
+    pub fn reconfigure(&self, mut new: HostConfig) -> Result<Vec<String>, ConfigError> {
         let mut lifecycle = self.lifecycle();
+        // Folders, watching and logging were set up at start (possibly by command-line
+        // flags, which the file does not know about): they stay.
+        warn_restart_only(&lifecycle.config.file_host, &new.file_host);
+        let running_host = &lifecycle.config.host;
+        new.host.plugins_dir = running_host.plugins_dir.clone();
+        new.host.shadow_dir = running_host.shadow_dir.clone();
+        new.host.watch = running_host.watch;
+        new.host.debounce = running_host.debounce;
+        new.host.log_format = running_host.log_format;
+        let new = new;
         let refuse = |plugin: &str, reason: String| refusal(&new, plugin, reason);
-        warn_restart_only(&lifecycle.config, &new);
 
         let running: Vec<Arc<RunningPlugin>> = self
             .registry
@@ -251,6 +260,7 @@ impl Host {
             }
         }
         lifecycle.config = new;
+        self.publish_settings(&lifecycle);
         let mut changed = Vec::new();
         for i in dependencies::stop_order(&stop) {
             let name = &stop[i].name;
@@ -311,7 +321,6 @@ impl Host {
                 format!("changed {}", changed.join(", "))
             }
         );
-        self.settings_changed();
         self.shared.events.emit(HostEvent::ConfigApplied {
             file,
             changed: changed.clone(),
@@ -363,8 +372,7 @@ fn load_refusal(config: &HostConfig, error: LoadError) -> ConfigError {
 }
 
 /// Settings a running host cannot change: say so instead of ignoring the edit silently.
-fn warn_restart_only(old: &HostConfig, new: &HostConfig) {
-    let (a, b) = (&old.host, &new.host);
+fn warn_restart_only(a: &HostSettings, b: &HostSettings) {
     let mut changed = Vec::new();
     if a.plugins_dir != b.plugins_dir {
         changed.push("plugins_dir");
