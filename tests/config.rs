@@ -345,8 +345,12 @@ fn disable_and_enable_at_runtime() {
     assert!(
         error
             .to_string()
-            .contains("plugin notes requires storage ^1.2, which is disabled in plughost.toml"),
+            .contains("plugin notes requires storage ^1.2, which is disabled"),
         "{error}"
+    );
+    assert!(
+        !host.config().plugin("notes").enabled,
+        "a failed enable leaves the setting as it was"
     );
     host.enable("storage").unwrap();
     host.enable("notes").unwrap();
@@ -398,6 +402,12 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
             STORAGE.replace("priority = 1", "priority = 1\nenabled = false"),
             "plugin notes requires storage ^1.2, which would be disabled".to_owned(),
         ),
+        // Refused by the plugin's Init, after the schema and validate_config passed.
+        (
+            STORAGE.replace("\"main\"", "\"\""),
+            "plugin storage failed to initialise: an empty namespace would mix every store"
+                .to_owned(),
+        ),
     ] {
         setup.write_config(&edit);
         let refused = wait_for(&events, WAIT, |e| {
@@ -429,6 +439,47 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
         |e| matches!(e, HostEvent::ConfigApplied { changed, .. } if changed == &["notes"]),
     );
     assert!(host.handle("notes").is_ok());
+}
+
+#[test]
+fn an_edit_starts_what_it_fixes_and_checks_what_it_switches_on() {
+    // storage's config lacks its required namespace: refused at start, and notes with it.
+    let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
+    let host = setup.host("[plugins.storage.config]\ncapacity = 5\n");
+    let report = host.load_all().unwrap();
+    assert!(report.loaded.is_empty(), "{:?}", report.loaded);
+    assert_eq!(report.refused.len(), 2);
+
+    // The edit that adds it starts storage, then notes, which was waiting for it.
+    let changed = host.reconfigure(setup.config(STORAGE)).unwrap();
+    assert_eq!(changed, ["storage", "notes"]);
+    assert_eq!(
+        call(&host.handle("notes").unwrap(), b"add z").unwrap(),
+        b"ok"
+    );
+
+    // Switching a plugin on checks its config like a running plugin's: here the plugin's own
+    // check refuses the token, so nothing changes (and the token is not shown).
+    host.disable("notes").unwrap();
+    host.disable("storage").unwrap();
+    let edit = format!(
+        "{}\n[plugins.notes]\nenabled = false\n",
+        STORAGE.replace(
+            "namespace = \"main\"",
+            "namespace = \"main\"\ntoken = \"bad-1\""
+        )
+    );
+    let error = host
+        .reconfigure(setup.config(&edit))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("plugin storage refuses its config: token *** was revoked"),
+        "{error}"
+    );
+    assert!(!error.contains("bad-1"), "{error}");
+    assert!(host.handle("storage").is_err());
+    assert!(!host.config().plugin("storage").enabled);
 }
 
 #[test]

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::{info, warn};
 
+use crate::config::HostConfig;
 use crate::dispatch::Health;
 use crate::error::CallError;
 use crate::layers::blocking::Blocking;
@@ -125,11 +126,16 @@ impl Dispatcher {
             .swap(generation, std::sync::atomic::Ordering::AcqRel)
             != generation
         {
-            // The settings changed (a timeout, say): rebuild every stack on its next call.
-            self.plugins
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            // The settings changed: rebuild, on its next call, each stack whose timeout they
+            // changed. The others keep their circuits and limits.
+            let settings = self.host.config();
+            // Plugins, then policies: the order `build` takes them in.
+            let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+            let policies = lock(&self.policies);
+            plugins.retain(|name, handle| {
+                policies.contains_key(name)
+                    || handle.timeout == self.settings_timeout(&settings, name)
+            });
         }
         if let Some(handle) = self
             .plugins
@@ -153,15 +159,13 @@ impl Dispatcher {
     fn build(&self, name: &str) -> Result<AsyncHandle, CallError> {
         let handle = self.host.handle(name)?;
         let plugin: Arc<str> = name.into();
-        let policy = lock(&self.policies).get(name).cloned().unwrap_or_else(|| {
-            // The settings' timeout (the plugin's, else the host's), if they give one.
-            let settings = self.host.config();
-            let mut policy = self.default_policy.clone();
-            if let Some(timeout) = settings.plugin(name).timeout.or(settings.host.call_timeout) {
-                policy.timeout = timeout;
-            }
-            policy
-        });
+        let policy = lock(&self.policies)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| CallPolicy {
+                timeout: self.settings_timeout(&self.host.config(), name),
+                ..self.default_policy.clone()
+            });
         let metrics = lock(&self.metrics)
             .entry(name.to_owned())
             .or_default()
@@ -192,6 +196,17 @@ impl Dispatcher {
             timeout: policy.timeout,
             breaker,
         })
+    }
+
+    /// The timeout the settings give `plugin` (its own, else the host's), else the default
+    /// policy's.
+    fn settings_timeout(&self, settings: &HostConfig, plugin: &str) -> Duration {
+        settings
+            .plugins
+            .get(plugin)
+            .and_then(|p| p.timeout)
+            .or(settings.host.call_timeout)
+            .unwrap_or(self.default_policy.timeout)
     }
 
     /// The metrics of `plugin`, if it has been called through this dispatcher.

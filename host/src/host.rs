@@ -324,17 +324,29 @@ impl Host {
         if lifecycle.closed {
             return;
         }
-        if !self.sync_locked(&mut lifecycle, path, noticed) {
-            return;
+        self.sync_locked(&mut lifecycle, path, noticed);
+        // A plugin started, changed or left: files waiting on it may load now.
+        self.retry_waiting(&mut lifecycle, Vec::new());
+    }
+
+    /// Tries again the files refused for what other plugins were at the time (a requirement
+    /// missing or out of range, a dependent it would break, a cycle), and `also`, until no
+    /// more start.
+    fn retry_waiting(&self, lifecycle: &mut Lifecycle, also: Vec<PathBuf>) {
+        for file in also {
+            // Tried afresh even if its content was refused: what refused it may have changed.
+            lifecycle.refused.remove(&file);
+            if !lifecycle.waiting.contains(&file) {
+                lifecycle.waiting.push(file);
+            }
         }
-        // A plugin started: files that were waiting for a plugin they require may load now.
         loop {
             let waiting = std::mem::take(&mut lifecycle.waiting);
             let mut progress = false;
             for file in waiting {
-                progress |= self.sync_locked(&mut lifecycle, &file, Instant::now());
+                progress |= self.sync_locked(lifecycle, &file, Instant::now());
             }
-            if !progress {
+            if !progress || lifecycle.waiting.is_empty() {
                 break;
             }
         }
@@ -400,10 +412,13 @@ impl Host {
             Err(error) => {
                 match error {
                     // Passing refusals: an Init failure (say, a port the old version still
-                    // holds) is tried again on the next event; a missing plugin it requires,
-                    // when a plugin starts.
+                    // holds) is tried again on the next event; a refusal that depends on
+                    // other plugins, when they change.
                     LoadError::Init { .. } | LoadError::TooMany { .. } => {}
-                    LoadError::MissingDependency { .. } | LoadError::DependencyVersion { .. } => {
+                    LoadError::MissingDependency { .. }
+                    | LoadError::DependencyVersion { .. }
+                    | LoadError::BreaksDependent { .. }
+                    | LoadError::DependencyCycle { .. } => {
                         lifecycle.wait_if_passing(&error);
                     }
                     // Only a file refused for what it is stays refused until its content
@@ -418,10 +433,7 @@ impl Host {
         }
     }
 
-    /// Puts `library` in service: checks the plugins it requires are in service (and that
-    /// those requiring it accept this version), checks its configuration against its schema,
-    /// calls Init and swaps it into its slot. `config`: the Init configuration (JSON), or
-    /// `None` for the one last given through the API, else the settings'.
+    /// Puts `library` in service: [`prepare`](Self::prepare) then [`commit`](Self::commit).
     fn install(
         &self,
         lifecycle: &mut Lifecycle,
@@ -429,6 +441,21 @@ impl Host {
         config: Option<&[u8]>,
         noticed: Instant,
     ) -> Result<Arc<Slot>, LoadError> {
+        let prepared = self.prepare(lifecycle, library, config)?;
+        Ok(self.commit(lifecycle, prepared, noticed))
+    }
+
+    /// Makes `library` ready to serve, without putting it in service: checks the plugins it
+    /// requires are in service (and that those requiring it accept this version), checks its
+    /// configuration against its schema and calls Init. `config`: the Init configuration
+    /// (JSON), or `None` for the one last given through the API, else the settings'. Dropping
+    /// the result shuts the new instance down; the version in service, if any, never noticed.
+    fn prepare(
+        &self,
+        lifecycle: &mut Lifecycle,
+        library: PluginLibrary,
+        config: Option<&[u8]>,
+    ) -> Result<Prepared, LoadError> {
         let info = library.info().clone();
         let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
         if lifecycle.closed {
@@ -484,6 +511,27 @@ impl Host {
         library.bind_dependencies(required);
         let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref())
             .map_err(|e| scrub_init_error(e, &init_config.secrets))?;
+        Ok(Prepared {
+            slot,
+            running,
+            given,
+            handed_over: state.is_some(),
+            load_time,
+        })
+    }
+
+    /// Puts a prepared version in service: swaps it into its slot and retires the version it
+    /// replaces in the background.
+    fn commit(&self, lifecycle: &mut Lifecycle, prepared: Prepared, noticed: Instant) -> Arc<Slot> {
+        let Prepared {
+            slot,
+            running,
+            given,
+            handed_over,
+            load_time,
+        } = prepared;
+        let info = running.library().info().clone();
+        let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
         if let Some(given) = given {
             lifecycle.configs.insert(info.name.clone(), given);
         }
@@ -509,7 +557,6 @@ impl Host {
                 });
             }
             Some(previous) => {
-                let handed_over = state.is_some();
                 let thread = retire_in_background(
                     previous,
                     self.shared.clone(),
@@ -544,7 +591,7 @@ impl Host {
                 lifecycle.retiring.push(thread);
             }
         }
-        Ok(slot)
+        slot
     }
 
     /// The slots of the plugins `library` requires, each in service at a version in range;
@@ -555,6 +602,13 @@ impl Host {
         library: &PluginLibrary,
     ) -> Result<Vec<Arc<Slot>>, LoadError> {
         let info = library.info();
+        if let Some(cycle) = requirement_cycle(info, &self.plugins()) {
+            return Err(LoadError::DependencyCycle {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+                cycle,
+            });
+        }
         let mut slots = Vec::with_capacity(info.dependencies.len());
         for requirement in &info.dependencies {
             let slot = self.registry.slot(&requirement.name);
@@ -579,7 +633,7 @@ impl Host {
                         name: info.name.clone(),
                         requirement: Box::new(requirement.clone()),
                         why: if disabled {
-                            "is disabled in plughost.toml".into()
+                            "is disabled".into()
                         } else {
                             "is not loaded".into()
                         },
@@ -757,6 +811,43 @@ impl Host {
     }
 }
 
+/// A chain of requirements from `info` back to itself through `running` (`info` standing
+/// for its own name, replacing any version of it in `running`), first name repeated at the
+/// end; `None` if there is none. Loads one at a time cannot form a cycle any other way, but
+/// a new version of a plugin can start requiring one of its dependents, or itself.
+fn requirement_cycle(info: &PluginInfo, running: &[PluginInfo]) -> Option<Vec<String>> {
+    let requires = |name: &str| -> Vec<String> {
+        let plugin = if name == info.name {
+            Some(info)
+        } else {
+            running.iter().find(|p| p.name == name)
+        };
+        plugin.map_or_else(Vec::new, |p| {
+            p.dependencies.iter().map(|r| r.name.clone()).collect()
+        })
+    };
+    // Depth first, keeping the path walked so the cycle can be named.
+    let mut path = vec![info.name.clone()];
+    let mut next = vec![requires(&info.name)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(frontier) = next.last_mut() {
+        let Some(name) = frontier.pop() else {
+            next.pop();
+            path.pop();
+            continue;
+        };
+        if name == info.name {
+            path.push(name);
+            return Some(path);
+        }
+        if seen.insert(name.clone()) {
+            next.push(requires(&name));
+            path.push(name);
+        }
+    }
+    None
+}
+
 /// Logs and announces that a plugin was taken out of service.
 fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
     let status = describe_unload(retired, shared, "library");
@@ -871,12 +962,15 @@ impl Drop for Host {
 }
 
 impl Lifecycle {
-    /// Remembers the file of a refusal for a missing or mismatched requirement, to try it
-    /// again when another plugin starts.
+    /// Remembers the file of a refusal that depends on other plugins (a requirement missing
+    /// or out of range, a dependent it would break, a cycle), to try it again when they change.
     fn wait_if_passing(&mut self, error: &LoadError) {
         let passing = matches!(
             error,
-            LoadError::MissingDependency { .. } | LoadError::DependencyVersion { .. }
+            LoadError::MissingDependency { .. }
+                | LoadError::DependencyVersion { .. }
+                | LoadError::BreaksDependent { .. }
+                | LoadError::DependencyCycle { .. }
         );
         if passing && !self.waiting.iter().any(|p| p == error.path()) {
             self.waiting.push(error.path().to_owned());
@@ -899,6 +993,16 @@ impl Lifecycle {
         }
         enabled
     }
+}
+
+/// A version whose Init succeeded, waiting to be put in service by [`Host::commit`].
+struct Prepared {
+    slot: Arc<Slot>,
+    running: RunningPlugin,
+    /// The configuration given through the API, if any, remembered once in service.
+    given: Option<Vec<u8>>,
+    handed_over: bool,
+    load_time: Duration,
 }
 
 /// An Init configuration that fits the plugin's schema, and the secrets in it.
@@ -984,5 +1088,73 @@ fn scrub_init_error(error: LoadError, secrets: &[String]) -> LoadError {
             },
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::Requirement;
+
+    fn info(name: &str, requires: &[&str]) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: semver::Version::new(1, 0, 0),
+            api_version: semver::Version::new(1, 3, 0),
+            description: String::new(),
+            author: String::new(),
+            license: String::new(),
+            capabilities: vec![],
+            tags: vec![],
+            config_schema: vec![],
+            dependencies: requires
+                .iter()
+                .map(|n| Requirement {
+                    name: (*n).into(),
+                    range: "*".parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_new_version_requiring_a_dependent_is_a_cycle() {
+        // notes requires storage; storage's new version starts requiring notes.
+        let running = [info("storage", &[]), info("notes", &["storage"])];
+        assert_eq!(
+            requirement_cycle(&info("storage", &["notes"]), &running),
+            Some(vec!["storage".into(), "notes".into(), "storage".into()])
+        );
+        // Through a third plugin too.
+        let running = [
+            info("a", &[]),
+            info("b", &["a"]),
+            info("c", &["b"]),
+            info("d", &[]),
+        ];
+        assert_eq!(
+            requirement_cycle(&info("a", &["d", "c"]), &running),
+            Some(vec!["a".into(), "c".into(), "b".into(), "a".into()])
+        );
+    }
+
+    #[test]
+    fn requiring_itself_is_a_cycle_and_a_diamond_is_not() {
+        assert_eq!(
+            requirement_cycle(&info("a", &["a"]), &[]),
+            Some(vec!["a".into(), "a".into()])
+        );
+        let running = [
+            info("base", &[]),
+            info("left", &["base"]),
+            info("right", &["base"]),
+        ];
+        assert_eq!(
+            requirement_cycle(&info("top", &["left", "right"]), &running),
+            None
+        );
+        // The version being replaced does not count: its old requirements are gone.
+        let running = [info("a", &["b"]), info("b", &[])];
+        assert_eq!(requirement_cycle(&info("b", &[]), &running), None);
     }
 }

@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::{checked_config, report_unload, retire_now, Host, Lifecycle};
+use super::{checked_config, report_unload, retire_now, CheckedConfig, Host, Lifecycle};
 use crate::config::{HostConfig, HostSettings, DEFAULT_FILE};
 use crate::dependencies::{self, Candidate};
-use crate::error::{ConfigError, LoadError};
+use crate::error::{CallError, ConfigError, LoadError};
 use crate::events::HostEvent;
 use crate::instance::RunningPlugin;
 use crate::library::PluginLibrary;
@@ -46,9 +46,12 @@ impl Host {
                 .or_default()
                 .enabled = false;
             self.publish_settings(&lifecycle);
-            self.registry.slot(name).and_then(|slot| slot.swap(None))
+            let version = self.registry.slot(name).and_then(|slot| slot.swap(None));
+            info!("disabled {name}");
+            // A plugin refused because it would have broken this one may start now.
+            self.retry_waiting(&mut lifecycle, Vec::new());
+            version
         };
-        info!("disabled {name}");
         if let Some(version) = version {
             // Out of service already; the wait for calls in flight happens outside the lock.
             let (old, retired) = retire_now(version);
@@ -61,28 +64,40 @@ impl Host {
         Ok(())
     }
 
-    /// Enables plugin `name` and starts it from the plugins folder if it is not running.
+    /// Enables plugin `name` and starts it from the plugins folder if it is not running. If
+    /// it cannot start, the setting stays as it was and the reason is returned.
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
         let mut lifecycle = self.lifecycle();
-        lifecycle
-            .config
-            .plugins
-            .entry(name.to_owned())
-            .or_default()
-            .enabled = true;
+        let was_enabled = lifecycle.config.plugin(name).enabled;
+        let set = |lifecycle: &mut Lifecycle, enabled: bool| {
+            lifecycle
+                .config
+                .plugins
+                .entry(name.to_owned())
+                .or_default()
+                .enabled = enabled;
+        };
+        set(&mut lifecycle, true);
+        if self.registry.slot(name).and_then(|s| s.current()).is_none() {
+            let started = self
+                .find_in_folder(&mut lifecycle, name)
+                .and_then(|library| {
+                    self.install(&mut lifecycle, library, None, Instant::now())
+                        .map_err(|e| {
+                            self.refused(&e, None);
+                            e.to_string()
+                        })
+                });
+            if let Err(reason) = started {
+                set(&mut lifecycle, was_enabled);
+                return Err(refusal(&lifecycle.config, name, reason));
+            }
+        }
         self.publish_settings(&lifecycle);
         info!("enabled {name}");
-        if self.registry.slot(name).and_then(|s| s.current()).is_some() {
-            return Ok(());
-        }
-        let library = self
-            .find_in_folder(&mut lifecycle, name)
-            .map_err(|reason| refusal(&lifecycle.config, name, reason))?;
-        self.install(&mut lifecycle, library, None, Instant::now())
-            .map_err(|e| {
-                self.refused(&e, None);
-                refusal(&lifecycle.config, name, e.to_string())
-            })?;
+        // Plugins waiting for this one may start now.
+        self.retry_waiting(&mut lifecycle, Vec::new());
+        drop(lifecycle);
         self.shared.events.emit(HostEvent::ConfigApplied {
             file: None,
             changed: vec![name.to_owned()],
@@ -147,9 +162,10 @@ impl Host {
 
     /// Applies `new` settings: stops plugins it disables (each before those it requires),
     /// re-initialises plugins whose config changed through the same swap as a reload, starts
-    /// plugins it enables in dependency order. Checks everything first: if any plugin's config
-    /// does not fit, or a running plugin would lose what it requires, nothing changes.
-    /// Returns the plugins changed.
+    /// plugins it enables in dependency order, and tries again enabled plugins that were not
+    /// running. Checks everything first: if any plugin's config does not fit its schema or is
+    /// refused by the plugin (its Init included), or a running plugin would lose what it
+    /// requires, nothing changes. Returns the plugins changed.
     pub fn reconfigure(&self, mut new: HostConfig) -> Result<Vec<String>, ConfigError> {
         let mut lifecycle = self.lifecycle();
         // Folders, watching and logging were set up at start (possibly by command-line
@@ -190,15 +206,7 @@ impl Host {
             let checked =
                 checked_config(&new, library, &json, true).map_err(|e| load_refusal(&new, e))?;
             if checked.bytes != version.config() {
-                library.validate_config(&checked.bytes).map_err(|e| {
-                    refuse(
-                        name,
-                        format!(
-                            "plugin {name} refuses its new config: {}",
-                            schema::scrub(&e.to_string(), &checked.secrets)
-                        ),
-                    )
-                })?;
+                ask_plugin(&new, library, &checked, "its new config")?;
                 reinit.push(name.clone());
             }
         }
@@ -214,10 +222,24 @@ impl Host {
             })
             .map(|(name, file)| (name.clone(), file.clone()))
             .collect();
+        // Enabled plugins that are not running and that the edit does not switch on (refused
+        // at start, say, for a config this edit may fix): tried once the edit is applied.
+        let stopped: Vec<PathBuf> = lifecycle
+            .known
+            .iter()
+            .filter(|(name, _)| {
+                new.plugin(name).enabled
+                    && !running.iter().any(|v| v.name() == name.as_str())
+                    && !switched_on.iter().any(|(n, _)| n == *name)
+            })
+            .map(|(_, file)| file.clone())
+            .collect();
         for (name, file) in switched_on {
             let library = self.open(&file).map_err(|e| refuse(&name, e.to_string()))?;
             let json = serde_json::to_vec(&new.plugin(&name).config).unwrap_or_default();
-            checked_config(&new, &library, &json, true).map_err(|e| load_refusal(&new, e))?;
+            let checked =
+                checked_config(&new, &library, &json, true).map_err(|e| load_refusal(&new, e))?;
+            ask_plugin(&new, &library, &checked, "its config")?;
             starting.push(library);
         }
         // Every plugin that would run must find what it requires among those that would run.
@@ -253,13 +275,46 @@ impl Host {
             }
         }
 
-        // Checked: apply.
-        for (name, settings) in &new.plugins {
-            if !settings.config.is_empty() {
-                lifecycle.configs.remove(name);
+        // Re-initialise under the new settings, nothing in service yet: if any Init refuses
+        // its new config, the new instances are dropped and nothing has changed.
+        let old_config = std::mem::replace(&mut lifecycle.config, new);
+        let old_api_configs = lifecycle.configs.clone();
+        let from_file: Vec<String> = lifecycle
+            .config
+            .plugins
+            .iter()
+            .filter(|(_, settings)| !settings.config.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &from_file {
+            // The file now gives this plugin's config: it replaces the one given through the API.
+            lifecycle.configs.remove(name);
+        }
+        let mut prepared = Vec::new();
+        for name in &reinit {
+            let file = running
+                .iter()
+                .find(|v| v.name() == name.as_str())
+                .map(|v| v.library().file().to_owned())
+                .expect("re-initialised plugins are running");
+            info!("{name}: config changed, re-initialising");
+            match self
+                .open(&file)
+                .and_then(|library| self.prepare(&mut lifecycle, library, None))
+            {
+                Ok(version) => prepared.push(version),
+                Err(e) => {
+                    let refused = load_refusal(&lifecycle.config, e);
+                    lifecycle.config = old_config;
+                    lifecycle.configs = old_api_configs;
+                    // Shuts the new instances down; the running versions never noticed.
+                    drop(prepared);
+                    return Err(refused);
+                }
             }
         }
-        lifecycle.config = new;
+
+        // Checked and initialised: apply.
         self.publish_settings(&lifecycle);
         let mut changed = Vec::new();
         for i in dependencies::stop_order(&stop) {
@@ -271,19 +326,9 @@ impl Host {
                 changed.push(name.clone());
             }
         }
-        for name in reinit {
-            let Some(file) = self.registry.slot(&name).and_then(|s| s.current()) else {
-                continue;
-            };
-            let file = file.library().file().to_owned();
-            info!("{name}: config changed, re-initialising");
-            let outcome = self
-                .open(&file)
-                .and_then(|library| self.install(&mut lifecycle, library, None, Instant::now()));
-            match outcome {
-                Ok(_) => changed.push(name),
-                Err(e) => self.refused(&e, self.registry.slot(&name).as_deref()),
-            }
+        for version in prepared {
+            let slot = self.commit(&mut lifecycle, version, Instant::now());
+            changed.push(slot.name().to_owned());
         }
         let candidates: Vec<Candidate> = starting
             .iter()
@@ -304,11 +349,22 @@ impl Host {
                 continue;
             };
             let name = library.info().name.clone();
+            // Checked above, so this fails only in the plugin's Init: like a plugin failing at
+            // start, it is reported and the rest of the edit stands.
             match self.install(&mut lifecycle, library, None, Instant::now()) {
                 Ok(_) => changed.push(name),
                 Err(e) => self.refused(&e, None),
             }
         }
+        // The stopped plugins, and those waiting on plugins that started.
+        let before: Vec<String> = self.plugins().into_iter().map(|p| p.name).collect();
+        self.retry_waiting(&mut lifecycle, stopped);
+        changed.extend(
+            self.plugins()
+                .into_iter()
+                .map(|p| p.name)
+                .filter(|name| !before.contains(name)),
+        );
         let file = lifecycle.config.file.clone();
         drop(lifecycle);
         info!(
@@ -327,6 +383,31 @@ impl Host {
         });
         Ok(changed)
     }
+}
+
+/// Asks the plugin of `library` whether it accepts `checked` (its `validate_config`); if
+/// not, refuses the change with the plugin's reason, secrets masked. `what`: "its config".
+fn ask_plugin(
+    config: &HostConfig,
+    library: &PluginLibrary,
+    checked: &CheckedConfig,
+    what: &str,
+) -> Result<(), ConfigError> {
+    let name = &library.info().name;
+    library.validate_config(&checked.bytes).map_err(|e| {
+        let reason = match e {
+            CallError::Failed { message, .. } => message,
+            other => other.to_string(),
+        };
+        refusal(
+            config,
+            name,
+            format!(
+                "plugin {name} refuses {what}: {}",
+                schema::scrub(&reason, &checked.secrets)
+            ),
+        )
+    })
 }
 
 /// A refused change, naming the file the settings came from.
