@@ -358,6 +358,19 @@ fn disable_and_enable_at_runtime() {
         call(&host.handle("notes").unwrap(), b"add y").unwrap(),
         b"ok"
     );
+
+    // Disabled through the API, a plugin stays off through edits of the file that leave it
+    // alone; an edit of its own `enabled` is the latest word.
+    host.disable("notes").unwrap();
+    host.reconfigure(setup.config(&STORAGE.replace("\"main\"", "\"other\"")))
+        .unwrap();
+    assert!(host.handle("notes").is_err(), "still disabled");
+    let notes_off = format!("{STORAGE}\n[plugins.notes]\nenabled = false\n");
+    host.reconfigure(setup.config(&notes_off)).unwrap();
+    assert!(host.handle("notes").is_err());
+    let changed = host.reconfigure(setup.config(STORAGE)).unwrap();
+    assert!(changed.contains(&"notes".to_owned()), "{changed:?}");
+    assert!(host.handle("notes").is_ok());
 }
 
 #[test]
@@ -460,8 +473,9 @@ fn an_edit_starts_what_it_fixes_and_checks_what_it_switches_on() {
 
     // Switching a plugin on checks its config like a running plugin's: here the plugin's own
     // check refuses the token, so nothing changes (and the token is not shown).
-    host.disable("notes").unwrap();
-    host.disable("storage").unwrap();
+    let off = "[plugins.storage]\nenabled = false\n[plugins.notes]\nenabled = false\n";
+    host.reconfigure(setup.config(off)).unwrap();
+    assert!(host.plugins().is_empty());
     let edit = format!(
         "{}\n[plugins.notes]\nenabled = false\n",
         STORAGE.replace(

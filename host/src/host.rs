@@ -94,6 +94,10 @@ struct Lifecycle {
     configs: HashMap<String, Vec<u8>>,
     /// The settings: `plughost.toml`, with enable / disable applied.
     config: HostConfig,
+    /// Plugins enabled or disabled through the API ([`Host::enable`], [`Host::disable`]):
+    /// name -> (the file's `enabled` when that was done, the API's). The API's choice stands
+    /// through edits of the file until an edit changes that plugin's `enabled` itself.
+    switched: HashMap<String, (bool, bool)>,
     /// The file each plugin name was last seen in, running or not (for `enable`).
     known: HashMap<String, PathBuf>,
     /// Files refused because a plugin they require was missing: tried again after a load.
@@ -975,6 +979,35 @@ impl Lifecycle {
         if passing && !self.waiting.iter().any(|p| p == error.path()) {
             self.waiting.push(error.path().to_owned());
         }
+    }
+
+    /// Records that the API switched plugin `name` on or off, and sets it in the settings.
+    fn switch(&mut self, name: &str, enabled: bool) {
+        let in_file = match self.switched.get(name) {
+            Some(&(in_file, _)) => in_file,
+            None => self.config.plugin(name).enabled,
+        };
+        self.switched.insert(name.to_owned(), (in_file, enabled));
+        self.config
+            .plugins
+            .entry(name.to_owned())
+            .or_default()
+            .enabled = enabled;
+    }
+
+    /// Carries the API's enable / disable over to `new` settings read from the file, except
+    /// for plugins whose `enabled` the file itself changed since: the latest word wins.
+    /// Returns the switches still standing, to keep once `new` is applied.
+    fn keep_switches(&self, new: &mut HostConfig) -> HashMap<String, (bool, bool)> {
+        let mut kept = self.switched.clone();
+        kept.retain(|name, (in_file, enabled)| {
+            if new.plugin(name).enabled != *in_file {
+                return false;
+            }
+            new.plugins.entry(name.clone()).or_default().enabled = *enabled;
+            true
+        });
+        kept
     }
 
     /// Notes where `library`'s plugin lives and says whether the settings let it run.

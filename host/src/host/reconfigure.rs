@@ -22,7 +22,8 @@ use crate::schema;
 impl Host {
     /// Disables plugin `name`: it stays off across reloads and restarts of its file, and if it
     /// runs it is shut down and unloaded (its file is left alone). Refused while a running
-    /// plugin requires it.
+    /// plugin requires it. The choice stands through edits of the configuration file until an
+    /// edit changes this plugin's `enabled`.
     pub fn disable(&self, name: &str) -> Result<(), ConfigError> {
         let version = {
             let mut lifecycle = self.lifecycle();
@@ -39,12 +40,7 @@ impl Host {
                     ),
                 ));
             }
-            lifecycle
-                .config
-                .plugins
-                .entry(name.to_owned())
-                .or_default()
-                .enabled = false;
+            lifecycle.switch(name, false);
             self.publish_settings(&lifecycle);
             let version = self.registry.slot(name).and_then(|slot| slot.swap(None));
             info!("disabled {name}");
@@ -65,19 +61,16 @@ impl Host {
     }
 
     /// Enables plugin `name` and starts it from the plugins folder if it is not running. If
-    /// it cannot start, the setting stays as it was and the reason is returned.
+    /// it cannot start, the setting stays as it was and the reason is returned. Like
+    /// [`disable`](Self::disable), the choice stands through edits of the file that leave this
+    /// plugin's `enabled` as it was.
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
         let mut lifecycle = self.lifecycle();
-        let was_enabled = lifecycle.config.plugin(name).enabled;
-        let set = |lifecycle: &mut Lifecycle, enabled: bool| {
-            lifecycle
-                .config
-                .plugins
-                .entry(name.to_owned())
-                .or_default()
-                .enabled = enabled;
-        };
-        set(&mut lifecycle, true);
+        let before = (
+            lifecycle.config.plugin(name).enabled,
+            lifecycle.switched.get(name).copied(),
+        );
+        lifecycle.switch(name, true);
         if self.registry.slot(name).and_then(|s| s.current()).is_none() {
             let started = self
                 .find_in_folder(&mut lifecycle, name)
@@ -89,7 +82,13 @@ impl Host {
                         })
                 });
             if let Err(reason) = started {
-                set(&mut lifecycle, was_enabled);
+                // As it was: the setting, and whether the API had switched it.
+                let (enabled, switched) = before;
+                lifecycle.switch(name, enabled);
+                match switched {
+                    Some(switched) => lifecycle.switched.insert(name.to_owned(), switched),
+                    None => lifecycle.switched.remove(name),
+                };
                 return Err(refusal(&lifecycle.config, name, reason));
             }
         }
@@ -177,6 +176,7 @@ impl Host {
         new.host.watch = running_host.watch;
         new.host.debounce = running_host.debounce;
         new.host.log_format = running_host.log_format;
+        let switched = lifecycle.keep_switches(&mut new);
         let new = new;
         let refuse = |plugin: &str, reason: String| refusal(&new, plugin, reason);
 
@@ -315,6 +315,7 @@ impl Host {
         }
 
         // Checked and initialised: apply.
+        lifecycle.switched = switched;
         self.publish_settings(&lifecycle);
         let mut changed = Vec::new();
         for i in dependencies::stop_order(&stop) {
