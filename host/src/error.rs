@@ -137,7 +137,7 @@ pub enum LoadError {
         name: String,
         /// What it requires.
         requirement: Box<Requirement>,
-        /// Why that is not there: "is not loaded", "is disabled in plughost.toml"...
+        /// Why that is not there: "is not loaded", "is disabled in the settings"...
         why: String,
     },
     /// A plugin it requires is in service at a version outside the range.
@@ -364,6 +364,17 @@ pub enum ConfigError {
         key: String,
         /// The variable.
         variable: String,
+    },
+    /// A `${` in a value has no closing `}`.
+    #[error(
+        "{at}: {key}: a `${{` is not closed (write ${{VAR}} or ${{VAR:-default}}, or $${{ for a \
+         literal `${{`)"
+    )]
+    UnclosedVariable {
+        /// Where the value is.
+        at: Location,
+        /// The key whose value has it, dotted (`plugins.storage.config.path`).
+        key: String,
     },
     /// A plugin's settings cannot be applied: its config does not fit its schema, or its
     /// dependencies would not be met.
