@@ -206,8 +206,11 @@ fn plugin_configs_are_checked_against_their_schema() {
         "{err}"
     );
     assert!(!out.status.success());
+    // The refusal says where that config is.
     assert!(
-        err.contains("error: plugin storage refuses its config") && err.contains("`colour`"),
+        err.contains(&format!(
+            "error: {file}:1:18: plugin storage refuses its config"
+        )) && err.contains("`colour`"),
         "{err}"
     );
 
@@ -345,7 +348,7 @@ fn disable_and_enable_at_runtime() {
     assert!(
         error
             .to_string()
-            .contains("plugin notes requires storage ^1.2, which is disabled"),
+            .contains("plugin notes requires storage ^1.2, which is disabled in the settings"),
         "{error}"
     );
     assert!(
@@ -497,6 +500,25 @@ fn an_edit_starts_what_it_fixes_and_checks_what_it_switches_on() {
 }
 
 #[test]
+fn exec_starts_what_the_plugin_requires_first() {
+    let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
+    setup.write_config(STORAGE);
+    let output = setup.cli(&["exec", "notes", "add x"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "ok");
+
+    // A disabled requirement is not started behind the operator's back.
+    setup.write_config(&STORAGE.replace("priority = 1\n", "priority = 1\nenabled = false\n"));
+    let output = setup.cli(&["exec", "notes", "add x"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("plugin notes requires storage ^1.2, which is disabled"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn max_plugins_refuses_the_rest() {
     let setup = Setup::new(&["transform", "filter"]);
     let host = setup.host("[host]\nmax_plugins = 1\n");
@@ -636,6 +658,122 @@ fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
             line.starts_with('{') && line.ends_with('}'),
             "not JSON: {line}"
         );
+    }
+}
+
+#[test]
+fn config_check_counts_libraries_that_cannot_load_and_names_the_settings_right() {
+    let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
+    let junk = setup.dir.write("libjunk.so", b"not a library");
+    setup.write_config(STORAGE);
+    let out = setup.cli(&["config", "check"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("error: {}: ", junk.display())),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&junk).unwrap();
+
+    // Disabled in the file: not blamed on a "plughost.toml" the user may not have.
+    setup.write_config(&STORAGE.replace("priority = 1", "enabled = false"));
+    let out = setup.cli(&["config", "check"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("plugin notes requires storage ^1.2, which is disabled in the settings"),
+        "{}",
+        stderr(&out)
+    );
+
+    // No file at all: the defaults, said as such.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = setup
+        .dir
+        .command(&["config", "check"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("# effective configuration of the built-in defaults (no configuration file)"),
+        "{text}"
+    );
+    assert!(!text.contains("plughost.toml"), "{text}");
+}
+
+#[cfg(unix)]
+#[test]
+fn cli_edits_go_through_a_symlink_keep_permissions_and_need_no_host_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
+    // The real file elsewhere, private (it names a secret), reached through a link.
+    let real = tempfile::tempdir().unwrap();
+    let target = real.path().join("real.toml");
+    let original = format!("{STORAGE}token = \"${{PLUGHOST_TEST_HOST_ONLY}}\"\n");
+    std::fs::write(&target, &original).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = setup.config_path();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+
+    // Only the host has the variable.
+    let mut child = setup
+        .dir
+        .command(&["run", "--health-interval", "0"])
+        .arg("--config")
+        .arg(&link)
+        .env("PLUGHOST_TEST_HOST_ONLY", "xyz")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stop = StopOnFailure(child.id());
+    read_until(&mut child, "plugin(s) running");
+    let toggle = |verb: &str| {
+        let out = Command::new(plughost())
+            .args([verb, "notes", "--config"])
+            .arg(&link)
+            .env_remove("PLUGHOST_TEST_HOST_ONLY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    toggle("disable");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let text = std::fs::read_to_string(&target).unwrap();
+    assert!(text.starts_with(&original), "{text}");
+    assert!(text.contains("[plugins.notes]\nenabled = false"), "{text}");
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let left: Vec<_> = std::fs::read_dir(real.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "no temp file left: {left:?}");
+    // The running host watches the link's target too.
+    read_until(&mut child, "unloaded notes");
+    toggle("enable");
+    read_until(&mut child, "loaded notes");
+    terminate(&child);
+    child.wait_with_output().unwrap();
+}
+
+/// Kills the child with this pid if the test fails before it was waited for, so that a
+/// failed assertion does not leave a `plughost run` behind.
+#[cfg(unix)]
+struct StopOnFailure(u32);
+
+#[cfg(unix)]
+impl Drop for StopOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(pid) = i32::try_from(self.0) {
+                // SAFETY: `kill` has no memory-safety preconditions; the pid is our own
+                // child's, not yet waited for (the test panicked before that).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 

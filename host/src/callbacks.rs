@@ -15,6 +15,7 @@ use plugin_api::ffi::{
 };
 use tracing::Span;
 
+use crate::dispatch::{written, FreeFn, Written};
 use crate::registry::Slot;
 
 /// Who is calling back: one per loaded plugin version, handed to the plugin as an opaque
@@ -81,20 +82,54 @@ unsafe extern "C" fn call_plugin(
         // SAFETY: `version` is held for the call; its instance is live until it retires,
         // which waits for this guard. `input` and `inner` are valid for the call.
         let status = unsafe { (version.execute)(version.instance(), ctx, input, &mut inner) };
-        if inner.owner == BufferOwner::PLUGIN {
-            // The callee spilled into its own allocation, which only it can free: copy it into
-            // ours, which the caller gives back through `free_host_buffer`.
-            // SAFETY: the callee's output protocol: `ptr[..len]` initialised, freed once below.
-            let bytes = unsafe { std::slice::from_raw_parts(inner.ptr, inner.len) }.to_vec();
-            // SAFETY: exactly the triple the callee handed out, given back once.
-            unsafe { (version.free_buffer)(inner.ptr, inner.len, inner.cap) };
-            hand_over(out, bytes);
-        } else {
-            out.len = inner.len;
-        }
-        status
+        // SAFETY: `inner` is what the callee left after being lent `out.ptr[..out.cap]`, and
+        // `free_buffer` is its library's, loaded while `version` is held.
+        unsafe { settle(out, &inner, status, version.free_buffer, slot.name()) }
     }));
     outcome.unwrap_or_else(|_| reply(out, Status::ERROR, b"the host failed to make the call"))
+}
+
+/// Moves the callee's answer `inner` into the caller's `out` (which lent the callee
+/// `out.ptr[..out.cap]`), checked like every other output ([`written`]): a callee that broke
+/// the protocol becomes an error naming it, never a length the caller would trust.
+///
+/// # Safety
+///
+/// `inner` is what the callee left in the buffer it was lent as `out.ptr[..out.cap]`; `free`
+/// is the callee's `free_buffer`, its library loaded for the duration.
+unsafe fn settle(
+    out: &mut OutBuffer,
+    inner: &OutBuffer,
+    status: Status,
+    free: FreeFn,
+    callee: &str,
+) -> Status {
+    match written(inner, out.ptr, out.cap) {
+        Written::Lent(len) => {
+            out.len = len;
+            status
+        }
+        Written::Plugin => {
+            // The callee spilled into its own allocation, which only it can free: copy it into
+            // ours, which the caller gives back through `free_host_buffer`.
+            let bytes = if inner.len == 0 {
+                Vec::new()
+            } else {
+                // SAFETY: the callee's output protocol: `ptr[..len]` initialised, freed once
+                // below.
+                unsafe { std::slice::from_raw_parts(inner.ptr, inner.len) }.to_vec()
+            };
+            // SAFETY: exactly the triple the callee handed out, given back once, to the
+            // callee's allocator (the caller's promise).
+            unsafe { free(inner.ptr, inner.len, inner.cap) };
+            hand_over(out, bytes);
+            status
+        }
+        Written::Broken => {
+            let message = format!("plugin {callee} broke the output buffer protocol");
+            reply(out, Status::ERROR, message.as_bytes())
+        }
+    }
 }
 
 /// Writes `message` into the caller's buffer, or a host allocation if it does not fit.
@@ -176,4 +211,76 @@ unsafe extern "C" fn log(plugin: *const c_void, level: u8, message: RStr<'_>) {
             _ => tracing::trace!(target: "plugin", "{message}"),
         }
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes what a nested call left for the calling plugin, freeing a host allocation.
+    fn answer(out: &OutBuffer) -> String {
+        // SAFETY: `out` holds `ptr[..len]` initialised bytes, either lent or handed over.
+        let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(out.ptr, out.len) })
+            .into_owned();
+        if out.owner == BufferOwner::CALLEE {
+            // SAFETY: handed over by `hand_over`, given back once.
+            unsafe { free_host_buffer(out.ptr, out.len, out.cap) };
+        }
+        text
+    }
+
+    /// Runs `settle` as if the callee had left `inner` in a 64-byte buffer the caller lent.
+    fn nested(status: Status, callee: impl FnOnce(&mut OutBuffer)) -> (Status, String) {
+        let mut memory = vec![0u8; 64];
+        let mut out = OutBuffer::host(memory.as_mut_ptr(), memory.len());
+        let mut inner = OutBuffer::host(out.ptr, out.cap);
+        callee(&mut inner);
+        // SAFETY: `inner` was lent `out.ptr[..out.cap]`; `free_host_buffer` frees what the
+        // tests allocate as "the callee" (a `Vec` of this allocator).
+        let status = unsafe { settle(&mut out, &inner, status, free_host_buffer, "storage") };
+        (status, answer(&out))
+    }
+
+    #[test]
+    fn a_nested_answer_in_the_lent_buffer_is_passed_on() {
+        let (status, text) = nested(Status::OK, |inner| {
+            // SAFETY: the test lent 64 bytes.
+            unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), inner.ptr, 5) };
+            inner.len = 5;
+        });
+        assert_eq!((status, text.as_str()), (Status::OK, "hello"));
+    }
+
+    #[test]
+    fn a_nested_answer_the_callee_allocated_is_copied_and_freed() {
+        let (status, text) = nested(Status::OK, |inner| {
+            let mut bytes = std::mem::ManuallyDrop::new(b"x".repeat(100));
+            inner.ptr = bytes.as_mut_ptr();
+            inner.len = bytes.len();
+            inner.cap = bytes.capacity();
+            inner.owner = BufferOwner::PLUGIN;
+        });
+        assert_eq!((status, text), (Status::OK, "x".repeat(100)));
+    }
+
+    #[test]
+    fn a_callee_that_breaks_the_buffer_protocol_is_an_error_naming_it() {
+        let broken = "plugin storage broke the output buffer protocol";
+        // Claims more than it was lent: the caller must not read past its buffer.
+        let (status, text) = nested(Status::OK, |inner| inner.len = 65);
+        assert_eq!((status, text.as_str()), (Status::ERROR, broken));
+        // Moved the caller's pointer without saying it allocated.
+        let mut elsewhere = [0u8; 8];
+        let (status, text) = nested(Status::OK, |inner| {
+            inner.ptr = elsewhere.as_mut_ptr();
+            inner.len = 8;
+        });
+        assert_eq!((status, text.as_str()), (Status::ERROR, broken));
+        // An owner that does not exist.
+        let (status, text) = nested(Status::OK, |inner| {
+            inner.len = 3;
+            inner.owner = BufferOwner(7);
+        });
+        assert_eq!((status, text.as_str()), (Status::ERROR, broken));
+    }
 }

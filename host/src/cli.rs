@@ -15,8 +15,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use plughost::config::DEFAULT_FILE;
 use plughost::{
-    schema, CallPolicy, Dispatcher, Host, HostConfig, HostOptions, LoadError, LogFormat,
-    PluginInfo, WatchOptions,
+    schema, CallPolicy, ConfigError, Dispatcher, Host, HostConfig, HostOptions, LoadError,
+    LogFormat, PluginInfo, PluginLibrary, WatchOptions,
 };
 
 /// Discover, validate, load and call native Rust plugins.
@@ -133,8 +133,12 @@ impl DirArgs {
 /// Runs the command line and maps failure to exit code 1 with a one-line reason.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The file is read first: it says how to log.
-    let config = HostConfig::discover(cli.config.as_deref());
+    // The file is read first: it says how to log. Not for enable / disable, which only edit
+    // it: reading it here would need the host's environment variables (`set_enabled`).
+    let config = match cli.command {
+        Command::Enable { .. } | Command::Disable { .. } => Ok(HostConfig::default()),
+        _ => HostConfig::discover(cli.config.as_deref()),
+    };
     let format = config
         .as_ref()
         .map_or(LogFormat::Human, |c| c.host.log_format);
@@ -464,6 +468,32 @@ fn print_info(info: &PluginInfo, file: &Path) {
     print_table(&rows);
 }
 
+/// Starts the plugins `info` requires (theirs first), each with its settings, from `others`.
+/// One missing, disabled or refused is left to the host's refusal of `info`'s plugin, which
+/// names it.
+fn start_requirements(
+    host: &Host,
+    info: &PluginInfo,
+    others: &mut Vec<PluginLibrary>,
+) -> anyhow::Result<()> {
+    for requirement in &info.dependencies {
+        let name = &requirement.name;
+        if host.handle(name).is_ok() || !host.config().plugin(name).enabled {
+            continue;
+        }
+        // Taken out, so a cycle ends here instead of recursing forever.
+        let Some(i) = others.iter().position(|l| &l.info().name == name) else {
+            continue;
+        };
+        let library = others.swap_remove(i);
+        let required = library.info().clone();
+        start_requirements(host, &required, others)?;
+        host.start_configured(library)
+            .with_context(|| format!("{} requires {requirement}", info.name))?;
+    }
+    Ok(())
+}
+
 fn exec(
     name: &str,
     input: &str,
@@ -519,6 +549,16 @@ fn exec(
         }
         bail!(message);
     };
+    // The plugins it requires start first, as `plughost run` would start them.
+    if !library.info().dependencies.is_empty() {
+        let mut others: Vec<PluginLibrary> = host
+            .discover()?
+            .iter()
+            .filter(|path| path.as_path() != library.file())
+            .filter_map(|path| host.open(path).ok())
+            .collect();
+        start_requirements(&host, library.info(), &mut others)?;
+    }
     let loaded = started.elapsed();
 
     let started = std::time::Instant::now();
@@ -589,20 +629,18 @@ fn exec(
 /// `plughost config check`.
 fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
     let host = Host::with_config(config.clone())?;
-    let file = config
-        .file
-        .as_ref()
-        .map_or("(defaults: no plughost.toml)".to_owned(), |f| {
-            f.display().to_string()
-        });
+    // Not "plughost.toml": without a file the settings are the built-in defaults.
+    let file = config.file.as_ref().map_or(
+        "the built-in defaults (no configuration file)".to_owned(),
+        |f| f.display().to_string(),
+    );
     let mut problems: Vec<String> = Vec::new();
     let mut libraries = Vec::new();
     for outcome in host.scan()? {
         match outcome {
             Ok(library) => libraries.push(library),
-            Err(error) => {
-                let _ = writeln!(std::io::stderr(), "warning: refused {error}");
-            }
+            // `plughost run` would refuse it: as much a problem as a config it would refuse.
+            Err(error) => problems.push(error.to_string()),
         }
     }
     let mut effective = toml::Table::new();
@@ -621,7 +659,9 @@ fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
                 humantime::format_duration(timeout).to_string().into(),
             );
         }
-        match schema::check(info, &settings.config) {
+        // A value from the environment may be a secret: a problem with it names the variable.
+        let origin = |key: &str| config.config_origin(&info.name, key);
+        match schema::check_with(info, &settings.config, &origin) {
             Ok(checked) => {
                 for key in &checked.unknown {
                     let at = config.locate(&["plugins", &info.name, "config", key]);
@@ -636,8 +676,16 @@ fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
                 if settings.enabled {
                     if let Err(e) = library.validate_config(&bytes) {
                         let secrets = schema::secrets(info, &checked.config);
+                        // Where the config is: its table in the file (or the plugin's table,
+                        // or the file); the library itself without a file.
+                        let at = config
+                            .locate(&["plugins", &info.name, "config"])
+                            .map_or_else(
+                                || library.file().display().to_string(),
+                                |a| a.to_string(),
+                            );
                         problems.push(format!(
-                            "plugin {} refuses its config: {}",
+                            "{at}: plugin {} refuses its config: {}",
                             info.name,
                             schema::scrub(&e.to_string(), &secrets)
                         ));
@@ -708,16 +756,41 @@ fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
 /// `plughost enable` / `disable`: sets `plugins.NAME.enabled` in the file, keeping the rest
 /// of it (comments, order, formatting) as it was. A running `plughost run` watching the file
 /// applies the change.
+///
+/// The file is replaced whole (temp file, then rename), so a host never reads half of it. A
+/// symbolic link is written through: the link stays, its target is replaced, with its
+/// permissions. The edit is checked with [`HostConfig::check_structure`], not by reading it
+/// as the host would: this process's environment need not have the variables the host's has.
 fn set_enabled(file: Option<&Path>, name: &str, enabled: bool) -> anyhow::Result<ExitCode> {
     let path = file.unwrap_or(Path::new(DEFAULT_FILE));
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.is_none() => String::new(),
-        Err(e) => bail!("{}: cannot read the file: {e}", path.display()),
+    let read_error = |error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    // The file actually written: the link's final target, if `path` is a symbolic link.
+    let (target, text) = match std::fs::canonicalize(path) {
+        Ok(target) => {
+            let text = std::fs::read_to_string(&target).map_err(read_error)?;
+            (target, text)
+        }
+        // No `plughost.toml` yet: start one. A link to a missing file is not that case:
+        // writing would replace the link.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && file.is_none()
+                && std::fs::symlink_metadata(path).is_err() =>
+        {
+            (path.to_owned(), String::new())
+        }
+        Err(e) => return Err(read_error(e).into()),
     };
     let mut document: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let not_a_table = |what: String| ConfigError::Edit {
+        path: path.to_owned(),
+        message: format!("{what} is not a table"),
+    };
     let plugins = document
         .entry("plugins")
         .or_insert_with(|| {
@@ -726,24 +799,68 @@ fn set_enabled(file: Option<&Path>, name: &str, enabled: bool) -> anyhow::Result
             table.into()
         })
         .as_table_mut()
-        .with_context(|| format!("{}: plugins is not a table", path.display()))?;
+        .ok_or_else(|| not_a_table("plugins".into()))?;
     let plugin = plugins
         .entry(name)
         .or_insert_with(|| toml_edit::Table::new().into())
         .as_table_like_mut()
-        .with_context(|| format!("{}: plugins.{name} is not a table", path.display()))?;
+        .ok_or_else(|| not_a_table(format!("plugins.{name}")))?;
     plugin.insert("enabled", toml_edit::value(enabled));
     // The new text is checked like any edit before it replaces the file.
     let updated = document.to_string();
-    HostConfig::parse(path, &updated)?;
-    let temporary = path.with_extension("toml.plughost-tmp");
-    std::fs::write(&temporary, &updated)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .with_context(|| format!("{}: cannot write the file", path.display()))?;
+    HostConfig::check_structure(path, &updated)?;
+    replace_file(&target, updated.as_bytes()).map_err(|error| ConfigError::Edit {
+        path: path.to_owned(),
+        message: format!("cannot write {}: {error}", target.display()),
+    })?;
     println!(
         "{} {name} in {}; a running plughost applies it now",
         if enabled { "enabled" } else { "disabled" },
         path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces the file `path` (not a symbolic link) by `bytes` atomically: a temp file in the
+/// same folder (a rename does not cross file systems), given the old file's permissions,
+/// renamed over it. The temp file never has wider permissions than the old file: the config
+/// may hold secrets.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let folder = match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    let temporary = folder.join(format!(".{name}.plughost-tmp-{}", std::process::id()));
+    let permissions = match std::fs::metadata(path) {
+        Ok(metadata) => Some(metadata.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    // A stale temp file from a crashed run of the same pid; `create_new` below refuses to
+    // follow or reuse whatever is there.
+    let _ = std::fs::remove_file(&temporary);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if let Some(permissions) = &permissions {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Created with at most the old mode (the umask may narrow it; set exactly below).
+        options.mode(permissions.mode() & 0o7777);
+    }
+    let written = options.open(&temporary).and_then(|mut out| {
+        out.write_all(bytes)?;
+        if let Some(permissions) = permissions {
+            out.set_permissions(permissions)?;
+        }
+        out.sync_all()
+    });
+    let outcome = written.and_then(|()| std::fs::rename(&temporary, path));
+    if outcome.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    outcome
 }

@@ -6,7 +6,11 @@
 //! 1. parse the TOML, keeping where every key and value sits in the text;
 //! 2. replace `${VAR}` and `${VAR:-default}` in string values from the environment
 //!    (`$${` writes a literal `${`);
-//! 3. read the settings: unknown keys and wrong types are refused.
+//! 3. read the settings: unknown keys and wrong types are refused. A message about a value
+//!    that came from the environment names the variables, never the value (it may be a secret).
+//!
+//! [`HostConfig::check_structure`] does steps 1 and 3 without the environment, for tools that
+//! edit the file on behalf of a host that may run with other variables set.
 //!
 //! A plugin's own `config` table is kept as JSON for its Init; it is checked against the
 //! plugin's schema only once the plugin's descriptor is known ([`schema`](crate::schema)).
@@ -38,6 +42,8 @@ pub struct HostConfig {
     pub(crate) file_host: HostSettings,
     /// Where each key and value sits in the file, for messages.
     spans: HashMap<Vec<String>, Spans>,
+    /// The values that took something from the environment, by key path: their variables.
+    from_env: HashMap<Vec<String>, Vec<String>>,
     text: String,
 }
 
@@ -173,8 +179,24 @@ impl HostConfig {
     }
 
     /// Parses `text` as the content of `path` (named in messages; relative paths in the file
-    /// are taken from its folder).
+    /// are taken from its folder), substituting variables from the process environment.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::read(path, text, Some(&|name| std::env::var(name).ok()))
+    }
+
+    /// Checks that `text`, as the content of `path`, is a configuration file the host could
+    /// read, without reading the environment: it is valid TOML, has no unknown keys, every
+    /// value that does not use a variable has the right type, and every `${` is closed.
+    /// Values that use `${VAR}` (with or without a default) are not type-checked: their
+    /// content depends on the environment of the host that reads the file, which need not be
+    /// this process's.
+    pub fn check_structure(path: &Path, text: &str) -> Result<(), ConfigError> {
+        Self::read(path, text, None).map(|_| ())
+    }
+
+    /// [`parse`](Self::parse) with `lookup` as the environment; `None` leaves out the values
+    /// that use it ([`check_structure`](Self::check_structure)).
+    fn read(path: &Path, text: &str, lookup: Option<&Lookup<'_>>) -> Result<Self, ConfigError> {
         let located = |span: Option<Range<usize>>, message: String| ConfigError::Invalid {
             at: locate(path, text, span.map_or(0, |s| s.start)),
             message,
@@ -185,14 +207,21 @@ impl HostConfig {
 
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| located(e.span(), e.message().into()))?;
-        substitute_table(&mut table, &mut Vec::new(), &|key, variable| {
-            let at = spans.get(key).map_or(0, |s: &Spans| s.value.start);
-            ConfigError::Env {
-                at: locate(path, text, at),
-                key: key.join("."),
-                variable: variable.to_owned(),
-            }
-        })?;
+        let mut substitution = Substitution {
+            lookup,
+            from_env: HashMap::new(),
+        };
+        substitution
+            .table(&mut table, &mut Vec::new())
+            .map_err(|(keys, error)| {
+                let at = locate(path, text, value_offset(&spans, &keys));
+                let key = keys.join(".");
+                match error {
+                    ExpandError::Unset(variable) => ConfigError::Env { at, key, variable },
+                    ExpandError::Unclosed { .. } => ConfigError::UnclosedVariable { at, key },
+                }
+            })?;
+        let from_env = substitution.from_env;
 
         let raw: RawFile =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -217,6 +246,19 @@ impl HostConfig {
                     })
                 });
                 let mut message = error.message().to_owned();
+                if !unknown_key {
+                    // serde quotes the value it refused, which may be a secret from the
+                    // environment: such a message names the variables instead.
+                    let variables = from_env.get(&keys).or_else(|| {
+                        from_env
+                            .iter()
+                            .find(|(at, _)| !keys.is_empty() && at.starts_with(&keys))
+                            .map(|(_, variables)| variables)
+                    });
+                    if let Some(variables) = variables {
+                        message = without_value(&message, variables);
+                    }
+                }
                 if !keys.is_empty() {
                     message = format!("{}: {message}", keys.join("."));
                 }
@@ -232,8 +274,25 @@ impl HostConfig {
             host,
             plugins: raw.plugins,
             spans,
+            from_env,
             text: text.to_owned(),
         })
+    }
+
+    /// The environment variables the value at `keys` (e.g. `["plugins", "storage", "config",
+    /// "token"]`) was built from, if it used any. A message about such a value should name
+    /// them rather than quote the value, which may be a secret.
+    pub fn from_environment(&self, keys: &[&str]) -> Option<&[String]> {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.from_env.get(&keys).map(Vec::as_slice)
+    }
+
+    /// Where the value of config key `key` of plugin `plugin` came from, if from the
+    /// environment: `"value from ${TOKEN}"`, for [`schema::check_with`](crate::schema::check_with).
+    pub fn config_origin(&self, plugin: &str, key: &str) -> Option<String> {
+        let variables = self.from_environment(&["plugins", plugin, "config", key])?;
+        let variables: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
+        Some(format!("value from {}", variables.join(", ")))
     }
 
     /// The settings of plugin `name` (the defaults if the file has no table for it).
@@ -289,48 +348,148 @@ fn index(table: &DeTable<'_>, path: &mut Vec<String>, out: &mut HashMap<Vec<Stri
     }
 }
 
-fn substitute_table(
-    table: &mut toml::Table,
-    path: &mut Vec<String>,
-    unset: &dyn Fn(&[String], &str) -> ConfigError,
-) -> Result<(), ConfigError> {
-    for (key, value) in table.iter_mut() {
-        path.push(key.clone());
-        substitute_value(value, path, unset)?;
-        path.pop();
-    }
-    Ok(())
+/// Where the value at `keys` starts, or else the nearest enclosing key that has a place (array
+/// items have none of their own); the start of the file if none has.
+fn value_offset(spans: &HashMap<Vec<String>, Spans>, keys: &[String]) -> usize {
+    (0..=keys.len())
+        .rev()
+        .find_map(|n| {
+            spans.get(&keys[..n]).map(|s| {
+                if n == keys.len() {
+                    s.value.start
+                } else {
+                    s.key.start
+                }
+            })
+        })
+        .unwrap_or(0)
 }
 
-fn substitute_value(
-    value: &mut toml::Value,
-    path: &mut Vec<String>,
-    unset: &dyn Fn(&[String], &str) -> ConfigError,
-) -> Result<(), ConfigError> {
-    match value {
-        toml::Value::String(text) => {
-            *text = expand(text, |name| std::env::var(name).ok())
-                .map_err(|variable| unset(path, &variable))?;
-        }
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                path.push(i.to_string());
-                substitute_value(item, path, unset)?;
-                path.pop();
+/// A refused message about a value built from `variables`, rewritten so as not to quote it:
+/// `invalid type: string (value from ${PORT}), expected usize`.
+fn without_value(message: &str, variables: &[String]) -> String {
+    let kind = if message.starts_with("invalid type") {
+        "invalid type"
+    } else {
+        "invalid value"
+    };
+    let from: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
+    // serde's own messages end in ", expected WHAT", which names the type, not the value;
+    // other (custom) messages may quote the value anywhere, so nothing of them is kept.
+    let standard = ["invalid type: ", "invalid value: ", "unknown variant "]
+        .iter()
+        .any(|prefix| message.starts_with(prefix));
+    let expected = message
+        .rsplit_once(", expected ")
+        .filter(|_| standard)
+        .map(|(_, expected)| format!(", expected {expected}"))
+        .unwrap_or_default();
+    format!("{kind}: string (value from {}){expected}", from.join(", "))
+}
+
+/// An environment: the value of a variable, if set.
+type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// Step 2: `${VAR}` substitution over the whole file.
+struct Substitution<'a> {
+    /// The environment; `None` when it is not read, and values that use it are left out.
+    lookup: Option<&'a Lookup<'a>>,
+    /// The values that used it, by key path: their variables.
+    from_env: HashMap<Vec<String>, Vec<String>>,
+}
+
+/// A failed substitution: where (key path) and why.
+type Failed = (Vec<String>, ExpandError);
+
+impl Substitution<'_> {
+    fn table(&mut self, table: &mut toml::Table, path: &mut Vec<String>) -> Result<(), Failed> {
+        let mut left_out = Vec::new();
+        for (key, value) in table.iter_mut() {
+            path.push(key.clone());
+            if self.value(value, path)? {
+                left_out.push(key.clone());
             }
+            path.pop();
         }
-        toml::Value::Table(table) => substitute_table(table, path, unset)?,
-        _ => {}
+        for key in left_out {
+            table.remove(&key);
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Substitutes inside `value`; `true` when the value is to be left out because it uses
+    /// the environment, which is not read (its key then reads as absent: nothing to check).
+    fn value(&mut self, value: &mut toml::Value, path: &mut Vec<String>) -> Result<bool, Failed> {
+        match value {
+            toml::Value::String(text) => {
+                // Without an environment every variable reads as empty: this still finds an
+                // unclosed `${`, and which variables the value uses.
+                let empty: &Lookup<'_> = &|_| Some(String::new());
+                let expanded = expand_string(text, self.lookup.unwrap_or(empty))
+                    .map_err(|e| (path.clone(), e))?;
+                if expanded.variables.is_empty() {
+                    *text = expanded.text;
+                    return Ok(false);
+                }
+                if self.lookup.is_none() {
+                    return Ok(true);
+                }
+                *text = expanded.text;
+                self.from_env.insert(path.clone(), expanded.variables);
+                Ok(false)
+            }
+            toml::Value::Array(items) => {
+                // One item left out would shift the others: the whole array goes.
+                let mut left_out = false;
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(i.to_string());
+                    left_out |= self.value(item, path)?;
+                    path.pop();
+                }
+                Ok(left_out)
+            }
+            toml::Value::Table(table) => self.table(table, path).map(|()| false),
+            _ => Ok(false),
+        }
+    }
+}
+
+/// Why [`expand`] could not substitute a string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExpandError {
+    /// `${VAR}` without a default names a variable that is not set.
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    /// A `${` is not closed by a `}`.
+    #[error("`${{` at byte {at} is not closed")]
+    Unclosed {
+        /// The byte offset of the `${` in the string.
+        at: usize,
+    },
+}
+
+/// A string after substitution, and the variables it used.
+struct Expanded {
+    text: String,
+    variables: Vec<String>,
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in `text` with `lookup(VAR)`; the default applies
 /// when the variable is unset or empty, as in the shell. `$${` is a literal `${`. An unset
-/// variable without a default is an error carrying its name; so is an unclosed `${`.
-pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+/// variable without a default is an [`ExpandError::Unset`]; an unclosed `${` an
+/// [`ExpandError::Unclosed`].
+pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
+    expand_string(text, &lookup).map(|expanded| expanded.text)
+}
+
+fn expand_string(text: &str, lookup: &Lookup<'_>) -> Result<Expanded, ExpandError> {
+    let mut variables = Vec::new();
     if !text.contains("${") {
-        return Ok(text.to_owned());
+        return Ok(Expanded {
+            text: text.to_owned(),
+            variables,
+        });
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -341,9 +500,9 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
             out.push_str("${");
             rest = escaped;
         } else if let Some(body) = after.strip_prefix("${") {
-            let end = body
-                .find('}')
-                .ok_or_else(|| format!("{} (no closing brace)", body))?;
+            let end = body.find('}').ok_or(ExpandError::Unclosed {
+                at: text.len() - after.len(),
+            })?;
             let (name, default) = match body[..end].split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (&body[..end], None),
@@ -354,7 +513,10 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
             ) {
                 (Some(value), _) => out.push_str(&value),
                 (None, Some(default)) => out.push_str(default),
-                (None, None) => return Err(name.to_owned()),
+                (None, None) => return Err(ExpandError::Unset(name.to_owned())),
+            }
+            if !variables.iter().any(|v| v == name) {
+                variables.push(name.to_owned());
             }
             rest = &body[end + 1..];
         } else {
@@ -363,7 +525,10 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(Expanded {
+        text: out,
+        variables,
+    })
 }
 
 /// Line and column (1-based, in characters) of byte `offset` in `text`.
@@ -452,6 +617,113 @@ config = { mode = "lower", nested = { list = [1, 2] } }
         assert!(error.starts_with("plughost.toml:2:"), "{error}");
     }
 
+    /// Parses `text` with `vars` as the whole environment.
+    fn parse_with_env(text: &str, vars: &[(&str, &str)]) -> Result<HostConfig, String> {
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        HostConfig::read(Path::new("plughost.toml"), text, Some(&lookup)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_wrong_value_from_the_environment_is_named_not_quoted() {
+        let secret = [
+            ("N", "s3cret"),
+            ("FMT", "s3cret"),
+            ("D", "s3cret"),
+            ("T", "s3cret"),
+        ];
+        for (text, expected) in [
+            (
+                "[host]\nmax_plugins = \"${N}\"\n",
+                "plughost.toml:2:15: host.max_plugins: invalid type: string (value from ${N}), \
+                 expected usize",
+            ),
+            (
+                "[host]\nlog_format = \"${FMT}\"\n",
+                "plughost.toml:2:14: host.log_format: invalid value: string (value from \
+                 ${FMT}), expected `human` or `json`",
+            ),
+            (
+                "[host]\ndebounce = \"${D}\"\n",
+                "plughost.toml:2:12: host.debounce: invalid value: string (value from ${D}), \
+                 expected a duration",
+            ),
+            (
+                "[plugins.a]\ntimeout = \"${T:-1s}${D}\"\n",
+                "plughost.toml:2:11: plugins.a.timeout: invalid value: string (value from \
+                 ${T}, ${D}), expected a duration",
+            ),
+        ] {
+            let error = parse_with_env(text, &secret).unwrap_err();
+            assert_eq!(error, expected);
+        }
+        // A message in no standard shape may quote the value anywhere: none of it is kept.
+        assert_eq!(
+            without_value(r#"unknown unit "s3cret", expected ms"#, &["D".into()]),
+            "invalid value: string (value from ${D})"
+        );
+        // The value from the environment reaches the settings; it is known to be from there.
+        let config =
+            parse_with_env("[plugins.a.config]\ntoken = \"${T}\"\n", &[("T", "s3cret")]).unwrap();
+        assert_eq!(config.plugin("a").config["token"], "s3cret");
+        assert_eq!(
+            config.from_environment(&["plugins", "a", "config", "token"]),
+            Some(&["T".to_owned()][..])
+        );
+        assert_eq!(config.from_environment(&["plugins", "a"]), None);
+    }
+
+    #[test]
+    fn an_unclosed_variable_names_the_key_and_place() {
+        let error = parse_with_env("[plugins.s.config]\npath = \"${HOME/x\"\n", &[]).unwrap_err();
+        assert_eq!(
+            error,
+            "plughost.toml:2:8: plugins.s.config.path: a `${` is not closed (write ${VAR} or \
+             ${VAR:-default}, or $${ for a literal `${`)"
+        );
+        // Also when the environment is not read.
+        let error = HostConfig::check_structure(
+            Path::new("plughost.toml"),
+            "[host]\nplugins_dir = \"${X\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("plughost.toml:2:15: host.plugins_dir: a `${` is not closed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn structure_is_checked_without_the_environment() {
+        let check = |text: &str| {
+            HostConfig::check_structure(Path::new("plughost.toml"), text).map_err(|e| e.to_string())
+        };
+        // Values using variables are the host's business, set or not here.
+        check(
+            "[host]\ndebounce = \"${PLUGHOST_UNIT_TEST_UNSET}\"\nmax_plugins = 3\n\
+             [plugins.a]\nenabled = false\ntimeout = \"${PLUGHOST_UNIT_TEST_UNSET:-1s}\"\n\
+             [plugins.a.config]\nlist = [\"${PLUGHOST_UNIT_TEST_UNSET}\"]\n",
+        )
+        .unwrap();
+        // Everything else is checked as usual.
+        let error = check("[host]\nmax_plugins = \"many\"\n").unwrap_err();
+        assert!(
+            error.starts_with("plughost.toml:2:15: host.max_plugins: invalid type"),
+            "{error}"
+        );
+        let error = check("[plugins.a]\nenabeld = false\n").unwrap_err();
+        assert!(error.contains("unknown field `enabeld`"), "{error}");
+        let error = check("[plugins.a]\nenabled = \"$${literal}\"\n").unwrap_err();
+        assert!(
+            error.contains(r#"invalid type: string "${literal}""#),
+            "{error}"
+        );
+    }
+
     #[test]
     fn expands_variables_with_and_without_defaults() {
         let lookup = |name: &str| match name {
@@ -467,6 +739,13 @@ config = { mode = "lower", nested = { list = [1, 2] } }
             expand("$${HOME} costs $5", lookup).unwrap(),
             "${HOME} costs $5"
         );
-        assert_eq!(expand("${NOPE}", lookup).unwrap_err(), "NOPE");
+        assert_eq!(
+            expand("${NOPE}", lookup).unwrap_err(),
+            ExpandError::Unset("NOPE".into())
+        );
+        assert_eq!(
+            expand("ab${HOME", lookup).unwrap_err(),
+            ExpandError::Unclosed { at: 2 }
+        );
     }
 }

@@ -4,11 +4,16 @@
 //! outside the range, refused itself, or part of a cycle. Shutdown runs the other way:
 //! [`stop_order`].
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use crate::error::LoadError;
 use crate::metadata::PluginInfo;
+
+/// Why a requirement switched off in the settings is missing. Not "in plughost.toml": the
+/// settings may be the defaults (no file), or the plugin was disabled through the API.
+pub(crate) const DISABLED: &str = "is disabled in the settings";
 
 /// A plugin that may start: who it is, its file, its priority.
 #[derive(Debug, Clone)]
@@ -57,7 +62,7 @@ pub fn start_order(
                     name: candidate.info.name.clone(),
                     requirement: Box::new(requirement.clone()),
                     why: if disabled(&requirement.name) {
-                        "is disabled in plughost.toml".into()
+                        DISABLED.into()
                     } else {
                         "is not in the plugins folder".into()
                     },
@@ -134,7 +139,14 @@ pub fn start_order(
     };
     let mut started = vec![false; candidates.len()];
     let mut ready = BTreeSet::new();
-    let key = |i: usize| (-candidates[i].priority, candidates[i].info.name.clone(), i);
+    // `Reverse`, not `-priority`: negating `i64::MIN` overflows.
+    let key = |i: usize| {
+        (
+            Reverse(candidates[i].priority),
+            candidates[i].info.name.clone(),
+            i,
+        )
+    };
     for i in 0..candidates.len() {
         if !refused.contains_key(&i) && waits_on(i).is_empty() {
             ready.insert(key(i));
@@ -281,6 +293,33 @@ mod tests {
         let plan = start_order(&candidates, &[], &|_| false);
         assert!(plan.refused.is_empty());
         assert_eq!(names(&candidates, &plan), ["metrics", "storage", "app"]);
+    }
+
+    #[test]
+    fn extreme_priorities_order_without_overflow() {
+        let candidates = [
+            candidate(info("low", "1.0.0", &[]), i64::MIN),
+            candidate(info("middle", "1.0.0", &[]), 0),
+            candidate(info("high", "1.0.0", &[]), i64::MAX),
+            candidate(info("lowest-too", "1.0.0", &[]), i64::MIN),
+        ];
+        let plan = start_order(&candidates, &[], &|_| false);
+        assert!(plan.refused.is_empty());
+        assert_eq!(
+            names(&candidates, &plan),
+            ["high", "middle", "low", "lowest-too"]
+        );
+    }
+
+    #[test]
+    fn a_disabled_requirement_is_named_as_disabled_in_the_settings() {
+        let candidates = [candidate(info("app", "1.0.0", &[("storage", "^1")]), 0)];
+        let plan = start_order(&candidates, &[], &|name| name == "storage");
+        let messages: Vec<String> = plan.refused.iter().map(|(_, e)| e.to_string()).collect();
+        assert_eq!(
+            messages,
+            ["libapp.so: plugin app requires storage ^1, which is disabled in the settings"]
+        );
     }
 
     #[test]

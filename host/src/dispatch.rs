@@ -35,24 +35,53 @@ pub(crate) unsafe fn with_output(
     let lent = out.as_mut_ptr();
     let mut buf = OutBuffer::host(lent, out.capacity());
     let status = entry(&mut buf);
-    if buf.owner == BufferOwner::PLUGIN {
-        take_plugin_buffer(out, &buf, free);
-        status
-    } else if buf.ptr == lent && buf.len <= out.capacity() {
-        // SAFETY: the plugin wrote `len` bytes into the spare capacity we lent it.
-        unsafe { out.set_len(buf.len) };
-        status
-    } else {
-        // A plugin that moved our pointer or claims more than we lent broke the protocol;
-        // its output is not trusted.
-        broken_protocol(out)
+    match written(&buf, lent, out.capacity()) {
+        Written::Lent(len) => {
+            // SAFETY: checked by `written`: the plugin wrote `len <= capacity` bytes into the
+            // spare capacity we lent it.
+            unsafe { out.set_len(len) };
+            status
+        }
+        Written::Plugin => {
+            take_plugin_buffer(out, &buf, free);
+            status
+        }
+        Written::Broken => broken_protocol(out),
     }
 }
+
+/// What a callee left in an [`OutBuffer`] the host lent it as `lent[..cap]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// `len` bytes (at most `cap`) written into the lent memory.
+    Lent(usize),
+    /// The callee's own allocation, `ptr[..len]`: read it, then give it back to the callee's
+    /// `free_buffer`.
+    Plugin,
+    /// The callee broke the protocol: moved the host's pointer, claimed more bytes than it was
+    /// lent, or set an owner that does not exist. Its output is not trusted (reading it could
+    /// be out of bounds), and an unknown owner's memory is left alone rather than freed.
+    Broken,
+}
+
+/// Checks what a callee left in `buf`, lent as `lent[..cap]` with `owner == HOST`. Every
+/// path that lends a plugin an output buffer goes through this before trusting `len`.
+#[inline]
+pub(crate) fn written(buf: &OutBuffer, lent: *mut u8, cap: usize) -> Written {
+    match buf.owner {
+        BufferOwner::PLUGIN => Written::Plugin,
+        BufferOwner::HOST if buf.ptr == lent && buf.len <= cap => Written::Lent(buf.len),
+        _ => Written::Broken,
+    }
+}
+
+/// The error message of a call whose output broke the protocol ([`Written::Broken`]).
+pub(crate) const BROKEN_PROTOCOL: &[u8] = b"the plugin broke the output buffer protocol";
 
 #[cold]
 fn broken_protocol(out: &mut Vec<u8>) -> Status {
     out.clear();
-    out.extend_from_slice(b"the plugin broke the output buffer protocol");
+    out.extend_from_slice(BROKEN_PROTOCOL);
     Status::ERROR
 }
 
@@ -156,7 +185,8 @@ impl PluginHandle {
             return Err(self.not_loaded());
         };
         let ctx = CallContext::none();
-        let mut buf = OutBuffer::host(std::ptr::NonNull::dangling().as_ptr(), 0);
+        let lent = std::ptr::NonNull::dangling().as_ptr();
+        let mut buf = OutBuffer::host(lent, 0);
         // SAFETY: the guard keeps the version, hence its library and instance, alive; a
         // zero-capacity host buffer makes the plugin allocate.
         let status = unsafe {
@@ -167,10 +197,13 @@ impl PluginHandle {
                 &mut buf,
             )
         };
-        let error = (status != Status::OK).then(|| running.shared_name().clone());
+        // Not trusted, and not freed (the owner is not the plugin's), if it broke the protocol.
+        let broken = written(&buf, lent, 0) == Written::Broken;
+        let error = (status != Status::OK || broken).then(|| running.shared_name().clone());
         let output = PluginOutput { buf, version };
         match error {
             None => Ok(output),
+            Some(name) if broken => Err(call_error(&name, Status::ERROR, BROKEN_PROTOCOL)),
             Some(name) => Err(call_error(&name, status, &output)),
         }
     }
@@ -293,5 +326,62 @@ impl Drop for PluginOutput {
             // guard keeps loaded.
             unsafe { (version.free_buffer)(self.buf.ptr, self.buf.len, self.buf.cap) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn never_called(_: *mut u8, _: usize, _: usize) {
+        panic!("nothing was allocated by the plugin");
+    }
+
+    /// `with_output` over a fresh 16-byte `Vec`, the plugin being `entry`.
+    fn call(entry: impl FnOnce(&mut OutBuffer) -> Status) -> (Status, Vec<u8>) {
+        let mut out = Vec::with_capacity(16);
+        // SAFETY: `never_called` stands for the library's `free_buffer`; no test entry
+        // allocates.
+        let status = unsafe { with_output(&mut out, never_called, entry) };
+        (status, out)
+    }
+
+    #[test]
+    fn output_written_into_the_lent_buffer_is_kept() {
+        let (status, out) = call(|buf| {
+            // SAFETY: 16 bytes were lent.
+            unsafe { std::ptr::copy_nonoverlapping(b"abc".as_ptr(), buf.ptr, 3) };
+            buf.len = 3;
+            Status::OK
+        });
+        assert_eq!((status, out.as_slice()), (Status::OK, &b"abc"[..]));
+    }
+
+    #[test]
+    fn output_that_breaks_the_protocol_is_an_error_not_trusted() {
+        let broken = (Status::ERROR, BROKEN_PROTOCOL.to_vec());
+        assert_eq!(
+            call(|buf| {
+                buf.len = buf.cap + 1;
+                Status::OK
+            }),
+            broken
+        );
+        let mut elsewhere = [0u8; 4];
+        assert_eq!(
+            call(|buf| {
+                buf.ptr = elsewhere.as_mut_ptr();
+                buf.len = 4;
+                Status::OK
+            }),
+            broken
+        );
+        assert_eq!(
+            call(|buf| {
+                buf.owner = BufferOwner(2);
+                Status::OK
+            }),
+            broken
+        );
     }
 }

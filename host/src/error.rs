@@ -137,7 +137,7 @@ pub enum LoadError {
         name: String,
         /// What it requires.
         requirement: Box<Requirement>,
-        /// Why that is not there: "is not loaded", "is disabled in plughost.toml"...
+        /// Why that is not there: "is not loaded", "is disabled in the settings"...
         why: String,
     },
     /// A plugin it requires is in service at a version outside the range.
@@ -365,12 +365,24 @@ pub enum ConfigError {
         /// The variable.
         variable: String,
     },
+    /// A `${` in a value has no closing `}`.
+    #[error(
+        "{at}: {key}: a `${{` is not closed (write ${{VAR}} or ${{VAR:-default}}, or $${{ for a \
+         literal `${{`)"
+    )]
+    UnclosedVariable {
+        /// Where the value is.
+        at: Location,
+        /// The key whose value has it, dotted (`plugins.storage.config.path`).
+        key: String,
+    },
     /// A plugin's settings cannot be applied: its config does not fit its schema, or its
     /// dependencies would not be met.
-    #[error("{}: {reason}", at.as_ref().map_or_else(|| path.display().to_string(), ToString::to_string))]
+    #[error("{}: {reason}", settings_place(path.as_deref(), at.as_ref()))]
     Plugin {
-        /// The configuration file.
-        path: PathBuf,
+        /// The configuration file; `None` when the settings come from no file (defaults and
+        /// the API).
+        path: Option<PathBuf>,
         /// Where in it, if the reason is one place.
         at: Option<Location>,
         /// The plugin.
@@ -386,4 +398,13 @@ pub enum ConfigError {
         /// Why.
         message: String,
     },
+}
+
+/// Where a refused setting is: its place in the file, else the file, else "the settings".
+fn settings_place(path: Option<&std::path::Path>, at: Option<&Location>) -> String {
+    match (at, path) {
+        (Some(at), _) => at.to_string(),
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => "the settings".into(),
+    }
 }

@@ -637,7 +637,7 @@ impl Host {
                         name: info.name.clone(),
                         requirement: Box::new(requirement.clone()),
                         why: if disabled {
-                            "is disabled".into()
+                            dependencies::DISABLED.into()
                         } else {
                             "is not loaded".into()
                         },
@@ -1073,13 +1073,20 @@ fn checked_config(
             .flatten()
             .map(Box::new)
     };
-    let checked = schema::check(info, &given_map).map_err(|problem| LoadError::Config {
-        path: library.file().to_owned(),
-        name: info.name.clone(),
-        at: at(&problem.key),
-        key: problem.key,
-        reason: problem.reason,
-    })?;
+    // A value from the environment may be a secret: a problem with it names the variable.
+    let origin = |key: &str| {
+        from_settings
+            .then(|| config.config_origin(&info.name, key))
+            .flatten()
+    };
+    let checked =
+        schema::check_with(info, &given_map, &origin).map_err(|problem| LoadError::Config {
+            path: library.file().to_owned(),
+            name: info.name.clone(),
+            at: at(&problem.key),
+            key: problem.key,
+            reason: problem.reason,
+        })?;
     for key in &checked.unknown {
         let at = at(key).map(|a| format!("{a}: ")).unwrap_or_default();
         warn!(

@@ -5,12 +5,14 @@
 //! [`shadow`](crate::shadow) copy, `dlopen` the copy, check the header and abi_stable layout in
 //! memory ([`validate`]), and copy the metadata out.
 
+use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use plugin_api::ffi::{
-    DependencyExport, DependencyModule, HostExport, PluginHeader, PluginVTable, StateExport,
-    StateVTable, DEPENDENCY_SYMBOL, HEADER_SYMBOL, HOST_SYMBOL, STATE_SYMBOL,
+    DependencyExport, DependencyModule, HostApi, HostExport, PluginCalls, PluginHeader,
+    PluginVTable, StateExport, StateVTable, DEPENDENCY_SYMBOL, HEADER_SYMBOL, HOST_SYMBOL,
+    STATE_SYMBOL,
 };
 
 use crate::callbacks::{PluginIdentity, HOST_API, PLUGIN_CALLS};
@@ -109,9 +111,23 @@ impl PluginLibrary {
             validate::to_semver(header.api_version),
         )?;
         let state = read_state_export(path, &library)?;
+        // Both callback exports are found and checked before either is installed: once the
+        // plugin holds a pointer to the identity, the identity must outlive the library's
+        // code, so no refusal may come between installing and keeping it in `Self`.
+        let install_host = read_host_export(path, &library)?;
+        let (install_calls, requires) = read_dependency_export(path, &library)?;
+        info.dependencies = requires;
         let identity = PluginIdentity::new(&info.name, &info.version);
-        install_host_api(path, &library, &identity)?;
-        info.dependencies = install_plugin_calls(path, &library, &identity)?;
+        let plugin = (&*identity as *const PluginIdentity).cast();
+        if let Some(install) = install_host {
+            // SAFETY: the export's layout matches ours; `HOST_API` is a static and the identity
+            // is kept until the library is closed (longer if it stays mapped).
+            unsafe { install(&HOST_API, plugin) };
+        }
+        if let Some(install) = install_calls {
+            // SAFETY: as above, with `PLUGIN_CALLS`.
+            unsafe { install(&PLUGIN_CALLS, plugin) };
+        }
         Ok(PluginLibrary {
             info,
             file: path.to_owned(),
@@ -256,41 +272,40 @@ pub fn content_hash(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
-/// Finds the optional host-callbacks export (plugin-api 1.2), checks its layout and gives the
-/// plugin the host's callbacks with an identity naming it. Absent is fine (older plugins).
-fn install_host_api(
+/// How an export gives the plugin a host table and the identity to pass back with it.
+type Install<T> = unsafe extern "C" fn(table: &'static T, plugin: *const c_void);
+
+/// Finds the optional host-callbacks export (plugin-api 1.2) and checks its layout; returns
+/// how to give the plugin the host's callbacks. Absent is fine (older plugins).
+fn read_host_export(
     path: &Path,
     library: &libloading::Library,
-    identity: &PluginIdentity,
-) -> Result<(), LoadError> {
+) -> Result<Option<Install<HostApi>>, LoadError> {
     // SAFETY: plugin-api declares this symbol as a `HostExport` static; we take its address.
     let symbol = unsafe { library.get::<*const HostExport>(format!("{HOST_SYMBOL}\0").as_bytes()) };
     let Ok(symbol) = symbol else {
-        return Ok(());
+        return Ok(None);
     };
-    // SAFETY: a `'static` in the loaded library; `layout` is checked before `install` is used.
+    // SAFETY: a `'static` in the loaded library; `install` is only used after the layout check.
     let export = unsafe { &**symbol };
     validate::check_export_layout(path, "host callbacks", HOST_API_LAYOUT, export.layout)?;
-    // SAFETY: the layout matches ours; `HOST_API` is a static and the identity is kept until
-    // the library is closed (longer if it stays mapped).
-    unsafe { (export.install)(&HOST_API, (identity as *const PluginIdentity).cast()) };
-    Ok(())
+    Ok(Some(export.install))
 }
 
-/// Finds the optional dependency export (plugin-api 1.3), checks its layout, reads the
-/// requirements and gives the plugin the call table. Absent means no dependencies.
-fn install_plugin_calls(
+/// Finds the optional dependency export (plugin-api 1.3), checks its layout and reads the
+/// requirements; returns how to give the plugin the call table, and the requirements. Absent
+/// means no dependencies.
+fn read_dependency_export(
     path: &Path,
     library: &libloading::Library,
-    identity: &PluginIdentity,
-) -> Result<Vec<Requirement>, LoadError> {
+) -> Result<(Option<Install<PluginCalls>>, Vec<Requirement>), LoadError> {
     // SAFETY: plugin-api declares this symbol as a `DependencyExport` static; we take its
     // address.
     let symbol = unsafe {
         library.get::<*const DependencyExport>(format!("{DEPENDENCY_SYMBOL}\0").as_bytes())
     };
     let Ok(symbol) = symbol else {
-        return Ok(Vec::new());
+        return Ok((None, Vec::new()));
     };
     // SAFETY: a `'static` in the loaded library; `module` is read after the layout check.
     let export = unsafe { &**symbol };
@@ -306,10 +321,7 @@ fn install_plugin_calls(
         .iter()
         .map(|d| Requirement::from_ffi(path, d))
         .collect::<Result<Vec<_>, _>>()?;
-    // SAFETY: the layout matches ours; `PLUGIN_CALLS` is a static and the identity is kept
-    // until the library is closed (longer if it stays mapped).
-    unsafe { (export.module.install)(&PLUGIN_CALLS, (identity as *const PluginIdentity).cast()) };
-    Ok(requires)
+    Ok((Some(export.module.install), requires))
 }
 
 const HOST_API_LAYOUT: &abi_stable::type_layout::TypeLayout =

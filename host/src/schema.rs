@@ -30,18 +30,32 @@ pub struct Problem {
 
 /// Checks `given` against `plugin`'s schema. A plugin without a schema accepts anything.
 pub fn check(plugin: &PluginInfo, given: &Map<String, Value>) -> Result<Checked, Problem> {
+    check_with(plugin, given, &|_| None)
+}
+
+/// Like [`check`], for a configuration some of whose values came from elsewhere:
+/// `origin(key)` says where the value of `key` came from (`"value from ${TOKEN}"`), and a
+/// problem with that value says so instead of quoting it, since it may be a secret. For
+/// values read from the environment, [`HostConfig::from_environment`] tells.
+///
+/// [`HostConfig::from_environment`]: crate::HostConfig::from_environment
+pub fn check_with(
+    plugin: &PluginInfo,
+    given: &Map<String, Value>,
+    origin: &dyn Fn(&str) -> Option<String>,
+) -> Result<Checked, Problem> {
     let mut config = given.clone();
     for key in &plugin.config_schema {
         match given.get(&key.key) {
             Some(value) => {
                 if !fits(key.ty, value) {
+                    let found = match origin(&key.key) {
+                        Some(origin) => format!("{} ({origin})", describe(value, true)),
+                        None => describe(value, key.sensitive),
+                    };
                     return Err(Problem {
                         key: key.key.clone(),
-                        reason: format!(
-                            "must be {}, found {}",
-                            with_article(key.ty),
-                            describe(value, key.sensitive)
-                        ),
+                        reason: format!("must be {}, found {found}", with_article(key.ty)),
                     });
                 }
             }
@@ -73,7 +87,8 @@ pub fn check(plugin: &PluginInfo, given: &Map<String, Value>) -> Result<Checked,
     Ok(Checked { config, unknown })
 }
 
-/// `config` with every sensitive value of `plugin`'s schema replaced by [`MASK`].
+/// `config` with every sensitive value of `plugin`'s schema replaced by [`MASK`], whatever
+/// its type: a number, array or table is shown as `"***"` too.
 pub fn masked(plugin: &PluginInfo, config: &Map<String, Value>) -> Map<String, Value> {
     let mut shown = config.clone();
     for key in plugin.config_schema.iter().filter(|k| k.sensitive) {
@@ -84,19 +99,29 @@ pub fn masked(plugin: &PluginInfo, config: &Map<String, Value>) -> Map<String, V
     shown
 }
 
-/// The sensitive values in `config` that are strings (or numbers) worth scrubbing from
-/// messages.
+/// Every string and number inside the sensitive values of `config` (a sensitive array or
+/// table is secret all through), to scrub from messages. Longest first, so that a secret
+/// containing another is masked whole.
 pub fn secrets(plugin: &PluginInfo, config: &Map<String, Value>) -> Vec<String> {
-    plugin
-        .config_schema
-        .iter()
-        .filter(|k| k.sensitive)
-        .filter_map(|k| match config.get(&k.key)? {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .collect()
+    let mut found = Vec::new();
+    for key in plugin.config_schema.iter().filter(|k| k.sensitive) {
+        if let Some(value) = config.get(&key.key) {
+            collect_secrets(value, &mut found);
+        }
+    }
+    found.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    found.dedup();
+    found
+}
+
+fn collect_secrets(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::String(s) if !s.is_empty() => found.push(s.clone()),
+        Value::Number(n) => found.push(n.to_string()),
+        Value::Array(items) => items.iter().for_each(|v| collect_secrets(v, found)),
+        Value::Object(map) => map.values().for_each(|v| collect_secrets(v, found)),
+        _ => {}
+    }
 }
 
 /// `message` with every secret replaced by [`MASK`]: a plugin's own error message may quote
@@ -204,6 +229,36 @@ mod tests {
             wrong.reason,
             r#"must be an integer, found a string ("lots")"#
         );
+    }
+
+    #[test]
+    fn values_from_elsewhere_are_named_not_quoted() {
+        let given = map(json!({"path": "/d", "capacity": "s3cret"}));
+        let origin = |key: &str| (key == "capacity").then(|| "value from ${CAP}".to_owned());
+        let wrong = check_with(&plugin(), &given, &origin).unwrap_err();
+        assert_eq!(
+            wrong.reason,
+            "must be an integer, found a string (value from ${CAP})"
+        );
+    }
+
+    #[test]
+    fn sensitive_numbers_arrays_and_tables_are_masked_and_scrubbed() {
+        let config = map(json!({
+            "path": "/d",
+            "token": {"user": "admin-name", "pin": 4242, "keys": ["key-one", "key-one-two"]},
+        }));
+        assert_eq!(masked(&plugin(), &config)["token"], "***");
+        assert_eq!(masked(&plugin(), &config)["path"], "/d");
+        let found = secrets(&plugin(), &config);
+        assert_eq!(found, ["key-one-two", "admin-name", "key-one", "4242"]);
+        assert_eq!(
+            scrub("admin-name used key-one-two, then key-one and 4242", &found),
+            "*** used ***, then *** and ***"
+        );
+        let number = map(json!({"path": "/d", "token": 987654}));
+        assert_eq!(masked(&plugin(), &number)["token"], "***");
+        assert_eq!(scrub("pin 987654", &secrets(&plugin(), &number)), "pin ***");
     }
 
     #[test]

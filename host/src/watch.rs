@@ -12,7 +12,9 @@
 //!   been quiet for [`WatchOptions::settle`].
 //!
 //! The folder of the configuration file is watched too; a change to the file is
-//! [`Host::reload_config`].
+//! [`Host::reload_config`]. If the file is a symbolic link, its target's folder is watched as
+//! well (the target as it is when the watch starts): `plughost enable`/`disable` and most
+//! editors replace the target, not the link.
 //!
 //! Acting on a file is [`Host::sync_file`]: an unchanged hash does nothing; a file that fails
 //! validation (say, still being written) keeps the old version serving and is simply tried
@@ -105,16 +107,23 @@ impl Host {
             let folder = folder.unwrap_or(Path::new(".")).canonicalize().ok()?;
             Some(folder.join(file.file_name()?))
         });
-        if let Some(config) = &config {
-            let folder = config.parent().expect("joined above");
-            let same = dir.canonicalize().is_ok_and(|d| d == folder);
-            if !same {
+        let target = config
+            .as_ref()
+            .and_then(|config| config.canonicalize().ok())
+            .filter(|target| Some(target) != config.as_ref());
+        let mut watched = vec![dir.canonicalize().unwrap_or_else(|_| dir.clone())];
+        for file in config.iter().chain(&target) {
+            let Some(folder) = file.parent() else {
+                continue;
+            };
+            if !watched.iter().any(|w| w == folder) {
                 watcher
                     .watch(folder, RecursiveMode::NonRecursive)
                     .map_err(|e| HostError::Watch {
                         path: folder.to_owned(),
                         error: e.to_string(),
                     })?;
+                watched.push(folder.to_owned());
             }
         }
 
@@ -136,7 +145,11 @@ impl Host {
                     };
                     match event {
                         Ok(Ok(event)) => {
-                            note(&host, &dir, config.as_deref(), &options, &event, &mut due)
+                            let files = ConfigFile {
+                                path: config.as_deref(),
+                                target: target.as_deref(),
+                            };
+                            note(&host, &dir, files, &options, &event, &mut due)
                         }
                         Ok(Err(e)) => warn!("watching {}: {e}", dir.display()),
                         Err(RecvTimeoutError::Timeout) => {}
@@ -170,11 +183,19 @@ impl Host {
     }
 }
 
+/// The configuration file as watched: its path (folder canonical), and the file it links to
+/// if it is a symbolic link.
+#[derive(Clone, Copy)]
+struct ConfigFile<'a> {
+    path: Option<&'a Path>,
+    target: Option<&'a Path>,
+}
+
 /// Schedules the files an event is about.
 fn note(
     host: &Host,
     dir: &Path,
-    config: Option<&Path>,
+    config: ConfigFile<'_>,
     options: &WatchOptions,
     event: &notify::Event,
     due: &mut HashMap<PathBuf, Instant>,
@@ -199,8 +220,11 @@ fn note(
         let Some(name) = path.file_name() else {
             continue;
         };
-        let path = if config == Some(path.as_path()) {
+        let path = if config.path == Some(path.as_path()) {
             path.clone()
+        } else if let (Some(config), true) = (config.path, config.target == Some(path.as_path())) {
+            // The link's target changed: that is a change of the file.
+            config.to_owned()
         } else {
             let path = dir.join(name);
             if !discovery::is_library_path(&path) {

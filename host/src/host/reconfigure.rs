@@ -10,7 +10,7 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 use super::{checked_config, report_unload, retire_now, CheckedConfig, Host, Lifecycle};
-use crate::config::{HostConfig, HostSettings, DEFAULT_FILE};
+use crate::config::{HostConfig, HostSettings};
 use crate::dependencies::{self, Candidate};
 use crate::error::{CallError, ConfigError, LoadError};
 use crate::events::HostEvent;
@@ -414,10 +414,7 @@ fn ask_plugin(
 /// A refused change, naming the file the settings came from.
 fn refusal(config: &HostConfig, plugin: &str, reason: String) -> ConfigError {
     ConfigError::Plugin {
-        path: config
-            .file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
+        path: config.file.clone(),
         at: None,
         plugin: plugin.to_owned(),
         reason,
@@ -435,10 +432,7 @@ fn load_refusal(config: &HostConfig, error: LoadError) -> ConfigError {
             at,
             ..
         } => ConfigError::Plugin {
-            path: config
-                .file
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
+            path: config.file.clone(),
             at: at.map(|at| *at),
             reason: format!("plugin {name}: config key `{key}` {reason}"),
             plugin: name,
