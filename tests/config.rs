@@ -500,6 +500,24 @@ fn an_edit_starts_what_it_fixes_and_checks_what_it_switches_on() {
 }
 
 #[test]
+fn a_config_edit_re_initialises_the_version_that_runs_not_a_newer_file() {
+    let setup = Setup::new(&["fixture-storage"]);
+    let host = setup.host(STORAGE);
+    host.load_all().unwrap();
+    // A broken build lands (refused by a watching host; the running version stays).
+    setup
+        .dir
+        .replace_atomically("libfixture_storage.so", b"not a library");
+    let changed = host
+        .reconfigure(setup.config(&STORAGE.replace("\"main\"", "\"edited\"")))
+        .unwrap();
+    assert_eq!(changed, ["storage"]);
+    let storage = host.handle("storage").unwrap();
+    call(&storage, b"put k v").unwrap();
+    assert_eq!(call(&storage, b"get k").unwrap(), b"edited:v");
+}
+
+#[test]
 fn exec_starts_what_the_plugin_requires_first() {
     let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
     setup.write_config(STORAGE);

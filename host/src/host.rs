@@ -328,9 +328,10 @@ impl Host {
         if lifecycle.closed {
             return;
         }
-        self.sync_locked(&mut lifecycle, path, noticed);
-        // A plugin started, changed or left: files waiting on it may load now.
-        self.retry_waiting(&mut lifecycle, Vec::new());
+        if self.sync_locked(&mut lifecycle, path, noticed) {
+            // A plugin started, changed or left: files waiting on it may load now.
+            self.retry_waiting(&mut lifecycle, Vec::new());
+        }
     }
 
     /// Tries again the files refused for what other plugins were at the time (a requirement
@@ -356,8 +357,8 @@ impl Host {
         }
     }
 
-    /// [`sync_file`](Self::sync_file) under the lifecycle lock. Says whether a plugin started
-    /// or was replaced.
+    /// [`sync_file`](Self::sync_file) under the lifecycle lock. Says whether what serves a
+    /// name changed: a plugin started, was replaced or left.
     fn sync_locked(&self, lifecycle: &mut Lifecycle, path: &Path, noticed: Instant) -> bool {
         let existing = self.registry.find_by_file(path);
         let bytes = match std::fs::read(path) {
@@ -365,11 +366,13 @@ impl Host {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 lifecycle.refused.remove(path);
                 lifecycle.waiting.retain(|p| p != path);
-                if let Some(slot) = existing {
-                    let retiring = self.take_out_of_service(&slot);
-                    lifecycle.retiring.extend(retiring);
-                }
-                return false;
+                let Some(slot) = existing else {
+                    return false;
+                };
+                let retiring = self.take_out_of_service(&slot);
+                let left = retiring.is_some();
+                lifecycle.retiring.extend(retiring);
+                return left;
             }
             Err(error) => {
                 let error = LoadError::Read {
@@ -749,8 +752,13 @@ impl Host {
     /// the library. Returns what Shutdown reported.
     pub fn unload(&self, name: &str) -> Result<(), CallError> {
         let version = {
-            let _lifecycle = self.lifecycle();
-            self.registry.slot(name).and_then(|slot| slot.swap(None))
+            let mut lifecycle = self.lifecycle();
+            let version = self.registry.slot(name).and_then(|slot| slot.swap(None));
+            if version.is_some() {
+                // A plugin refused because it would have broken this one may start now.
+                self.retry_waiting(&mut lifecycle, Vec::new());
+            }
+            version
         }
         .ok_or_else(|| CallError::NotFound {
             plugin: name.to_owned(),

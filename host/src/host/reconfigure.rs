@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::{checked_config, report_unload, retire_now, CheckedConfig, Host, Lifecycle};
+use super::{
+    checked_config, report_unload, requirement_cycle, retire_now, CheckedConfig, Host, Lifecycle,
+};
 use crate::config::{HostConfig, HostSettings};
 use crate::dependencies::{self, Candidate};
 use crate::error::{CallError, ConfigError, LoadError};
@@ -212,15 +214,15 @@ impl Host {
         }
         // Plugins the edit switches on, opened to read their descriptors.
         let mut starting: Vec<PluginLibrary> = Vec::new();
-        let switched_on: Vec<(String, PathBuf)> = lifecycle
+        let switched_on: Vec<String> = lifecycle
             .known
-            .iter()
-            .filter(|(name, _)| {
+            .keys()
+            .filter(|name| {
                 new.plugin(name).enabled
                     && !lifecycle.config.plugin(name).enabled
                     && !running.iter().any(|v| v.name() == name.as_str())
             })
-            .map(|(name, file)| (name.clone(), file.clone()))
+            .cloned()
             .collect();
         // Enabled plugins that are not running and that the edit does not switch on (refused
         // at start, say, for a config this edit may fix): tried once the edit is applied.
@@ -230,12 +232,19 @@ impl Host {
             .filter(|(name, _)| {
                 new.plugin(name).enabled
                     && !running.iter().any(|v| v.name() == name.as_str())
-                    && !switched_on.iter().any(|(n, _)| n == *name)
+                    && !switched_on.contains(name)
             })
             .map(|(_, file)| file.clone())
             .collect();
-        for (name, file) in switched_on {
-            let library = self.open(&file).map_err(|e| refuse(&name, e.to_string()))?;
+        for name in switched_on {
+            // Where it was last seen, else wherever it is now: files move and get replaced.
+            let library = match self.find_in_folder(&mut lifecycle, &name) {
+                Ok(library) => library,
+                Err(reason) => {
+                    info!("{name} is enabled but does not start: {reason}");
+                    continue;
+                }
+            };
             let json = serde_json::to_vec(&new.plugin(&name).config).unwrap_or_default();
             let checked =
                 checked_config(&new, &library, &json, true).map_err(|e| load_refusal(&new, e))?;
@@ -275,6 +284,21 @@ impl Host {
             }
         }
 
+        // Nor may they require each other in a circle.
+        let would_run: Vec<PluginInfo> = after.iter().map(|p| (*p).clone()).collect();
+        for library in &starting {
+            if let Some(cycle) = requirement_cycle(library.info(), &would_run) {
+                let name = &library.info().name;
+                return Err(refuse(
+                    name,
+                    format!(
+                        "plugin {name} is in a dependency cycle: {}",
+                        cycle.join(" -> ")
+                    ),
+                ));
+            }
+        }
+
         // Re-initialise under the new settings, nothing in service yet: if any Init refuses
         // its new config, the new instances are dropped and nothing has changed.
         let old_config = std::mem::replace(&mut lifecycle.config, new);
@@ -292,14 +316,20 @@ impl Host {
         }
         let mut prepared = Vec::new();
         for name in &reinit {
-            let file = running
+            let version = running
                 .iter()
                 .find(|v| v.name() == name.as_str())
-                .map(|v| v.library().file().to_owned())
                 .expect("re-initialised plugins are running");
             info!("{name}: config changed, re-initialising");
-            match self
-                .open(&file)
+            // From the bytes that run now (its shadow copy), not the file, which may hold a
+            // newer build that is refused or not yet reloaded: a config edit is not a reload.
+            let (file, shadow) = (version.library().file(), version.library().shadow_path());
+            let bytes = std::fs::read(shadow).map_err(|error| LoadError::Read {
+                path: shadow.to_owned(),
+                error,
+            });
+            match bytes
+                .and_then(|bytes| PluginLibrary::open_bytes(file, &bytes, &self.shadow))
                 .and_then(|library| self.prepare(&mut lifecycle, library, None))
             {
                 Ok(version) => prepared.push(version),
@@ -343,6 +373,7 @@ impl Host {
         let mut starting: Vec<Option<PluginLibrary>> = starting.into_iter().map(Some).collect();
         for (i, error) in plan.refused {
             drop(starting[i].take());
+            lifecycle.wait_if_passing(&error);
             self.refused(&error, None);
         }
         for i in plan.order {
@@ -354,7 +385,10 @@ impl Host {
             // start, it is reported and the rest of the edit stands.
             match self.install(&mut lifecycle, library, None, Instant::now()) {
                 Ok(_) => changed.push(name),
-                Err(e) => self.refused(&e, None),
+                Err(e) => {
+                    lifecycle.wait_if_passing(&e);
+                    self.refused(&e, None);
+                }
             }
         }
         // The stopped plugins, and those waiting on plugins that started.
