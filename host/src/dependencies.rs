@@ -87,7 +87,8 @@ pub fn start_order(
         if refused.contains_key(&i) {
             continue;
         }
-        if let Some(cycle) = cycle_through(i, candidates, &by_name) {
+        if let Some(cycle) = cycle_through(&candidates[i].info, candidates.iter().map(|c| &c.info))
+        {
             refused.insert(
                 i,
                 LoadError::DependencyCycle {
@@ -171,49 +172,47 @@ pub fn start_order(
     Plan { order, refused }
 }
 
-/// The cycle through `start`, if its requirements lead back to it: `[a, b, a]`.
-fn cycle_through(
-    start: usize,
-    candidates: &[Candidate],
-    by_name: &HashMap<&str, usize>,
+/// The cycle through `plugin`, if its requirements lead back to it through `others` (any of
+/// them with `plugin`'s name stands replaced by `plugin`): `[a, b, a]`. Loads one at a time
+/// cannot form a cycle otherwise, but a new version of a plugin can start requiring one of its
+/// dependents, or itself.
+pub(crate) fn cycle_through<'a>(
+    plugin: &'a PluginInfo,
+    others: impl IntoIterator<Item = &'a PluginInfo>,
 ) -> Option<Vec<String>> {
-    // Depth-first search for a path back to `start`.
-    fn search(
-        at: usize,
-        start: usize,
-        candidates: &[Candidate],
-        by_name: &HashMap<&str, usize>,
-        path: &mut Vec<usize>,
-        seen: &mut Vec<bool>,
-    ) -> bool {
-        for requirement in &candidates[at].info.dependencies {
-            let Some(&next) = by_name.get(requirement.name.as_str()) else {
-                continue;
-            };
-            if next == start {
-                return true;
-            }
-            if seen[next] {
-                continue;
-            }
-            seen[next] = true;
-            path.push(next);
-            if search(next, start, candidates, by_name, path, seen) {
-                return true;
-            }
+    let mut by_name: HashMap<&str, &PluginInfo> =
+        others.into_iter().map(|p| (p.name.as_str(), p)).collect();
+    by_name.insert(&plugin.name, plugin);
+    // In reverse, so popping walks the requirements in their declared order.
+    let requires = |name: &str| -> Vec<&str> {
+        by_name.get(name).map_or_else(Vec::new, |p| {
+            p.dependencies
+                .iter()
+                .rev()
+                .map(|r| r.name.as_str())
+                .collect()
+        })
+    };
+    // Depth first, keeping the path walked so the cycle can be named.
+    let mut path = vec![plugin.name.as_str()];
+    let mut next = vec![requires(&plugin.name)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(frontier) = next.last_mut() {
+        let Some(name) = frontier.pop() else {
+            next.pop();
             path.pop();
+            continue;
+        };
+        if name == plugin.name {
+            path.push(name);
+            return Some(path.into_iter().map(str::to_owned).collect());
         }
-        false
+        if seen.insert(name) {
+            next.push(requires(name));
+            path.push(name);
+        }
     }
-    let mut path = vec![start];
-    let mut seen = vec![false; candidates.len()];
-    seen[start] = true;
-    search(start, start, candidates, by_name, &mut path, &mut seen).then(|| {
-        path.iter()
-            .chain(std::iter::once(&start))
-            .map(|&i| candidates[i].info.name.clone())
-            .collect()
-    })
+    None
 }
 
 /// The order to stop `plugins` in: a plugin before any plugin it requires; otherwise the
@@ -265,6 +264,53 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_new_version_requiring_a_dependent_is_a_cycle() {
+        // notes requires storage; storage's new version starts requiring notes.
+        let running = [
+            info("storage", "1.0.0", &[]),
+            info("notes", "1.0.0", &[("storage", "*")]),
+        ];
+        assert_eq!(
+            cycle_through(&info("storage", "1.1.0", &[("notes", "*")]), &running),
+            Some(vec!["storage".into(), "notes".into(), "storage".into()])
+        );
+        // Through a third plugin too.
+        let running = [
+            info("a", "1.0.0", &[]),
+            info("b", "1.0.0", &[("a", "*")]),
+            info("c", "1.0.0", &[("b", "*")]),
+            info("d", "1.0.0", &[]),
+        ];
+        assert_eq!(
+            cycle_through(&info("a", "1.1.0", &[("d", "*"), ("c", "*")]), &running),
+            Some(vec!["a".into(), "c".into(), "b".into(), "a".into()])
+        );
+    }
+
+    #[test]
+    fn requiring_itself_is_a_cycle_and_a_diamond_is_not() {
+        assert_eq!(
+            cycle_through(&info("a", "1.0.0", &[("a", "*")]), &[]),
+            Some(vec!["a".into(), "a".into()])
+        );
+        let running = [
+            info("base", "1.0.0", &[]),
+            info("left", "1.0.0", &[("base", "*")]),
+            info("right", "1.0.0", &[("base", "*")]),
+        ];
+        assert_eq!(
+            cycle_through(
+                &info("top", "1.0.0", &[("left", "*"), ("right", "*")]),
+                &running
+            ),
+            None
+        );
+        // The version being replaced does not count: its old requirements are gone.
+        let running = [info("a", "1.0.0", &[("b", "*")]), info("b", "1.0.0", &[])];
+        assert_eq!(cycle_through(&info("b", "1.1.0", &[]), &running), None);
     }
 
     fn candidate(info: PluginInfo, priority: i64) -> Candidate {

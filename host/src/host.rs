@@ -609,7 +609,7 @@ impl Host {
         library: &PluginLibrary,
     ) -> Result<Vec<Arc<Slot>>, LoadError> {
         let info = library.info();
-        if let Some(cycle) = requirement_cycle(info, &self.plugins()) {
+        if let Some(cycle) = dependencies::cycle_through(info, &self.plugins()) {
             return Err(LoadError::DependencyCycle {
                 path: library.file().to_owned(),
                 name: info.name.clone(),
@@ -821,43 +821,6 @@ impl Host {
             }
         }
     }
-}
-
-/// A chain of requirements from `info` back to itself through `running` (`info` standing
-/// for its own name, replacing any version of it in `running`), first name repeated at the
-/// end; `None` if there is none. Loads one at a time cannot form a cycle any other way, but
-/// a new version of a plugin can start requiring one of its dependents, or itself.
-fn requirement_cycle(info: &PluginInfo, running: &[PluginInfo]) -> Option<Vec<String>> {
-    let requires = |name: &str| -> Vec<String> {
-        let plugin = if name == info.name {
-            Some(info)
-        } else {
-            running.iter().find(|p| p.name == name)
-        };
-        plugin.map_or_else(Vec::new, |p| {
-            p.dependencies.iter().map(|r| r.name.clone()).collect()
-        })
-    };
-    // Depth first, keeping the path walked so the cycle can be named.
-    let mut path = vec![info.name.clone()];
-    let mut next = vec![requires(&info.name)];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(frontier) = next.last_mut() {
-        let Some(name) = frontier.pop() else {
-            next.pop();
-            path.pop();
-            continue;
-        };
-        if name == info.name {
-            path.push(name);
-            return Some(path);
-        }
-        if seen.insert(name.clone()) {
-            next.push(requires(&name));
-            path.push(name);
-        }
-    }
-    None
 }
 
 /// Logs and announces that a plugin was taken out of service.
@@ -1136,73 +1099,5 @@ fn scrub_init_error(error: LoadError, secrets: &[String]) -> LoadError {
             },
         },
         other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metadata::Requirement;
-
-    fn info(name: &str, requires: &[&str]) -> PluginInfo {
-        PluginInfo {
-            name: name.into(),
-            version: semver::Version::new(1, 0, 0),
-            api_version: semver::Version::new(1, 3, 0),
-            description: String::new(),
-            author: String::new(),
-            license: String::new(),
-            capabilities: vec![],
-            tags: vec![],
-            config_schema: vec![],
-            dependencies: requires
-                .iter()
-                .map(|n| Requirement {
-                    name: (*n).into(),
-                    range: "*".parse().unwrap(),
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn a_new_version_requiring_a_dependent_is_a_cycle() {
-        // notes requires storage; storage's new version starts requiring notes.
-        let running = [info("storage", &[]), info("notes", &["storage"])];
-        assert_eq!(
-            requirement_cycle(&info("storage", &["notes"]), &running),
-            Some(vec!["storage".into(), "notes".into(), "storage".into()])
-        );
-        // Through a third plugin too.
-        let running = [
-            info("a", &[]),
-            info("b", &["a"]),
-            info("c", &["b"]),
-            info("d", &[]),
-        ];
-        assert_eq!(
-            requirement_cycle(&info("a", &["d", "c"]), &running),
-            Some(vec!["a".into(), "c".into(), "b".into(), "a".into()])
-        );
-    }
-
-    #[test]
-    fn requiring_itself_is_a_cycle_and_a_diamond_is_not() {
-        assert_eq!(
-            requirement_cycle(&info("a", &["a"]), &[]),
-            Some(vec!["a".into(), "a".into()])
-        );
-        let running = [
-            info("base", &[]),
-            info("left", &["base"]),
-            info("right", &["base"]),
-        ];
-        assert_eq!(
-            requirement_cycle(&info("top", &["left", "right"]), &running),
-            None
-        );
-        // The version being replaced does not count: its old requirements are gone.
-        let running = [info("a", &["b"]), info("b", &[])];
-        assert_eq!(requirement_cycle(&info("b", &[]), &running), None);
     }
 }

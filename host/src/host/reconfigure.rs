@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::{
-    checked_config, report_unload, requirement_cycle, retire_now, CheckedConfig, Host, Lifecycle,
-};
+use super::{checked_config, report_unload, retire_now, CheckedConfig, Host, Lifecycle};
 use crate::config::{HostConfig, HostSettings};
 use crate::dependencies::{self, Candidate};
 use crate::error::{CallError, ConfigError, LoadError};
@@ -285,17 +283,15 @@ impl Host {
         }
 
         // Nor may they require each other in a circle.
-        let would_run: Vec<PluginInfo> = after.iter().map(|p| (*p).clone()).collect();
         for library in &starting {
-            if let Some(cycle) = requirement_cycle(library.info(), &would_run) {
-                let name = &library.info().name;
-                return Err(refuse(
-                    name,
-                    format!(
-                        "plugin {name} is in a dependency cycle: {}",
-                        cycle.join(" -> ")
-                    ),
-                ));
+            if let Some(cycle) = dependencies::cycle_through(library.info(), after.iter().copied())
+            {
+                let error = LoadError::DependencyCycle {
+                    path: library.file().to_owned(),
+                    name: library.info().name.clone(),
+                    cycle,
+                };
+                return Err(refuse(&library.info().name, error.to_string()));
             }
         }
 
@@ -303,17 +299,11 @@ impl Host {
         // its new config, the new instances are dropped and nothing has changed.
         let old_config = std::mem::replace(&mut lifecycle.config, new);
         let old_api_configs = lifecycle.configs.clone();
-        let from_file: Vec<String> = lifecycle
-            .config
-            .plugins
-            .iter()
-            .filter(|(_, settings)| !settings.config.is_empty())
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &from_file {
-            // The file now gives this plugin's config: it replaces the one given through the API.
-            lifecycle.configs.remove(name);
-        }
+        // A config the file now gives a plugin replaces the one given through the API.
+        let Lifecycle {
+            config, configs, ..
+        } = &mut *lifecycle;
+        configs.retain(|name, _| config.plugin(name).config.is_empty());
         let mut prepared = Vec::new();
         for name in &reinit {
             let version = running
