@@ -53,7 +53,7 @@ impl Setup {
     }
 
     fn host(&self, text: &str) -> Host {
-        Host::with_config(self.config(text)).unwrap()
+        Host::new(self.config(text)).unwrap()
     }
 
     /// `plughost --config <file> <args>` on this folder.
@@ -607,7 +607,7 @@ fn secrets_never_appear_in_logs_or_cli_output() {
     let mut config = HostConfig::load(&setup.config_path()).unwrap();
     config.host.plugins_dir = setup.dir.path().to_owned();
     config.host.shadow_dir = Some(setup.dir.shadow().to_owned());
-    let host = Host::with_config(config).unwrap();
+    let host = Host::new(config).unwrap();
     let report = host.load_all().unwrap();
     let messages: Vec<String> = report.refused.iter().map(LoadError::to_string).collect();
     assert!(

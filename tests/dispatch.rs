@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plughost::{
-    Breaker, CallError, CallPolicy, CircuitState, Dispatcher, Health, Rate, WhenLimited,
+    Breaker, CallError, CallPolicy, CircuitState, Dispatcher, PluginHealth, Rate, WhenLimited,
 };
 use plughost_tests::PluginDir;
 
@@ -283,12 +283,12 @@ async fn health_is_checked_on_demand_and_on_an_interval() {
     let (_dir, dispatcher) = dispatcher(policy(1000));
     assert_eq!(
         dispatcher.check_health("transform").await.unwrap(),
-        Health::Healthy
+        PluginHealth::Healthy
     );
     let poller = dispatcher.poll_health(Duration::from_millis(50));
     tokio::time::sleep(Duration::from_millis(200)).await;
     poller.abort();
-    assert_eq!(dispatcher.last_health("slow"), Some(Health::Healthy));
+    assert_eq!(dispatcher.last_health("slow"), Some(PluginHealth::Healthy));
     assert!(matches!(
         dispatcher.check_health("nosuch").await,
         Err(CallError::NotFound { .. })
@@ -349,10 +349,10 @@ fn shutdown_does_not_hang_on_a_plugin_stuck_in_a_call() {
     let dir = PluginDir::new();
     dir.add("fixture-slow");
     let host = Arc::new(
-        plughost::Host::new(plughost::HostOptions {
-            plugins_dir: dir.path().to_owned(),
-            shadow_dir: dir.shadow().to_owned(),
-            shutdown_timeout: Duration::from_millis(300),
+        plughost::Host::new({
+            let mut config = dir.config();
+            config.host.shutdown_timeout = Duration::from_millis(300);
+            config
         })
         .unwrap(),
     );

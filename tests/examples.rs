@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use plughost::{CallError, Health};
+use plughost::{CallError, PluginHealth};
 use plughost_tests::{stderr, stdout, PluginDir};
 
 #[test]
@@ -79,7 +79,7 @@ fn counter_counts_across_calls_and_threads_and_reports_at_shutdown() {
     }
     handle.call_into(b"", &mut out).unwrap();
     assert_eq!(out, (100 + 2 * 4002).to_string().as_bytes());
-    assert_eq!(handle.health().unwrap(), Health::Healthy);
+    assert_eq!(handle.health().unwrap(), PluginHealth::Healthy);
 
     assert!(!report.exists(), "shutdown has not run yet");
     drop(handle);
@@ -141,7 +141,7 @@ fn load_all_loads_every_example_and_unloading_deletes_shadow_copies() {
 
     let info = host.handle("transform").unwrap().info().unwrap();
     assert_eq!(info.version.to_string(), "1.0.0");
-    assert_eq!(info.api_version, plughost::validate::host_api_version());
+    assert_eq!(info.api_version, plughost::api_version());
     assert_eq!(info.config_schema[0].key, "mode");
     assert_eq!(info.config_schema[0].default.as_deref(), Some("\"upper\""));
 
@@ -239,7 +239,7 @@ fn cli_list_and_inspect() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let api = plughost::validate::host_api_version();
+    let api = plughost::api_version();
     assert!(table.starts_with("NAME"), "{table}");
     assert_eq!(
         row("libtransform"),

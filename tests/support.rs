@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use plughost::{Host, HostEvent, HostOptions, WatchOptions, Watcher};
+use plughost::{Host, HostConfig, HostEvent, WatchOptions, Watcher};
 use tempfile::TempDir;
 
 /// The built library of a workspace package (an example under `plugins/` or a fixture under
@@ -33,7 +33,9 @@ pub fn library(package: &str) -> &'static Path {
 /// The `plughost` executable.
 pub fn plughost() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| xtask::build_binary("host", "plughost", false).expect("build plughost"))
+    BIN.get_or_init(|| {
+        xtask::build_binary("plughost-cli", "plughost", false).expect("build plughost")
+    })
 }
 
 /// A system shared library that is certainly not a plugin: the C library this process runs
@@ -98,14 +100,16 @@ impl PluginDir {
         target
     }
 
+    /// Default settings for this folder and its shadow folder.
+    pub fn config(&self) -> HostConfig {
+        let mut config = HostConfig::with_plugins_dir(self.path());
+        config.host.shadow_dir = Some(self.shadow().to_owned());
+        config
+    }
+
     /// A host on this folder.
     pub fn host(&self) -> Host {
-        Host::new(HostOptions {
-            plugins_dir: self.path().to_owned(),
-            shadow_dir: self.shadow().to_owned(),
-            ..HostOptions::default()
-        })
-        .expect("create host")
+        Host::new(self.config()).expect("create host")
     }
 
     /// A host on this folder that watches it, with events subscribed before anything loads.

@@ -1,22 +1,30 @@
-//! The errors of the host library: why a file was refused, why a call failed.
+//! The errors of the host library: why a file was refused, why a call failed, why a host
+//! could not be set up. Every variant names the file or plugin it is about; the cause, where
+//! there is one, is kept as the error's `source`. (Errors about `plughost.toml` are
+//! [`ConfigError`](crate::ConfigError), next to the file's parser.)
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Location;
-use crate::metadata::Requirement;
+use crate::plugin_info::Requirement;
+
+/// A cause from another crate, kept without making that crate's types part of this API.
+pub type BoxedCause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a plugin file was refused. Every variant names the file; the host goes on without it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("{}: cannot read the file: {error}", path.display())]
+    #[error("{}: cannot read the file: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        error: std::io::Error,
+        source: std::io::Error,
     },
     /// The file is empty (often a build or copy still in progress).
     #[error("{}: the file is empty", path.display())]
@@ -73,22 +81,22 @@ pub enum LoadError {
         reason: String,
     },
     /// The private shadow copy could not be written.
-    #[error("{}: cannot write its shadow copy {}: {error}", path.display(), shadow.display())]
+    #[error("{}: cannot write its shadow copy {}: {source}", path.display(), shadow.display())]
     Shadow {
         /// The file.
         path: PathBuf,
         /// The shadow path.
         shadow: PathBuf,
         /// The OS error.
-        error: std::io::Error,
+        source: std::io::Error,
     },
     /// The dynamic loader refused the library.
-    #[error("{}: the dynamic loader refused it: {message}", path.display())]
+    #[error("{}: the dynamic loader refused it: {source}", path.display())]
     Open {
         /// The file.
         path: PathBuf,
-        /// The loader's message.
-        message: String,
+        /// The loader's error (a `libloading::Error`).
+        source: BoxedCause,
     },
     /// Another loaded library already has this plugin's name.
     #[error(
@@ -112,7 +120,16 @@ pub enum LoadError {
         /// The plugin's name.
         name: String,
         /// What Init reported.
+        #[source]
         cause: CallError,
+    },
+    /// The host has shut down: nothing starts any more.
+    #[error("{}: plugin {name} not started: the host has shut down", path.display())]
+    HostClosed {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
     },
     /// The plugin's configuration does not fit its schema (checked before Init).
     #[error("{}: plugin {name}: {}config key `{key}` {reason}", path.display(), at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
@@ -127,6 +144,16 @@ pub enum LoadError {
         reason: String,
         /// Where the key is (or should be) in `plughost.toml`, if the config came from there.
         at: Option<Box<Location>>,
+    },
+    /// The plugin does not accept the configuration it was offered (its `validate_config`).
+    #[error("{}: plugin {name} does not accept the configuration: {reason}", path.display())]
+    ConfigRefused {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The plugin's reason, secrets masked.
+        reason: String,
     },
     /// A plugin it requires is not in service.
     #[error("{}: plugin {name} requires {requirement}, which {why}", path.display())]
@@ -203,13 +230,46 @@ impl LoadError {
             | LoadError::Open { path, .. }
             | LoadError::DuplicateName { path, .. }
             | LoadError::Init { path, .. }
+            | LoadError::HostClosed { path, .. }
             | LoadError::Config { path, .. }
+            | LoadError::ConfigRefused { path, .. }
             | LoadError::MissingDependency { path, .. }
             | LoadError::DependencyVersion { path, .. }
             | LoadError::BreaksDependent { path, .. }
             | LoadError::DependencyCycle { path, .. }
             | LoadError::TooMany { path, .. } => path,
         }
+    }
+
+    /// The reason alone, without the file name in front: for a table with a file column,
+    /// or a message that names the file another way.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        match text.strip_prefix(&prefix) {
+            Some(reason) => reason.to_owned(),
+            None => text,
+        }
+    }
+
+    /// Whether the refusal is about other plugins (a requirement missing or out of range, a
+    /// dependent it would break, a cycle) rather than the file: it may pass when they change.
+    pub fn depends_on_others(&self) -> bool {
+        matches!(
+            self,
+            LoadError::MissingDependency { .. }
+                | LoadError::DependencyVersion { .. }
+                | LoadError::BreaksDependent { .. }
+                | LoadError::DependencyCycle { .. }
+        )
+    }
+}
+
+/// "(2 file(s) refused, e.g. ...)" when files were refused.
+fn refused_hint(refused: &[LoadError]) -> String {
+    match refused.first() {
+        None => String::new(),
+        Some(first) => format!(" ({} file(s) refused, e.g. {first})", refused.len()),
     }
 }
 
@@ -305,106 +365,45 @@ pub enum CallError {
     },
 }
 
-/// Why a host could not be set up or scan its folder.
+/// Why a host could not be set up, read its folder, or start what was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HostError {
+    /// A plugin asked for by name is in no file of the plugins folder.
+    #[error("no plugin named {name:?} in {}{}", dir.display(), refused_hint(refused))]
+    NoSuchPlugin {
+        /// The plugins folder.
+        dir: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The files in the folder that were refused (one may have been it).
+        refused: Vec<LoadError>,
+    },
+    /// A plugin, or one it requires, was refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
     /// The plugins folder could not be read.
-    #[error("cannot read the plugins folder {}: {error}", path.display())]
+    #[error("cannot read the plugins folder {}: {source}", path.display())]
     PluginsDir {
         /// The folder.
         path: PathBuf,
         /// The OS error.
-        error: std::io::Error,
+        source: std::io::Error,
     },
-    /// The plugins folder could not be watched.
-    #[error("cannot watch the plugins folder {}: {error}", path.display())]
+    /// The plugins folder (or the configuration file's folder) could not be watched.
+    #[error("cannot watch {}: {source}", path.display())]
     Watch {
         /// The folder.
         path: PathBuf,
-        /// What the watcher said.
-        error: String,
+        /// What the watcher said (a `notify::Error`, or the OS error starting its thread).
+        source: BoxedCause,
     },
     /// The shadow folder could not be created.
-    #[error("cannot create the shadow folder {}: {error}", path.display())]
+    #[error("cannot create the shadow folder {}: {source}", path.display())]
     ShadowDir {
         /// The folder.
         path: PathBuf,
         /// The OS error.
-        error: std::io::Error,
+        source: std::io::Error,
     },
-}
-
-/// Why a `plughost.toml` (or an edit of it) was refused. Every variant names the file.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: cannot read the file: {error}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
-    },
-    /// Not valid TOML, an unknown key, or a value of the wrong type.
-    #[error("{at}: {message}")]
-    Invalid {
-        /// Where.
-        at: Location,
-        /// What the parser said.
-        message: String,
-    },
-    /// A `${VAR}` without a default names a variable that is not set.
-    #[error("{at}: {key}: environment variable {variable} is not set (write ${{{variable}:-default}} to give a default)")]
-    Env {
-        /// Where the value is.
-        at: Location,
-        /// The key whose value names it, dotted (`plugins.storage.config.path`).
-        key: String,
-        /// The variable.
-        variable: String,
-    },
-    /// A `${` in a value has no closing `}`.
-    #[error(
-        "{at}: {key}: a `${{` is not closed (write ${{VAR}} or ${{VAR:-default}}, or $${{ for a \
-         literal `${{`)"
-    )]
-    UnclosedVariable {
-        /// Where the value is.
-        at: Location,
-        /// The key whose value has it, dotted (`plugins.storage.config.path`).
-        key: String,
-    },
-    /// A plugin's settings cannot be applied: its config does not fit its schema, or its
-    /// dependencies would not be met.
-    #[error("{}: {reason}", settings_place(path.as_deref(), at.as_ref()))]
-    Plugin {
-        /// The configuration file; `None` when the settings come from no file (defaults and
-        /// the API).
-        path: Option<PathBuf>,
-        /// Where in it, if the reason is one place.
-        at: Option<Location>,
-        /// The plugin.
-        plugin: String,
-        /// Why, naming the plugin (and the key or dependency).
-        reason: String,
-    },
-    /// The file could not be changed (`plughost enable`/`disable`).
-    #[error("{}: cannot update the file: {message}", path.display())]
-    Edit {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-}
-
-/// Where a refused setting is: its place in the file, else the file, else "the settings".
-fn settings_place(path: Option<&std::path::Path>, at: Option<&Location>) -> String {
-    match (at, path) {
-        (Some(at), _) => at.to_string(),
-        (None, Some(path)) => path.display().to_string(),
-        (None, None) => "the settings".into(),
-    }
 }

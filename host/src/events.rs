@@ -1,12 +1,14 @@
 //! What happens to plugins, as events an embedding program (or a test) can wait for instead of
 //! sleeping: [`Host::subscribe`](crate::Host::subscribe).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::mapping::UnloadStatus;
+use crate::loader::residency::UnloadStatus;
 
 /// One thing that happened to a plugin.
 #[derive(Debug, Clone)]

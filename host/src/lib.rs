@@ -1,27 +1,38 @@
 //! plughost: a host for native Rust plugins.
 //!
-//! Plugins are shared libraries built with [`plugin_api`]. The host finds them in a folder,
-//! checks each one before and after loading it, and calls it through FFI-safe function
-//! pointers at the cost of an indirect call.
+//! Plugins are shared libraries built with the `plugin-api` crate: one trait, one macro. The
+//! host finds them in a folder, checks each one before and after loading it, calls it through
+//! `#[repr(C)]` function pointers at the cost of an indirect call, and replaces a plugin while
+//! it serves calls when a new build of its file appears.
 //!
-//! The data path, one module per step:
+//! # The nouns
 //!
-//! 1. [`discovery`]: library files at the top of the plugins folder;
-//! 2. [`preflight`]: the file's bytes are checked before the loader sees them;
-//! 3. [`shadow`]: those bytes are written to a private, uniquely named copy;
-//! 4. [`library`]: the copy is loaded and [`validate`]d (magic, plugin-api semver, abi_stable
-//!    layout), its [`metadata`] copied out;
-//! 5. [`config`], [`dependencies`], [`schema`]: the settings say whether and when it starts;
-//!    what it requires must be in service; its configuration must fit its schema;
-//! 6. [`instance`]: Init creates the plugin instance;
-//! 7. [`registry`]: it is registered under its unique name;
-//! 8. [`dispatch`]: callers take a [`PluginHandle`] once and call it from any thread;
-//! 9. [`Host::unload`] / [`Host::shutdown`]: Shutdown, close the library, delete the copy.
+//! A handful of types carry the whole API, in the order a program meets them:
+//!
+//! - [`HostConfig`]: the settings, from `plughost.toml` ([`HostConfig::load`]) or built in code
+//!   ([`HostConfig::with_plugins_dir`]): where plugins live, which are enabled, each one's
+//!   configuration, priority and call timeout.
+//! - [`Host`]: owns every plugin. [`Host::load_all`] starts everything in the plugins folder
+//!   in dependency order; [`Host::load_file`] starts one library from anywhere;
+//!   [`Host::watch`] keeps the host in line with the folder and the settings file (hot
+//!   reload). Dropping it shuts every plugin down.
+//! - [`PluginLibrary`]: a library checked and loaded but not started ([`Host::open`]), to
+//!   read its [`PluginInfo`] or ask whether it would accept a configuration.
+//! - [`PluginHandle`]: how a caller reaches one plugin: taken once ([`Host::handle`]), cloned
+//!   freely, called from any thread ([`PluginHandle::call_into`]); it follows its plugin
+//!   across reloads.
+//! - [`Dispatcher`]: async calls guarded by a [`CallPolicy`] per plugin (timeout with
+//!   cancellation, concurrency and rate limits, circuit breaker), with metrics and health.
+//! - [`HostEvent`]: what happened to plugins, from [`Host::subscribe`], to wait on instead of
+//!   sleeping.
+//! - Errors name the file or plugin they are about: [`LoadError`] (a file refused),
+//!   [`CallError`] (a call failed), [`ConfigError`] (the settings refused), [`HostError`] (the
+//!   host could not do what was asked).
 //!
 //! ```no_run
-//! use plughost::{Host, HostOptions};
+//! use plughost::{Host, HostConfig};
 //!
-//! let host = Host::new(HostOptions::with_plugins_dir("plugins"))?;
+//! let host = Host::new(HostConfig::with_plugins_dir("plugins"))?;
 //! let report = host.load_all()?;
 //! for refusal in &report.refused {
 //!     eprintln!("refused {refusal}");
@@ -32,42 +43,57 @@
 //! assert_eq!(out, b"HELLO");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Inside
+//!
+//! The modules are private; each is one noun of the data path, and every edge between them
+//! points one way (`host` uses all the others; `dispatch` uses `host` and `runtime`; `runtime`
+//! uses `loader`; nothing uses `host` but `dispatch`):
+//!
+//! 1. `loader`: a file becomes a validated library in memory: found, read once, checked
+//!    before any loader sees it (preflight), copied to a private shadow path, `dlopen`ed,
+//!    validated (header, plugin-api version, abi_stable layouts), its metadata copied out;
+//! 2. `config`: `plughost.toml`, the schema check of a plugin's config, and edits of the file;
+//! 3. `dependencies`: the rules about requirements between plugins, start and stop order;
+//! 4. `runtime`: the FFI call boundary after loading: running instances, the registry of
+//!    names, handles, the callbacks plugins call back through;
+//! 5. `host`: the lifecycle that uses them all: admit, sync with the folder, retire,
+//!    reconfigure, watch;
+//! 6. `dispatch`: the guarded async path over handles.
+//!
+//! `unsafe` code lives only in `loader` and `runtime`; every other module forbids it. The
+//! facts about dynamic loading that the code relies on are in `docs/design.md`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(missing_docs)]
 
-mod callbacks;
-pub mod config;
-pub mod dependencies;
-pub mod discovery;
-pub mod dispatch;
-pub mod dispatcher;
-pub mod error;
-pub mod events;
+mod config;
+mod dependencies;
+mod dispatch;
+mod error;
+mod events;
 mod host;
-pub mod instance;
-pub mod layers;
-pub mod library;
-pub mod mapping;
-pub mod metadata;
-pub mod policy;
-pub mod preflight;
-pub mod registry;
-pub mod schema;
-pub mod shadow;
-pub mod validate;
-pub mod watch;
+mod loader;
+mod plugin_info;
+mod runtime;
 
-pub use config::{HostConfig, HostSettings, LogFormat, PluginSettings};
-pub use dispatch::{Health, PluginHandle, PluginOutput};
-pub use dispatcher::{AsyncHandle, Dispatcher};
-pub use error::{CallError, ConfigError, HostError, LoadError};
+pub use config::{
+    ConfigError, HostConfig, HostSettings, Location, LogFormat, PluginSettings, DEFAULT_FILE,
+};
+pub use dispatch::{
+    AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
+};
+pub use error::{BoxedCause, CallError, HostError, LoadError};
 pub use events::HostEvent;
-pub use host::{Host, HostOptions, LoadReport};
-pub use layers::breaker::CircuitState;
-pub use layers::metrics::MetricsSnapshot;
-pub use library::PluginLibrary;
-pub use mapping::UnloadStatus;
-pub use metadata::{ConfigKey, PluginInfo, Requirement};
-pub use policy::{Breaker, CallPolicy, Rate, WhenLimited};
-pub use watch::{WatchOptions, Watcher};
+pub use host::{ConfigReport, Host, LoadReport, WatchOptions, Watcher};
+pub use loader::residency::UnloadStatus;
+pub use plugin_info::{ConfigKey, PluginInfo, Requirement};
+pub use runtime::{PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
+
+/// The plugin-api version this host speaks. A plugin built against plugin-api `X.Y.Z` is
+/// accepted when this version matches `^X.Y.Z`: the same major (the same minor while the
+/// major is 0), and a host no older than the plugin.
+pub fn api_version() -> semver::Version {
+    loader::validate::host_api_version()
+}

@@ -3,7 +3,7 @@
 //!
 //! Every shim runs the plugin inside `catch_unwind`: a panic must be caught in the plugin,
 //! because the plugin has its own copy of std and a panic escaping `extern "C"` aborts the
-//! whole process (FACTS.md).
+//! whole process (docs/design.md, "Panics across the boundary").
 
 use std::any::Any;
 use std::cell::Cell;
@@ -168,7 +168,8 @@ impl LocationText {
 
 thread_local! {
     // Plain `Copy` data on purpose: a thread-local with a destructor would keep this library
-    // mapped after the host closes it (FACTS.md).
+    // mapped after the host closes it (docs/design.md, "Unloading and thread-local
+    // destructors").
     static PANIC_LOCATION: Cell<Option<LocationText>> = const { Cell::new(None) };
 }
 

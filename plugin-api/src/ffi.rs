@@ -343,8 +343,9 @@ pub mod health_level {
     pub const UNHEALTHY: u8 = 2;
 }
 
-/// The entry points. Every function catches panics inside the plugin (see FACTS.md: a panic
-/// cannot cross `extern "C"`) and reports them as [`Status::PANIC`].
+/// The entry points. Every function catches panics inside the plugin (a panic cannot cross
+/// `extern "C"`; docs/design.md, "Panics across the boundary") and reports them as
+/// [`Status::PANIC`].
 ///
 /// # Safety
 ///

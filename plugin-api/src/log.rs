@@ -54,12 +54,10 @@ pub(crate) unsafe extern "C" fn install(api: &'static HostApi, plugin: *const c_
 
 fn host() -> Option<(&'static HostApi, *const c_void)> {
     let api = HOST.load(Ordering::Acquire);
-    // SAFETY: `install` stored a `&'static HostApi`, or nothing yet.
     (!api.is_null()).then(|| {
-        (
-            unsafe { &*api },
-            IDENTITY.load(Ordering::Acquire).cast_const(),
-        )
+        // SAFETY: `install` stored a `&'static HostApi`, or nothing yet (checked above).
+        let api = unsafe { &*api };
+        (api, IDENTITY.load(Ordering::Acquire).cast_const())
     })
 }
 

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use plughost::{Host, HostOptions};
+use plughost::{Host, HostConfig};
 
 /// The work the echo plugin does, as an ordinary Rust function the compiler cannot inline.
 #[inline(never)]
@@ -30,10 +30,10 @@ fn call_path(c: &mut Criterion) {
     let plugins = tempfile::tempdir().unwrap();
     let shadow = tempfile::tempdir().unwrap();
     let file = xtask::install(&built[0].path, plugins.path()).unwrap();
-    let host = Host::new(HostOptions {
-        plugins_dir: plugins.path().to_owned(),
-        shadow_dir: shadow.path().to_owned(),
-        ..HostOptions::default()
+    let host = Host::new({
+        let mut config = HostConfig::with_plugins_dir(plugins.path());
+        config.host.shadow_dir = Some(shadow.path().to_owned());
+        config
     })
     .unwrap();
     let handle = host.load_file(&file, b"").unwrap();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plughost::{Host, HostEvent, HostOptions, WatchOptions};
+use plughost::{Host, HostConfig, HostEvent, WatchOptions};
 
 const RELOADS: usize = 200;
 const FILE: &str = "libversioned.so";
@@ -110,10 +110,10 @@ fn round(builds: &[Vec<u8>], pinned: bool) {
     };
     install(&builds[0]);
     let host = Arc::new(
-        Host::new(HostOptions {
-            plugins_dir: plugins.path().to_owned(),
-            shadow_dir: shadow.path().to_owned(),
-            ..HostOptions::default()
+        Host::new({
+            let mut config = HostConfig::with_plugins_dir(plugins.path());
+            config.host.shadow_dir = Some(shadow.path().to_owned());
+            config
         })
         .unwrap(),
     );

@@ -3,21 +3,21 @@
 //! against its schema and by the plugin itself, every requirement of the plugins that would
 //! run); a refused edit leaves the running state as it was.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{error, info, warn};
 
-use super::{checked_config, report_unload, retire_now, CheckedConfig, Host, Lifecycle};
-use crate::config::{HostConfig, HostSettings};
-use crate::dependencies::{self, Candidate};
-use crate::error::{CallError, ConfigError, LoadError};
+use super::init_config::{checked_config, CheckedConfig};
+use super::{Host, Lifecycle, LoadReport, Switch};
+use crate::config::{ConfigError, HostConfig, HostSettings};
+use crate::dependencies;
+use crate::error::LoadError;
 use crate::events::HostEvent;
-use crate::instance::RunningPlugin;
-use crate::library::PluginLibrary;
-use crate::metadata::PluginInfo;
-use crate::schema;
+use crate::plugin_info::PluginInfo;
+use crate::runtime::{PluginLibrary, RunningPlugin};
 
 impl Host {
     /// Disables plugin `name`: it stays off across reloads and restarts of its file, and if it
@@ -50,8 +50,8 @@ impl Host {
         };
         if let Some(version) = version {
             // Out of service already; the wait for calls in flight happens outside the lock.
-            let (old, retired) = retire_now(version);
-            report_unload(old, &retired, &self.shared);
+            // A failed Shutdown is logged there; the plugin is disabled all the same.
+            let _ = self.retire_and_report(version);
         }
         self.shared.events.emit(HostEvent::ConfigApplied {
             file: None,
@@ -134,7 +134,7 @@ impl Host {
         }
         Err(format!(
             "no plugin named {name} in {}",
-            self.options.plugins_dir.display()
+            self.plugins_dir.display()
         ))
     }
 
@@ -254,31 +254,20 @@ impl Host {
             .iter()
             .chain(starting.iter().map(|l| l.info()))
             .collect();
+        let version_of = |name: &str| {
+            let found = after.iter().find(|p| p.name == name)?;
+            Some(found.version.clone())
+        };
         for plugin in &after {
-            for requirement in &plugin.dependencies {
-                match after.iter().find(|p| p.name == requirement.name) {
-                    None => {
-                        let why = if new.plugin(&requirement.name).enabled {
-                            "is not loaded"
-                        } else {
-                            "would be disabled"
-                        };
-                        return Err(refuse(
-                            &plugin.name,
-                            format!("plugin {} requires {requirement}, which {why}", plugin.name),
-                        ));
+            if let Some(unmet) = dependencies::unmet(plugin, version_of) {
+                let error = unmet.refusal(Path::new(""), &plugin.name, |name| {
+                    if new.plugin(name).enabled {
+                        "is not loaded".into()
+                    } else {
+                        "would be disabled".into()
                     }
-                    Some(found) if !requirement.range.matches(&found.version) => {
-                        return Err(refuse(
-                            &plugin.name,
-                            format!(
-                                "plugin {} requires {requirement}, but {} {} is loaded",
-                                plugin.name, found.name, found.version
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                }
+                });
+                return Err(refuse(&plugin.name, error.reason()));
             }
         }
 
@@ -314,12 +303,8 @@ impl Host {
             // From the bytes that run now (its shadow copy), not the file, which may hold a
             // newer build that is refused or not yet reloaded: a config edit is not a reload.
             let (file, shadow) = (version.library().file(), version.library().shadow_path());
-            let bytes = std::fs::read(shadow).map_err(|error| LoadError::Read {
-                path: shadow.to_owned(),
-                error,
-            });
-            match bytes
-                .and_then(|bytes| PluginLibrary::open_bytes(file, &bytes, &self.shadow))
+            match crate::loader::read(shadow)
+                .and_then(|bytes| self.open_bytes(file, &bytes))
                 .and_then(|library| self.prepare(&mut lifecycle, library, None))
             {
                 Ok(version) => prepared.push(version),
@@ -351,36 +336,11 @@ impl Host {
             let slot = self.commit(&mut lifecycle, version, Instant::now());
             changed.push(slot.name().to_owned());
         }
-        let candidates: Vec<Candidate> = starting
-            .iter()
-            .map(|l| Candidate {
-                info: l.info().clone(),
-                file: l.file().to_owned(),
-                priority: lifecycle.config.plugin(&l.info().name).priority,
-            })
-            .collect();
-        let plan = dependencies::start_order(&candidates, &self.plugins(), &|_| false);
-        let mut starting: Vec<Option<PluginLibrary>> = starting.into_iter().map(Some).collect();
-        for (i, error) in plan.refused {
-            drop(starting[i].take());
-            lifecycle.wait_if_passing(&error);
-            self.refused(&error, None);
-        }
-        for i in plan.order {
-            let Some(library) = starting[i].take() else {
-                continue;
-            };
-            let name = library.info().name.clone();
-            // Checked above, so this fails only in the plugin's Init: like a plugin failing at
-            // start, it is reported and the rest of the edit stands.
-            match self.install(&mut lifecycle, library, None, Instant::now()) {
-                Ok(_) => changed.push(name),
-                Err(e) => {
-                    lifecycle.wait_if_passing(&e);
-                    self.refused(&e, None);
-                }
-            }
-        }
+        // Checked above, so these fail only in the plugin's Init: like a plugin failing at
+        // start, it is reported and the rest of the edit stands.
+        let mut report = LoadReport::default();
+        self.start_in_order(&mut lifecycle, starting, |_| None, &mut report);
+        changed.extend(report.loaded.into_iter().map(|p| p.name));
         // The stopped plugins, and those waiting on plugins that started.
         let before: Vec<String> = self.plugins().into_iter().map(|p| p.name).collect();
         self.retry_waiting(&mut lifecycle, stopped);
@@ -419,18 +379,11 @@ fn ask_plugin(
     what: &str,
 ) -> Result<(), ConfigError> {
     let name = &library.info().name;
-    library.validate_config(&checked.bytes).map_err(|e| {
-        let reason = match e {
-            CallError::Failed { message, .. } => message,
-            other => other.to_string(),
-        };
+    checked.ask(library).map_err(|reason| {
         refusal(
             config,
             name,
-            format!(
-                "plugin {name} refuses {what}: {}",
-                schema::scrub(&reason, &checked.secrets)
-            ),
+            format!("plugin {name} refuses {what}: {reason}"),
         )
     })
 }
@@ -494,5 +447,37 @@ fn warn_restart_only(a: &HostSettings, b: &HostSettings) {
             "host.{} changed; it takes effect when plughost restarts",
             changed.join(", host.")
         );
+    }
+}
+
+impl Lifecycle {
+    /// Records that the API switched plugin `name` on or off, and sets it in the settings.
+    fn switch(&mut self, name: &str, enabled: bool) {
+        let in_file = match self.switched.get(name) {
+            Some(switch) => switch.in_file,
+            None => self.config.plugin(name).enabled,
+        };
+        self.switched
+            .insert(name.to_owned(), Switch { in_file, enabled });
+        self.config
+            .plugins
+            .entry(name.to_owned())
+            .or_default()
+            .enabled = enabled;
+    }
+
+    /// Carries the API's enable / disable over to `new` settings read from the file, except
+    /// for plugins whose `enabled` the file itself changed since: the latest word wins.
+    /// Returns the switches still standing, to keep once `new` is applied.
+    fn keep_switches(&self, new: &mut HostConfig) -> HashMap<String, Switch> {
+        let mut kept = self.switched.clone();
+        kept.retain(|name, switch| {
+            if new.plugin(name).enabled != switch.in_file {
+                return false;
+            }
+            new.plugins.entry(name.clone()).or_default().enabled = switch.enabled;
+            true
+        });
+        kept
     }
 }

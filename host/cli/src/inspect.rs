@@ -1,0 +1,78 @@
+//! `plughost inspect FILE`: validate one library and print its metadata.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use plughost::{Host, HostConfig, PluginInfo};
+
+use crate::table;
+
+pub(crate) fn inspect(file: &Path, json: bool, config: Option<&str>) -> anyhow::Result<ExitCode> {
+    if !file.is_file() {
+        bail!("{}: no such file", file.display());
+    }
+    let host = Host::new(HostConfig::default())?;
+    let library = host.open(file)?;
+    if let Some(config) = config {
+        host.check_init_config(&library, config.as_bytes())?;
+    }
+    let info = library.info();
+    if json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+    } else {
+        print_info(info, file);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(info: &PluginInfo, file: &Path) {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    println!("{} {}", info.name, info.version);
+    println!("  description:  {}", or_dash(&info.description));
+    println!("  file:         {}", file.display());
+    println!("  plugin-api:   {}", info.api_version);
+    println!("  author:       {}", or_dash(&info.author));
+    println!("  license:      {}", or_dash(&info.license));
+    println!("  capabilities: {}", or_dash(&info.capabilities.join(", ")));
+    println!("  tags:         {}", or_dash(&info.tags.join(", ")));
+    let requires: Vec<String> = info.dependencies.iter().map(ToString::to_string).collect();
+    println!("  requires:     {}", or_dash(&requires.join(", ")));
+    if info.config_schema.is_empty() {
+        println!("  config:       (none)");
+        return;
+    }
+    println!("  config:");
+    let mut rows = vec![[
+        "    KEY".to_owned(),
+        "TYPE".to_owned(),
+        "REQUIRED".to_owned(),
+        "DEFAULT".to_owned(),
+        "DESCRIPTION".to_owned(),
+    ]];
+    for key in &info.config_schema {
+        let default = match (&key.default, key.sensitive) {
+            (Some(_), true) => "***".to_owned(),
+            (Some(d), false) => d.clone(),
+            (None, _) => "-".to_owned(),
+        };
+        let mut description = or_dash(&key.description);
+        if key.sensitive {
+            description.push_str(" (sensitive)");
+        }
+        rows.push([
+            format!("    {}", key.key),
+            key.ty.to_owned(),
+            if key.required { "yes" } else { "no" }.to_owned(),
+            default,
+            description,
+        ]);
+    }
+    table::print(&rows);
+}

@@ -1,0 +1,48 @@
+//! `plughost list`: every library in the folder, and whether it would load.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use plughost::{Host, HostConfig};
+
+use crate::table;
+
+pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
+    let host = Host::new(config)?;
+    let settings = host.config();
+    let mut rows = vec![["NAME", "VERSION", "API", "FILE", "STATUS"].map(str::to_owned)];
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    for path in host.discover()? {
+        rows.push(match host.open(&path) {
+            Ok(library) => {
+                let info = library.info();
+                let status = match names.iter().find(|(n, _)| *n == info.name) {
+                    Some((_, first)) => format!(
+                        "refused: plugin {:?} is already provided by {}",
+                        info.name,
+                        table::file_name(first)
+                    ),
+                    None if !settings.plugin(&info.name).enabled => "disabled".to_owned(),
+                    None => "ok".to_owned(),
+                };
+                names.push((info.name.clone(), library.file().to_owned()));
+                [
+                    info.name.clone(),
+                    info.version.to_string(),
+                    info.api_version.to_string(),
+                    table::file_name(library.file()),
+                    status,
+                ]
+            }
+            Err(error) => [
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                table::file_name(error.path()),
+                format!("refused: {}", error.reason()),
+            ],
+        });
+    }
+    table::print(&rows);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,236 @@
+//! The `plughost` command: `run | list | inspect | exec | config check | enable | disable`.
+//!
+//! Settings come from `--config FILE`, else `plughost.toml` in the working folder if present,
+//! else the defaults; `--plugins-dir` and `--shadow-dir` override the file. Logs go to stderr
+//! (filtered by `RUST_LOG`; default `info` for `run`, `warn` otherwise; JSON lines if the file
+//! says `log_format = "json"`), so that what a command prints on stdout can be piped.
+//!
+//! Each command is a thin call into the `plughost` library, in a file of its own.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod exec;
+mod inspect;
+mod list;
+mod run;
+mod table;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use plughost::{HostConfig, LogFormat};
+
+/// Discover, validate, load and call native Rust plugins.
+#[derive(Debug, Parser)]
+#[command(name = "plughost", version, about)]
+struct Cli {
+    /// The configuration file [default: plughost.toml in the working folder, if present].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load every plugin in the folder, then watch it: load new libraries, hot-reload changed
+    /// ones, unload deleted ones. Runs until Ctrl-C or SIGTERM, then shuts everything down.
+    Run {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Load once and do not watch the folder.
+        #[arg(long)]
+        no_watch: bool,
+        /// Where the platform cannot tell when a write is finished (not Linux), how long a
+        /// changed file must be quiet before it is reloaded, in milliseconds [default: the
+        /// file's host.debounce].
+        #[arg(long, value_name = "MS")]
+        settle_ms: Option<u64>,
+        /// Check every plugin's health this often, in seconds, logging changes; 0 turns it off.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        health_interval: u64,
+    },
+    /// Show every library in the folder: name, version, plugin-api version, file, status.
+    List(DirArgs),
+    /// Validate one library and print its metadata and configuration schema. Exits 0 if it
+    /// would load, 1 with the reason if not.
+    Inspect {
+        /// The library file.
+        file: PathBuf,
+        /// Print the metadata as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also ask the plugin whether it accepts this Init configuration (JSON), without
+        /// starting it.
+        #[arg(long = "init", value_name = "JSON")]
+        init: Option<String>,
+    },
+    /// Load one plugin, Init it, Execute it once on INPUT, print the output, Shut it down.
+    Exec {
+        /// The plugin's name.
+        name: String,
+        /// The input; `-` reads standard input.
+        input: String,
+        /// Init configuration, as JSON [default: the plugin's table in the configuration file].
+        #[arg(long = "init", value_name = "JSON")]
+        init: Option<String>,
+        /// Give up on the call after this many milliseconds (the plugin is asked to stop)
+        /// [default: the plugin's timeout in the configuration file, else 30000].
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// Print where the time went (load, init, execute, shutdown) to stderr.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Enable a plugin in the configuration file; a running `plughost run` starts it.
+    Enable {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Disable a plugin in the configuration file; a running `plughost run` shuts it down and
+    /// unloads it (its file is left alone).
+    Disable {
+        /// The plugin's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the file and every plugin's config against the plugin's schema and
+    /// requirements (reading descriptors only, starting nothing), and print the effective
+    /// configuration with secrets masked. Exits 1 if anything would be refused.
+    Check(DirArgs),
+}
+
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// The plugins folder [default: the file's host.plugins_dir, else plugins].
+    #[arg(long, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Where private copies of loaded libraries go [default: <temp>/plughost-shadow-<uid>].
+    #[arg(long, value_name = "DIR")]
+    shadow_dir: Option<PathBuf>,
+}
+
+impl DirArgs {
+    /// The settings, with these flags applied over them.
+    fn apply(&self, mut config: HostConfig) -> HostConfig {
+        if let Some(dir) = &self.plugins_dir {
+            config.host.plugins_dir = dir.clone();
+        }
+        if let Some(dir) = &self.shadow_dir {
+            config.host.shadow_dir = Some(dir.clone());
+        }
+        config
+    }
+}
+
+/// Runs the command line and maps failure to exit code 1 with a one-line reason.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The file is read first: it says how to log. Not for enable / disable, which only edit
+    // it: reading it here would need the host's environment variables.
+    let config = match cli.command {
+        Command::Enable { .. } | Command::Disable { .. } => Ok(HostConfig::default()),
+        _ => HostConfig::discover(cli.config.as_deref()),
+    };
+    let format = config
+        .as_ref()
+        .map_or(LogFormat::Human, |c| c.host.log_format);
+    init_logging(matches!(cli.command, Command::Run { .. }), format);
+    let outcome = config
+        .map_err(anyhow::Error::from)
+        .and_then(|config| dispatch(cli.command, config, cli.config.as_deref()));
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            // Not `eprintln!`, which panics when stderr cannot be written: the exit code must
+            // still say what happened.
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line. The library's errors already say their cause in
+/// their message (`libx.so: cannot read the file: Permission denied`), so the chain stops at
+/// the first of them.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in error.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<plughost::LoadError>()
+            || cause.is::<plughost::HostError>()
+            || cause.is::<plughost::CallError>()
+            || cause.is::<plughost::ConfigError>()
+        {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
+fn init_logging(verbose_by_default: bool, format: LogFormat) {
+    let default = if verbose_by_default { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        // Colour only for a person at a terminal, never in files, pipes or journals.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        // Its report of a failed write is an `eprintln!`, which panics when stderr is full or
+        // closed; a log line lost is better than a host aborted.
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            dir,
+            no_watch,
+            settle_ms,
+            health_interval,
+        } => {
+            let config = dir.apply(config);
+            let watch = config.host.watch && !no_watch;
+            let settle = settle_ms.map_or(config.host.debounce, Duration::from_millis);
+            run::run(config, watch, settle, Duration::from_secs(health_interval))
+        }
+        Command::List(dir) => list::list(dir.apply(config)),
+        Command::Inspect { file, json, init } => inspect::inspect(&file, json, init.as_deref()),
+        Command::Exec {
+            name,
+            input,
+            init,
+            timeout,
+            verbose,
+            dir,
+        } => exec::exec(
+            &name,
+            &input,
+            init.as_deref(),
+            timeout.map(Duration::from_millis),
+            verbose,
+            dir.apply(config),
+        ),
+        Command::Config(ConfigCommand::Check(dir)) => config::check(dir.apply(config)),
+        Command::Enable { name } => config::set_enabled(file, &name, true),
+        Command::Disable { name } => config::set_enabled(file, &name, false),
+    }
+}

@@ -1,0 +1,109 @@
+//! Why a `plughost.toml`, or a change to the settings, was refused; and where in the file.
+
+use std::path::{Path, PathBuf};
+
+/// A place in the file: `plughost.toml:12:5`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line; 0 when the place is the whole file.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
+    }
+}
+
+/// Why a `plughost.toml` (or an edit of it) was refused. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// What the parser said.
+        message: String,
+    },
+    /// A `${VAR}` without a default names a variable that is not set.
+    #[error("{at}: {key}: environment variable {variable} is not set (write ${{{variable}:-default}} to give a default)")]
+    Env {
+        /// Where the value is.
+        at: Location,
+        /// The key whose value names it, dotted (`plugins.storage.config.path`).
+        key: String,
+        /// The variable.
+        variable: String,
+    },
+    /// A `${` in a value has no closing `}`.
+    #[error(
+        "{at}: {key}: a `${{` is not closed (write ${{VAR}} or ${{VAR:-default}}, or $${{ for a \
+         literal `${{`)"
+    )]
+    UnclosedVariable {
+        /// Where the value is.
+        at: Location,
+        /// The key whose value has it, dotted (`plugins.storage.config.path`).
+        key: String,
+    },
+    /// A plugin's settings cannot be applied: its config does not fit its schema, or its
+    /// dependencies would not be met.
+    #[error("{}: {reason}", settings_place(path.as_deref(), at.as_ref()))]
+    Plugin {
+        /// The configuration file; `None` when the settings come from no file (defaults and
+        /// the API).
+        path: Option<PathBuf>,
+        /// Where in it, if the reason is one place.
+        at: Option<Location>,
+        /// The plugin.
+        plugin: String,
+        /// Why, naming the plugin (and the key or dependency).
+        reason: String,
+    },
+    /// The file cannot be changed as asked (`plughost enable`/`disable`): a key that must be
+    /// a table is not one.
+    #[error("{}: cannot update the file: {reason}", path.display())]
+    Edit {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The changed file could not be written.
+    #[error("{}: cannot update the file: cannot write {}: {source}", path.display(), target.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The file actually written (the target, if `path` is a symbolic link).
+        target: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Where a refused setting is: its place in the file, else the file, else "the settings".
+fn settings_place(path: Option<&Path>, at: Option<&Location>) -> String {
+    match (at, path) {
+        (Some(at), _) => at.to_string(),
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => "the settings".into(),
+    }
+}

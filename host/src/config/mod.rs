@@ -1,0 +1,219 @@
+//! `plughost.toml`: the operator's file, and the rules about it.
+//!
+//! Every setting has a default, so no file is needed. A file is read in three steps
+//! ([`parse`]), each of which can refuse it with a message that points at the line and column:
+//!
+//! 1. parse the TOML, keeping where every key and value sits in the text;
+//! 2. replace `${VAR}` and `${VAR:-default}` in string values from the environment
+//!    ([`env`]; `$${` writes a literal `${`);
+//! 3. read the settings: unknown keys and wrong types are refused. A message about a value
+//!    that came from the environment names the variables, never the value (it may be a secret).
+//!
+//! [`HostConfig::check_structure`] does steps 1 and 3 without the environment, for tools that
+//! edit the file on behalf of a host that may run with other variables set ([`edit`]).
+//!
+//! A plugin's own `config` table is kept as JSON for its Init; it is checked against the
+//! plugin's schema only once the plugin's descriptor is known ([`schema`]).
+
+#![forbid(unsafe_code)]
+
+pub(crate) mod edit;
+mod env;
+mod error;
+mod parse;
+pub(crate) mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Location};
+use parse::Spans;
+
+/// The default name of the file, looked for in the working folder.
+pub const DEFAULT_FILE: &str = "plughost.toml";
+
+/// The host's whole configuration: settings for the host, and a table per plugin.
+#[derive(Debug, Clone, Default)]
+pub struct HostConfig {
+    /// The file it was read from; `None` for the built-in defaults.
+    pub file: Option<PathBuf>,
+    /// The `[host]` table.
+    pub host: HostSettings,
+    /// The `[plugins.NAME]` tables, by plugin name.
+    pub plugins: BTreeMap<String, PluginSettings>,
+    /// The `[host]` table as the file says it, before command-line flags change `host`: what a
+    /// live edit is compared with.
+    pub(crate) file_host: HostSettings,
+    /// Where each key and value sits in the file, for messages.
+    spans: HashMap<Vec<String>, Spans>,
+    /// The values that took something from the environment, by key path: their variables.
+    from_env: HashMap<Vec<String>, Vec<String>>,
+    text: String,
+}
+
+/// The `[host]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSettings {
+    /// The folder scanned for plugin libraries. Relative paths are taken from the folder the
+    /// file is in. Default `plugins`.
+    pub plugins_dir: PathBuf,
+    /// Where private copies of loaded libraries go. Default: `plughost-shadow-<uid>` in the
+    /// system's temporary folder.
+    pub shadow_dir: Option<PathBuf>,
+    /// Whether to watch the plugins folder and this file, and apply changes live. Default on.
+    pub watch: bool,
+    /// How long a file must stay quiet after a change the watcher cannot tell is finished
+    /// (`"100ms"`, `"1s"`). Default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// The time limit of a call through the dispatcher, unless a plugin sets its own. Default:
+    /// the dispatcher's own (5 s for `Dispatcher`'s default policy; 30 s for `plughost exec`).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Option<Duration>,
+    /// How many plugins may run at once; more are refused. Default 256.
+    pub max_plugins: usize,
+    /// `human` or `json` log lines. Default `human`.
+    pub log_format: LogFormat,
+    /// How long shutting down waits for a plugin's calls in flight before leaving it loaded
+    /// without Shutdown (unloading code that runs would crash the process). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            plugins_dir: PathBuf::from("plugins"),
+            shadow_dir: None,
+            watch: true,
+            debounce: Duration::from_millis(100),
+            call_timeout: None,
+            max_plugins: 256,
+            log_format: LogFormat::Human,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A `[plugins.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginSettings {
+    /// Whether the plugin runs. A disabled plugin's file is left alone. Default true.
+    pub enabled: bool,
+    /// Among plugins whose dependencies are met, higher priorities start first. Default 0.
+    pub priority: i64,
+    /// The time limit of a call through the dispatcher, overriding `host.call_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Handed to the plugin's Init, as JSON, after checking it against the plugin's schema.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            enabled: true,
+            priority: 0,
+            timeout: None,
+            config: serde_json::Map::new(),
+        }
+    }
+}
+
+impl HostConfig {
+    /// The defaults, with another plugins folder.
+    pub fn with_plugins_dir(dir: impl Into<PathBuf>) -> Self {
+        let mut config = HostConfig::default();
+        config.host.plugins_dir = dir.into();
+        config
+    }
+
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Reads `--config FILE` if given (which must exist), else `plughost.toml` in the working
+    /// folder if there is one, else the defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(path) => Self::load(path),
+            None if Path::new(DEFAULT_FILE).is_file() => Self::load(Path::new(DEFAULT_FILE)),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// Parses `text` as the content of `path` (named in messages; relative paths in the file
+    /// are taken from its folder), substituting variables from the process environment.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        parse::read(path, text, Some(&|name| std::env::var(name).ok()))
+    }
+
+    /// Checks that `text`, as the content of `path`, is a configuration file the host could
+    /// read, without reading the environment: it is valid TOML, has no unknown keys, every
+    /// value that does not use a variable has the right type, and every `${` is closed.
+    /// Values that use `${VAR}` (with or without a default) are not type-checked: their
+    /// content depends on the environment of the host that reads the file, which need not be
+    /// this process's.
+    pub fn check_structure(path: &Path, text: &str) -> Result<(), ConfigError> {
+        parse::read(path, text, None).map(|_| ())
+    }
+
+    /// The environment variables the value at `keys` (e.g. `["plugins", "storage", "config",
+    /// "token"]`) was built from, if it used any. A message about such a value should name
+    /// them rather than quote the value, which may be a secret.
+    pub fn from_environment(&self, keys: &[&str]) -> Option<&[String]> {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.from_env.get(&keys).map(Vec::as_slice)
+    }
+
+    /// Where the value of config key `key` of plugin `plugin` came from, if from the
+    /// environment: `"value from ${TOKEN}"`, for [`schema::fit_with`].
+    pub fn config_origin(&self, plugin: &str, key: &str) -> Option<String> {
+        let variables = self.from_environment(&["plugins", plugin, "config", key])?;
+        let variables: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
+        Some(format!("value from {}", variables.join(", ")))
+    }
+
+    /// The settings of plugin `name` (the defaults if the file has no table for it).
+    pub fn plugin(&self, name: &str) -> PluginSettings {
+        self.plugins.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Where `keys` (e.g. `["plugins", "storage", "config", "path"]`) is in the file, or the
+    /// nearest enclosing table that is; the file itself if none is; `None` without a file.
+    pub fn locate(&self, keys: &[&str]) -> Option<Location> {
+        let file = self.file.as_ref()?;
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        let offset = (1..=keys.len())
+            .rev()
+            .find_map(|n| self.spans.get(&keys[..n]).map(|s| s.key.start));
+        Some(match offset {
+            Some(offset) => parse::locate(file, &self.text, offset),
+            None => Location {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+            },
+        })
+    }
+}

@@ -1,0 +1,378 @@
+//! Step 1 and 3 of reading `plughost.toml`: TOML with the place of every key kept, and the
+//! settings read from it with serde, each error mapped back to its line and column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+use super::env::{ExpandError, Lookup, Substitution};
+use super::{ConfigError, HostConfig, HostSettings, Location, PluginSettings};
+
+#[derive(Debug, Clone)]
+pub(super) struct Spans {
+    pub(super) key: Range<usize>,
+    value: Range<usize>,
+}
+
+/// The file as serde reads it, after substitution.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFile {
+    host: HostSettings,
+    plugins: BTreeMap<String, PluginSettings>,
+}
+
+/// Reads `text`, the content of `path`, with `lookup` as the environment; `None` leaves out
+/// the values that use it ([`HostConfig::check_structure`]).
+pub(super) fn read(
+    path: &Path,
+    text: &str,
+    lookup: Option<&Lookup<'_>>,
+) -> Result<HostConfig, ConfigError> {
+    let located = |span: Option<Range<usize>>, message: String| ConfigError::Invalid {
+        at: locate(path, text, span.map_or(0, |s| s.start)),
+        message,
+    };
+    let document = DeTable::parse(text).map_err(|e| located(e.span(), e.message().into()))?;
+    let mut spans = HashMap::new();
+    index(document.get_ref(), &mut Vec::new(), &mut spans);
+
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| located(e.span(), e.message().into()))?;
+    let mut substitution = Substitution::new(lookup);
+    substitution
+        .table(&mut table, &mut Vec::new())
+        .map_err(|(keys, error)| {
+            let at = locate(path, text, value_offset(&spans, &keys));
+            let key = keys.join(".");
+            match error {
+                ExpandError::Unset(variable) => ConfigError::Env { at, key, variable },
+                ExpandError::Unclosed { .. } => ConfigError::UnclosedVariable { at, key },
+            }
+        })?;
+    let from_env = substitution.from_env;
+
+    let raw: RawFile =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let keys: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|segment| match segment {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
+            let error = e.into_inner();
+            let unknown_key = error.message().starts_with("unknown field");
+            // The deepest key the file has; for a wrong type, its value.
+            let span = (0..=keys.len()).rev().find_map(|n| {
+                spans.get(&keys[..n]).map(|s| {
+                    if n == keys.len() && !unknown_key {
+                        s.value.clone()
+                    } else {
+                        s.key.clone()
+                    }
+                })
+            });
+            let mut message = error.message().to_owned();
+            if !unknown_key {
+                // serde quotes the value it refused, which may be a secret from the
+                // environment: such a message names the variables instead.
+                let variables = from_env.get(&keys).or_else(|| {
+                    from_env
+                        .iter()
+                        .find(|(at, _)| !keys.is_empty() && at.starts_with(&keys))
+                        .map(|(_, variables)| variables)
+                });
+                if let Some(variables) = variables {
+                    message = without_value(&message, variables);
+                }
+            }
+            if !keys.is_empty() {
+                message = format!("{}: {message}", keys.join("."));
+            }
+            located(span, message)
+        })?;
+    let mut host = raw.host;
+    let base = path.parent().unwrap_or(Path::new(""));
+    host.plugins_dir = base.join(&host.plugins_dir);
+    host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
+    Ok(HostConfig {
+        file: Some(path.to_owned()),
+        file_host: host.clone(),
+        host,
+        plugins: raw.plugins,
+        spans,
+        from_env,
+        text: text.to_owned(),
+    })
+}
+
+/// Records the spans of every key under `table`, by key path.
+fn index(table: &DeTable<'_>, path: &mut Vec<String>, out: &mut HashMap<Vec<String>, Spans>) {
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        out.insert(
+            path.clone(),
+            Spans {
+                key: key.span(),
+                value: value.span(),
+            },
+        );
+        match value.get_ref() {
+            DeValue::Table(inner) => index(inner, path, out),
+            DeValue::Array(items) => {
+                // Arrays of tables (`[[x]]`) hold keys too; index them by position.
+                for (i, item) in items.iter().enumerate() {
+                    if let DeValue::Table(inner) = item.get_ref() {
+                        path.push(i.to_string());
+                        index(inner, path, out);
+                        path.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
+        path.pop();
+    }
+}
+
+/// Where the value at `keys` starts, or else the nearest enclosing key that has a place (array
+/// items have none of their own); the start of the file if none has.
+fn value_offset(spans: &HashMap<Vec<String>, Spans>, keys: &[String]) -> usize {
+    (0..=keys.len())
+        .rev()
+        .find_map(|n| {
+            spans.get(&keys[..n]).map(|s| {
+                if n == keys.len() {
+                    s.value.start
+                } else {
+                    s.key.start
+                }
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// A refused message about a value built from `variables`, rewritten so as not to quote it:
+/// `invalid type: string (value from ${PORT}), expected usize`.
+fn without_value(message: &str, variables: &[String]) -> String {
+    let kind = if message.starts_with("invalid type") {
+        "invalid type"
+    } else {
+        "invalid value"
+    };
+    let from: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
+    // serde's own messages end in ", expected WHAT", which names the type, not the value;
+    // other (custom) messages may quote the value anywhere, so nothing of them is kept.
+    let standard = ["invalid type: ", "invalid value: ", "unknown variant "]
+        .iter()
+        .any(|prefix| message.starts_with(prefix));
+    let expected = message
+        .rsplit_once(", expected ")
+        .filter(|_| standard)
+        .map(|(_, expected)| format!(", expected {expected}"))
+        .unwrap_or_default();
+    format!("{kind}: string (value from {}){expected}", from.join(", "))
+}
+
+/// Line and column (1-based, in characters) of byte `offset` in `text`.
+pub(super) fn locate(file: &Path, text: &str, offset: usize) -> Location {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Location {
+        file: file.to_owned(),
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::config::LogFormat;
+
+    fn parse(text: &str) -> Result<HostConfig, String> {
+        HostConfig::parse(Path::new("plughost.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = parse("").unwrap();
+        assert_eq!(config.host, HostSettings::default());
+        assert!(config.plugin("anything").enabled);
+    }
+
+    #[test]
+    fn reads_every_setting() {
+        let config = parse(
+            r#"
+[host]
+plugins_dir = "libs"
+watch = false
+debounce = "250ms"
+call_timeout = "2s"
+max_plugins = 3
+log_format = "json"
+
+[plugins.transform]
+enabled = false
+priority = 7
+timeout = "150ms"
+config = { mode = "lower", nested = { list = [1, 2] } }
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.host.plugins_dir, PathBuf::from("libs"));
+        assert!(!config.host.watch);
+        assert_eq!(config.host.debounce, Duration::from_millis(250));
+        assert_eq!(config.host.call_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(config.host.log_format, LogFormat::Json);
+        let transform = config.plugin("transform");
+        assert!(!transform.enabled);
+        assert_eq!(transform.priority, 7);
+        assert_eq!(transform.timeout, Some(Duration::from_millis(150)));
+        assert_eq!(
+            serde_json::Value::Object(transform.config),
+            serde_json::json!({"mode": "lower", "nested": {"list": [1, 2]}})
+        );
+    }
+
+    #[test]
+    fn unknown_key_points_at_it() {
+        let error =
+            parse("[host]\nwatch = true\n\n[plugins.counter]\nenabeld = false\n").unwrap_err();
+        assert!(error.starts_with("plughost.toml:5:1: "), "{error}");
+        assert!(error.contains("unknown field `enabeld`"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_points_at_the_value() {
+        let error = parse("[host]\nmax_plugins = \"many\"\n").unwrap_err();
+        assert!(
+            error.starts_with("plughost.toml:2:15: host.max_plugins: "),
+            "{error}"
+        );
+        assert!(error.contains("invalid type"), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_points_at_it() {
+        let error = parse("[host]\nwatch = \n").unwrap_err();
+        assert!(error.starts_with("plughost.toml:2:"), "{error}");
+    }
+
+    /// Parses `text` with `vars` as the whole environment.
+    fn parse_with_env(text: &str, vars: &[(&str, &str)]) -> Result<HostConfig, String> {
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        read(Path::new("plughost.toml"), text, Some(&lookup)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_wrong_value_from_the_environment_is_named_not_quoted() {
+        let secret = [
+            ("N", "s3cret"),
+            ("FMT", "s3cret"),
+            ("D", "s3cret"),
+            ("T", "s3cret"),
+        ];
+        for (text, expected) in [
+            (
+                "[host]\nmax_plugins = \"${N}\"\n",
+                "plughost.toml:2:15: host.max_plugins: invalid type: string (value from ${N}), \
+                 expected usize",
+            ),
+            (
+                "[host]\nlog_format = \"${FMT}\"\n",
+                "plughost.toml:2:14: host.log_format: invalid value: string (value from \
+                 ${FMT}), expected `human` or `json`",
+            ),
+            (
+                "[host]\ndebounce = \"${D}\"\n",
+                "plughost.toml:2:12: host.debounce: invalid value: string (value from ${D}), \
+                 expected a duration",
+            ),
+            (
+                "[plugins.a]\ntimeout = \"${T:-1s}${D}\"\n",
+                "plughost.toml:2:11: plugins.a.timeout: invalid value: string (value from \
+                 ${T}, ${D}), expected a duration",
+            ),
+        ] {
+            let error = parse_with_env(text, &secret).unwrap_err();
+            assert_eq!(error, expected);
+        }
+        // A message in no standard shape may quote the value anywhere: none of it is kept.
+        assert_eq!(
+            without_value(r#"unknown unit "s3cret", expected ms"#, &["D".into()]),
+            "invalid value: string (value from ${D})"
+        );
+        // The value from the environment reaches the settings; it is known to be from there.
+        let config =
+            parse_with_env("[plugins.a.config]\ntoken = \"${T}\"\n", &[("T", "s3cret")]).unwrap();
+        assert_eq!(config.plugin("a").config["token"], "s3cret");
+        assert_eq!(
+            config.from_environment(&["plugins", "a", "config", "token"]),
+            Some(&["T".to_owned()][..])
+        );
+        assert_eq!(config.from_environment(&["plugins", "a"]), None);
+    }
+
+    #[test]
+    fn an_unclosed_variable_names_the_key_and_place() {
+        let error = parse_with_env("[plugins.s.config]\npath = \"${HOME/x\"\n", &[]).unwrap_err();
+        assert_eq!(
+            error,
+            "plughost.toml:2:8: plugins.s.config.path: a `${` is not closed (write ${VAR} or \
+             ${VAR:-default}, or $${ for a literal `${`)"
+        );
+        // Also when the environment is not read.
+        let error = HostConfig::check_structure(
+            Path::new("plughost.toml"),
+            "[host]\nplugins_dir = \"${X\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("plughost.toml:2:15: host.plugins_dir: a `${` is not closed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn structure_is_checked_without_the_environment() {
+        let check = |text: &str| {
+            HostConfig::check_structure(Path::new("plughost.toml"), text).map_err(|e| e.to_string())
+        };
+        // Values using variables are the host's business, set or not here.
+        check(
+            "[host]\ndebounce = \"${PLUGHOST_UNIT_TEST_UNSET}\"\nmax_plugins = 3\n\
+             [plugins.a]\nenabled = false\ntimeout = \"${PLUGHOST_UNIT_TEST_UNSET:-1s}\"\n\
+             [plugins.a.config]\nlist = [\"${PLUGHOST_UNIT_TEST_UNSET}\"]\n",
+        )
+        .unwrap();
+        // Everything else is checked as usual.
+        let error = check("[host]\nmax_plugins = \"many\"\n").unwrap_err();
+        assert!(
+            error.starts_with("plughost.toml:2:15: host.max_plugins: invalid type"),
+            "{error}"
+        );
+        let error = check("[plugins.a]\nenabeld = false\n").unwrap_err();
+        assert!(error.contains("unknown field `enabeld`"), "{error}");
+        let error = check("[plugins.a]\nenabled = \"$${literal}\"\n").unwrap_err();
+        assert!(
+            error.contains(r#"invalid type: string "${literal}""#),
+            "{error}"
+        );
+    }
+}

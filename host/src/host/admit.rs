@@ -1,0 +1,282 @@
+//! Putting a library in service: [`Host::install`] is [`Host::prepare`] (requirements,
+//! config, Init beside the running version) then [`Host::commit`] (the swap, and the old
+//! version retired in the background). [`Host::start_in_order`] installs several in
+//! dependency order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, info_span, warn};
+
+use super::init_config::{checked_config, scrub_init_error};
+use super::retire::{describe_unload, retire_in_background};
+use super::{Host, Lifecycle, LoadReport};
+use crate::dependencies::{self, DISABLED};
+use crate::error::LoadError;
+use crate::events::HostEvent;
+use crate::plugin_info::PluginInfo;
+use crate::runtime::{PluginLibrary, RunningPlugin, Slot};
+
+/// A version whose Init succeeded, waiting to be put in service by [`Host::commit`].
+pub(super) struct Prepared {
+    slot: Arc<Slot>,
+    running: RunningPlugin,
+    /// The configuration given through the API, if any, remembered once in service.
+    given: Option<Vec<u8>>,
+    handed_over: bool,
+    load_time: Duration,
+}
+
+impl Host {
+    /// Starts `libraries` in dependency order (then by priority), each with `config_for(its
+    /// plugin)` as its Init configuration, or its settings' if that is `None`. Refusals are
+    /// logged, announced and added to `report`; the others start regardless.
+    pub(super) fn start_in_order(
+        &self,
+        lifecycle: &mut Lifecycle,
+        libraries: Vec<PluginLibrary>,
+        mut config_for: impl FnMut(&PluginInfo) -> Option<Vec<u8>>,
+        report: &mut LoadReport,
+    ) {
+        let candidates = lifecycle.candidates(&libraries);
+        let running: Vec<PluginInfo> = self
+            .plugins()
+            .into_iter()
+            .filter(|p| !candidates.iter().any(|c| c.info.name == p.name))
+            .collect();
+        let config = &lifecycle.config;
+        let plan =
+            dependencies::start_order(&candidates, &running, &|name| !config.plugin(name).enabled);
+        let mut libraries: Vec<Option<PluginLibrary>> = libraries.into_iter().map(Some).collect();
+        let mut refuse = |lifecycle: &mut Lifecycle, error: LoadError| {
+            lifecycle.wait_if_passing(&error);
+            self.refused(&error, None);
+            report.refused.push(error);
+        };
+        for (i, error) in plan.refused {
+            drop(libraries[i].take());
+            refuse(lifecycle, error);
+        }
+        for i in plan.order {
+            let Some(library) = libraries[i].take() else {
+                continue;
+            };
+            let config = config_for(library.info());
+            match self.install(lifecycle, library, config.as_deref(), Instant::now()) {
+                Ok(slot) => report
+                    .loaded
+                    .extend(slot.current().map(|v| v.library().info().clone())),
+                Err(error) => refuse(lifecycle, error),
+            }
+        }
+    }
+
+    /// Puts `library` in service: [`prepare`](Self::prepare) then [`commit`](Self::commit).
+    pub(super) fn install(
+        &self,
+        lifecycle: &mut Lifecycle,
+        library: PluginLibrary,
+        config: Option<&[u8]>,
+        noticed: Instant,
+    ) -> Result<Arc<Slot>, LoadError> {
+        let prepared = self.prepare(lifecycle, library, config)?;
+        Ok(self.commit(lifecycle, prepared, noticed))
+    }
+
+    /// Makes `library` ready to serve, without putting it in service: checks the plugins it
+    /// requires are in service (and that those requiring it accept this version), checks its
+    /// configuration against its schema and calls Init. `config`: the Init configuration
+    /// (JSON), or `None` for the one last given through the API, else the settings'. Dropping
+    /// the result shuts the new instance down; the version in service, if any, never noticed.
+    pub(super) fn prepare(
+        &self,
+        lifecycle: &mut Lifecycle,
+        library: PluginLibrary,
+        config: Option<&[u8]>,
+    ) -> Result<Prepared, LoadError> {
+        let info = library.info().clone();
+        let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
+        if lifecycle.closed {
+            return Err(LoadError::HostClosed {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+            });
+        }
+        let slot = self.registry.slot_or_insert(&info.name);
+        let old = slot.current();
+        if let Some(old) = &old {
+            if old.library().file() != library.file() {
+                return Err(LoadError::DuplicateName {
+                    path: library.file().to_owned(),
+                    name: info.name.clone(),
+                    existing: old.library().file().to_owned(),
+                });
+            }
+        }
+        let max = lifecycle.config.host.max_plugins;
+        if old.is_none() && self.registry.loaded().len() >= max {
+            return Err(LoadError::TooMany {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+                max,
+            });
+        }
+        let required = self.required_slots(lifecycle, &library)?;
+        let given = config
+            .map(<[u8]>::to_vec)
+            .or_else(|| lifecycle.configs.get(&info.name).cloned());
+        let init_config = match &given {
+            Some(given) => checked_config(&lifecycle.config, &library, given, false)?,
+            None => {
+                let settings = lifecycle.config.plugin(&info.name).config;
+                let json = serde_json::to_vec(&settings).unwrap_or_default();
+                checked_config(&lifecycle.config, &library, &json, true)?
+            }
+        };
+        let state = match old.as_ref().map(|v| v.save_state()) {
+            Some(Err(e)) => {
+                warn!("{e}; the new version starts without the old one's state");
+                None
+            }
+            Some(Ok(state)) => state,
+            None => None,
+        };
+        let load_time = library.load_time();
+        library.bind_dependencies(required);
+        let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref())
+            .map_err(|e| scrub_init_error(e, &init_config.secrets))?;
+        Ok(Prepared {
+            slot,
+            running,
+            given,
+            handed_over: state.is_some(),
+            load_time,
+        })
+    }
+
+    /// Puts a prepared version in service: swaps it into its slot and retires the version it
+    /// replaces in the background.
+    pub(super) fn commit(
+        &self,
+        lifecycle: &mut Lifecycle,
+        prepared: Prepared,
+        noticed: Instant,
+    ) -> Arc<Slot> {
+        let Prepared {
+            slot,
+            running,
+            given,
+            handed_over,
+            load_time,
+        } = prepared;
+        let info = running.library().info().clone();
+        let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
+        if let Some(given) = given {
+            lifecycle.configs.insert(info.name.clone(), given);
+        }
+        let file = running.library().file().to_owned();
+        lifecycle.known.insert(info.name.clone(), file.clone());
+        let previous = slot.swap(Some(Arc::new(running)));
+        let took = noticed.elapsed();
+        match previous {
+            None => {
+                self.registry.mark_loaded(&slot);
+                info!(
+                    "loaded {} {} from {} in {:.1} ms (plugin-api {})",
+                    info.name,
+                    info.version,
+                    file.display(),
+                    (load_time + took).as_secs_f64() * 1e3,
+                    info.api_version,
+                );
+                self.shared.events.emit(HostEvent::Loaded {
+                    name: info.name,
+                    version: info.version,
+                    file,
+                });
+            }
+            Some(previous) => {
+                let thread = retire_in_background(
+                    previous,
+                    self.shared.clone(),
+                    move |old, retired, shared| {
+                        let status = describe_unload(&retired, shared, "old version");
+                        if let Err(e) = &retired.shutdown {
+                            warn!("old version {}: {e}", old.version);
+                        }
+                        info!(
+                            "reloaded {} {} -> {} in {:.1} ms{} ({status})",
+                            info.name,
+                            old.version,
+                            info.version,
+                            took.as_secs_f64() * 1e3,
+                            if handed_over {
+                                ", state handed over"
+                            } else {
+                                ""
+                            },
+                        );
+                        shared.events.emit(HostEvent::Reloaded {
+                            name: info.name,
+                            from: old.version,
+                            to: info.version,
+                            file,
+                            took,
+                            state_handed_over: handed_over,
+                            old: retired.unload,
+                        });
+                    },
+                );
+                lifecycle.retiring.push(thread);
+            }
+        }
+        slot
+    }
+
+    /// The slots of the plugins `library` requires, each in service at a version in range;
+    /// and no plugin in service that requires `library`'s plugin may be left out of range,
+    /// nor may the requirements form a cycle.
+    fn required_slots(
+        &self,
+        lifecycle: &Lifecycle,
+        library: &PluginLibrary,
+    ) -> Result<Vec<Arc<Slot>>, LoadError> {
+        let info = library.info();
+        let path = library.file();
+        let serving = self.plugins();
+        if let Some(cycle) = dependencies::cycle_through(info, &serving) {
+            return Err(LoadError::DependencyCycle {
+                path: path.to_owned(),
+                name: info.name.clone(),
+                cycle,
+            });
+        }
+        let version_of = |name: &str| {
+            let version = self.registry.slot(name)?.current()?;
+            Some(version.library().info().version.clone())
+        };
+        if let Some(unmet) = dependencies::unmet(info, version_of) {
+            return Err(unmet.refusal(path, &info.name, |name| {
+                if lifecycle.config.plugin(name).enabled {
+                    "is not loaded".into()
+                } else {
+                    DISABLED.into()
+                }
+            }));
+        }
+        if let Some(broken) = dependencies::broken_dependent(info, &serving) {
+            return Err(LoadError::BreaksDependent {
+                path: path.to_owned(),
+                name: info.name.clone(),
+                version: Box::new(info.version.clone()),
+                dependent: broken.dependent,
+                requirement: Box::new(broken.requirement),
+            });
+        }
+        Ok(info
+            .dependencies
+            .iter()
+            .filter_map(|requirement| self.registry.slot(&requirement.name))
+            .collect())
+    }
+}

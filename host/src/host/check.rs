@@ -1,0 +1,297 @@
+//! `plughost config check`: the settings and every plugin's config checked as `plughost run`
+//! would check them (schema, the plugin's own `validate_config`, requirements, start order),
+//! reading descriptors only and starting nothing.
+
+use std::path::PathBuf;
+
+use super::Host;
+use crate::config::{schema, HostConfig};
+use crate::dependencies::{self, Candidate};
+use crate::error::{CallError, HostError, LoadError};
+use crate::plugin_info::PluginInfo;
+
+/// What [`Host::check_config`] found.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ConfigReport {
+    /// Where the settings came from: the file, or the built-in defaults.
+    pub source: String,
+    /// The effective configuration as TOML: defaults filled in, secrets shown as `***`.
+    pub effective: String,
+    /// The order the enabled plugins would start in.
+    pub start_order: Vec<String>,
+    /// What `plughost run` would refuse, a line each, naming the file or the place in it.
+    pub problems: Vec<String>,
+    /// What it would only warn about: unknown config keys, settings for absent plugins.
+    pub warnings: Vec<String>,
+}
+
+impl Host {
+    /// Checks the settings and every plugin in the folder without starting any: each
+    /// library must open, each config fit its plugin's schema and be accepted by the plugin
+    /// (for enabled plugins), and each requirement be met. Returns the effective configuration
+    /// and every problem found.
+    pub fn check_config(&self) -> Result<ConfigReport, HostError> {
+        let config = self.config();
+        let mut libraries = Vec::new();
+        let mut refused = Vec::new();
+        for path in self.discover()? {
+            match self.open(&path) {
+                Ok(library) => libraries.push(library),
+                Err(error) => refused.push(error),
+            }
+        }
+        let plugins: Vec<Surveyed<'_>> = libraries
+            .iter()
+            .map(|library| Surveyed {
+                info: library.info(),
+                file: library.file().to_owned(),
+                ask: Box::new(move |bytes| library.validate_config(bytes)),
+            })
+            .collect();
+        Ok(survey(&config, &plugins, &refused))
+    }
+}
+
+/// Asks a plugin whether it accepts a config (its `validate_config`).
+type Ask<'a> = Box<dyn Fn(&[u8]) -> Result<(), CallError> + 'a>;
+
+/// One plugin found, with the way to ask it about a config.
+struct Surveyed<'a> {
+    info: &'a PluginInfo,
+    file: PathBuf,
+    ask: Ask<'a>,
+}
+
+/// The report on `config`, for `plugins` found in the folder and files `refused` there.
+fn survey(config: &HostConfig, plugins: &[Surveyed<'_>], refused: &[LoadError]) -> ConfigReport {
+    // `plughost run` would refuse such a file: as much a problem as a config it would refuse.
+    let mut problems: Vec<String> = refused.iter().map(ToString::to_string).collect();
+    let mut warnings = Vec::new();
+    let at = |keys: &[&str]| {
+        config
+            .locate(keys)
+            .map(|a| format!("{a}: "))
+            .unwrap_or_default()
+    };
+    let mut effective = toml::Table::new();
+    if let Ok(host) = toml::Value::try_from(&config.host) {
+        effective.insert("host".into(), host);
+    }
+    let mut tables = toml::Table::new();
+    let mut candidates = Vec::new();
+    for plugin in plugins {
+        let info = plugin.info;
+        let settings = config.plugin(&info.name);
+        let mut table = toml::Table::new();
+        table.insert("enabled".into(), settings.enabled.into());
+        table.insert("priority".into(), settings.priority.into());
+        if let Some(timeout) = settings.timeout {
+            let timeout = humantime::format_duration(timeout).to_string();
+            table.insert("timeout".into(), timeout.into());
+        }
+        // A value from the environment may be a secret: a problem with it names the variable.
+        let origin = |key: &str| config.config_origin(&info.name, key);
+        match schema::fit_with(info, &settings.config, &origin) {
+            Ok(fitted) => {
+                for key in &fitted.unknown {
+                    warnings.push(format!(
+                        "{}plugin {}: unknown config key `{key}` (not in its schema)",
+                        at(&["plugins", &info.name, "config", key]),
+                        info.name
+                    ));
+                }
+                let bytes = serde_json::to_vec(&fitted.config).unwrap_or_default();
+                if settings.enabled {
+                    if let Err(e) = (plugin.ask)(&bytes) {
+                        let secrets = schema::secrets(info, &fitted.config);
+                        // Where the config is: its table in the file (or the plugin's table,
+                        // or the file); the library itself without a file.
+                        let place = config
+                            .locate(&["plugins", &info.name, "config"])
+                            .map_or_else(|| plugin.file.display().to_string(), |a| a.to_string());
+                        problems.push(format!(
+                            "{place}: plugin {} refuses its config: {}",
+                            info.name,
+                            schema::scrub(&e.to_string(), &secrets)
+                        ));
+                    }
+                }
+                let shown = serde_json::Value::Object(schema::masked(info, &fitted.config));
+                if let Ok(value) = toml::Value::try_from(&shown) {
+                    table.insert("config".into(), value);
+                }
+            }
+            Err(problem) => problems.push(format!(
+                "{}plugin {}: config key `{}` {}",
+                at(&["plugins", &info.name, "config", &problem.key]),
+                info.name,
+                problem.key,
+                problem.reason
+            )),
+        }
+        tables.insert(info.name.clone(), table.into());
+        if settings.enabled {
+            candidates.push(Candidate {
+                info: info.clone(),
+                file: plugin.file.clone(),
+                priority: settings.priority,
+            });
+        }
+    }
+    for name in config.plugins.keys() {
+        if !tables.contains_key(name) {
+            warnings.push(format!(
+                "{}no plugin named {name} in {}",
+                at(&["plugins", name]),
+                config.host.plugins_dir.display()
+            ));
+        }
+    }
+    let plan = dependencies::start_order(&candidates, &[], &|n| !config.plugin(n).enabled);
+    problems.extend(plan.refused.iter().map(|(_, e)| e.to_string()));
+    effective.insert("plugins".into(), tables.into());
+    ConfigReport {
+        // Not "plughost.toml": without a file the settings are the built-in defaults.
+        source: config.file.as_ref().map_or_else(
+            || "the built-in defaults (no configuration file)".to_owned(),
+            |f| f.display().to_string(),
+        ),
+        effective: toml::to_string_pretty(&effective).unwrap_or_default(),
+        start_order: plan
+            .order
+            .iter()
+            .map(|&i| candidates[i].info.name.clone())
+            .collect(),
+        problems,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin_info::{ConfigKey, Requirement};
+    use std::path::Path;
+
+    fn info(name: &str, requires: &[&str], schema: Vec<ConfigKey>) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: semver::Version::new(1, 3, 0),
+            api_version: semver::Version::new(1, 3, 0),
+            description: String::new(),
+            author: String::new(),
+            license: String::new(),
+            capabilities: vec![],
+            tags: vec![],
+            config_schema: schema,
+            dependencies: requires
+                .iter()
+                .map(|n| Requirement {
+                    name: (*n).into(),
+                    range: "^1".parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn key(name: &str, required: bool, sensitive: bool) -> ConfigKey {
+        ConfigKey {
+            key: name.into(),
+            ty: "string",
+            required,
+            sensitive,
+            default: None,
+            description: String::new(),
+        }
+    }
+
+    fn surveyed<'a>(
+        info: &'a PluginInfo,
+        ask: impl Fn(&[u8]) -> Result<(), CallError> + 'a,
+    ) -> Surveyed<'a> {
+        Surveyed {
+            info,
+            file: PathBuf::from(format!("lib{}.so", info.name)),
+            ask: Box::new(ask),
+        }
+    }
+
+    fn settings(text: &str) -> HostConfig {
+        HostConfig::parse(Path::new("plughost.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_good_configuration_has_no_problems_and_a_start_order() {
+        let storage = info("storage", &[], vec![key("path", true, false)]);
+        let notes = info("notes", &["storage"], vec![]);
+        let plugins = [surveyed(&notes, |_| Ok(())), surveyed(&storage, |_| Ok(()))];
+        let config = settings("[plugins.storage.config]\npath = \"/data\"\n");
+        let report = survey(&config, &plugins, &[]);
+        assert_eq!(report.problems, Vec::<String>::new());
+        assert_eq!(report.start_order, ["storage", "notes"]);
+        assert_eq!(report.source, "plughost.toml");
+        assert!(
+            report.effective.contains("path = \"/data\""),
+            "{}",
+            report.effective
+        );
+    }
+
+    #[test]
+    fn problems_name_the_place_and_never_a_secret() {
+        let storage = info(
+            "storage",
+            &[],
+            vec![key("path", true, false), key("token", false, true)],
+        );
+        let notes = info("notes", &["storage"], vec![]);
+        // The plugin quotes the secret it was given; the report must not.
+        let plugins = [
+            surveyed(&storage, |_| {
+                Err(CallError::Failed {
+                    plugin: "storage".into(),
+                    message: "token hunter2 was revoked".into(),
+                })
+            }),
+            surveyed(&notes, |_| Ok(())),
+        ];
+        let config = settings(
+            "[plugins.storage.config]\npath = \"/d\"\ntoken = \"hunter2\"\ncolour = \"red\"\n\
+             [plugins.absent]\nenabled = true\n",
+        );
+        let report = survey(&config, &plugins, &[]);
+        assert_eq!(
+            report.problems,
+            [
+                "plughost.toml:1:18: plugin storage refuses its config: plugin storage returned an \
+              error: token *** was revoked"
+            ]
+        );
+        assert!(
+            !report.effective.contains("hunter2"),
+            "{}",
+            report.effective
+        );
+        assert_eq!(
+            report.warnings,
+            [
+                "plughost.toml:4:1: plugin storage: unknown config key `colour` (not in its \
+                 schema)",
+                "plughost.toml:5:10: no plugin named absent in plugins",
+            ]
+        );
+        // A config that does not fit, and a requirement switched off.
+        let config = settings("[plugins.storage]\nenabled = false\n");
+        let report = survey(&config, &plugins, &[]);
+        assert_eq!(
+            report.problems,
+            [
+                "plughost.toml:1:10: plugin storage: config key `path` is required (string) but \
+                 missing",
+                "libnotes.so: plugin notes requires storage ^1, which is disabled in the settings",
+            ]
+        );
+        assert_eq!(report.start_order, Vec::<String>::new());
+    }
+}

@@ -1,0 +1,392 @@
+//! The [`Host`]: a plugins folder, a shadow folder and a registry, with the operations that
+//! move plugins through their life. It uses every other part of the crate and holds no FFI.
+//!
+//! One file per job, in the order a plugin meets them:
+//!
+//! - [`admit`]: a library is admitted into service: requirements checked, config checked,
+//!   Init called beside the running version, then swapped in; several in start order;
+//! - [`init_config`]: the configuration a plugin is started with, checked against its schema;
+//! - [`sync`]: what a change of a file in the plugins folder does;
+//! - [`retire`]: taking a version out of service, unloading it, reporting how it went;
+//! - [`reconfigure`]: enable, disable, and live edits of `plughost.toml`;
+//! - [`check`]: `plughost config check`, the whole configuration checked without starting
+//!   anything;
+//! - [`watch`]: the watcher that calls [`sync`] and [`reconfigure`] on file events.
+//!
+//! Every change of which version serves a name runs under one lifecycle lock, so changes never
+//! interleave; calls never take that lock.
+
+#![forbid(unsafe_code)]
+
+mod admit;
+mod check;
+mod init_config;
+mod reconfigure;
+mod retire;
+mod sync;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+pub use check::ConfigReport;
+pub use watch::{WatchOptions, Watcher};
+
+use crate::config::HostConfig;
+use crate::error::{CallError, HostError, LoadError};
+use crate::events::{HostEvent, Subscribers};
+use crate::loader::discovery;
+use crate::loader::shadow::{self, ShadowDir};
+use crate::loader::Library;
+use crate::plugin_info::PluginInfo;
+use crate::runtime::{PluginHandle, PluginLibrary, Registry};
+
+/// What [`Host::load_all`] did: the plugins it started and the files it refused.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Started plugins, in load order.
+    pub loaded: Vec<PluginInfo>,
+    /// Refused files, each error naming its file and the reason.
+    pub refused: Vec<LoadError>,
+}
+
+/// A plugin host. Dropping it shuts every plugin down, each before the plugins it requires.
+pub struct Host {
+    plugins_dir: PathBuf,
+    shadow: ShadowDir,
+    registry: Registry,
+    lifecycle: Mutex<Lifecycle>,
+    shared: Arc<Shared>,
+}
+
+/// Whether the API switched a plugin on or off, and what the file said when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Switch {
+    /// The file's `enabled` when the API switched it.
+    in_file: bool,
+    /// What the API set.
+    enabled: bool,
+}
+
+/// State only touched under the lifecycle lock.
+#[derive(Default)]
+struct Lifecycle {
+    /// Content hash of the last refused content of each file, so an extra event for a file
+    /// already refused does not refuse (and log) it again.
+    refused: HashMap<PathBuf, u128>,
+    /// Threads retiring old versions, joined at shutdown.
+    retiring: Vec<JoinHandle<()>>,
+    /// The Init configuration each plugin name was last given through the API
+    /// ([`Host::load_file`], [`Host::load`]), reused when its file is reloaded or comes back
+    /// after a deletion. Plugins without one take theirs from `config`.
+    configs: HashMap<String, Vec<u8>>,
+    /// The settings: `plughost.toml`, with enable / disable applied.
+    config: HostConfig,
+    /// Plugins enabled or disabled through the API ([`Host::enable`], [`Host::disable`]). The
+    /// API's choice stands through edits of the file until an edit changes that plugin's
+    /// `enabled` itself.
+    switched: HashMap<String, Switch>,
+    /// The file each plugin name was last seen in, running or not (for `enable`).
+    known: HashMap<String, PathBuf>,
+    /// Files refused because of other plugins (a requirement missing or out of range, a
+    /// dependent it would break, a cycle): tried again when those change.
+    waiting: Vec<PathBuf>,
+    /// Set by `shutdown`: nothing is loaded after it.
+    closed: bool,
+}
+
+/// What background retirements share with the host.
+#[derive(Default)]
+struct Shared {
+    events: Subscribers,
+    /// Shadow paths of closed versions that were still mapped when checked.
+    still_mapped: Mutex<Vec<PathBuf>>,
+    /// Bumped whenever the settings change, so a dispatcher knows to rebuild its policies.
+    settings_generation: AtomicU64,
+    /// A copy of `Lifecycle::config`, readable without waiting for a load in progress.
+    settings: arc_swap::ArcSwap<HostConfig>,
+}
+
+impl Host {
+    /// A host with no plugin running yet, set up from `config` (`plughost.toml`, or
+    /// [`HostConfig::with_plugins_dir`]): plugins folder, shadow folder, and each plugin's
+    /// settings, applied by [`load_all`](Self::load_all) and every later load. Creates the
+    /// shadow folder.
+    pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        let shadow_dir = config
+            .host
+            .shadow_dir
+            .clone()
+            .unwrap_or_else(shadow::default_shadow_dir);
+        let shadow = ShadowDir::new(&shadow_dir).map_err(|source| HostError::ShadowDir {
+            path: shadow_dir,
+            source,
+        })?;
+        let host = Host {
+            plugins_dir: config.host.plugins_dir.clone(),
+            shadow,
+            registry: Registry::default(),
+            lifecycle: Mutex::default(),
+            shared: Arc::default(),
+        };
+        let mut lifecycle = host.lifecycle();
+        lifecycle.config = config;
+        host.publish_settings(&lifecycle);
+        drop(lifecycle);
+        Ok(host)
+    }
+
+    /// The settings in force: the configuration file's, with enable / disable applied. Never
+    /// waits, even while a plugin is being loaded.
+    pub fn config(&self) -> Arc<HostConfig> {
+        self.shared.settings.load_full()
+    }
+
+    /// Makes `lifecycle.config` what [`config`](Self::config) returns and tells dispatchers.
+    fn publish_settings(&self, lifecycle: &Lifecycle) {
+        self.shared
+            .settings
+            .store(Arc::new(lifecycle.config.clone()));
+        self.shared
+            .settings_generation
+            .fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes whenever [`config`](Self::config) does. Cheap: one atomic load.
+    pub(crate) fn settings_generation(&self) -> u64 {
+        self.shared.settings_generation.load(Ordering::Acquire)
+    }
+
+    /// Events from now on: loads, reloads, refusals, unloads, configuration changes.
+    pub fn subscribe(&self) -> Receiver<HostEvent> {
+        self.shared.events.subscribe()
+    }
+
+    fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        // Lifecycle state stays consistent across a panic (each field is updated in one step).
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The plugins folder.
+    pub fn plugins_dir(&self) -> &Path {
+        &self.plugins_dir
+    }
+
+    /// The library files in the plugins folder, sorted by name.
+    pub fn discover(&self) -> Result<Vec<PathBuf>, HostError> {
+        discovery::discover(&self.plugins_dir).map_err(|source| HostError::PluginsDir {
+            path: self.plugins_dir.clone(),
+            source,
+        })
+    }
+
+    /// Checks, copies, loads and validates one library without starting it: to read its
+    /// metadata, or ask its plugin about a configuration.
+    pub fn open(&self, path: &Path) -> Result<PluginLibrary, LoadError> {
+        Library::open(path, &self.shadow).map(PluginLibrary::new)
+    }
+
+    /// Opens `bytes`, the content of `path` already read.
+    fn open_bytes(&self, path: &Path, bytes: &[u8]) -> Result<PluginLibrary, LoadError> {
+        Library::open_bytes(path, bytes, &self.shadow).map(PluginLibrary::new)
+    }
+
+    /// Loads every enabled library in the plugins folder, in dependency order (then by
+    /// priority), each with its configuration from the settings. Refusals are logged and
+    /// reported; the others load regardless.
+    pub fn load_all(&self) -> Result<LoadReport, HostError> {
+        let mut report = LoadReport::default();
+        let mut libraries = Vec::new();
+        for path in self.discover()? {
+            match self.open(&path) {
+                Ok(library) => libraries.push(library),
+                Err(error) => {
+                    self.refused(&error, None);
+                    report.refused.push(error);
+                }
+            }
+        }
+        let mut lifecycle = self.lifecycle();
+        libraries.retain(|library| lifecycle.admit(library));
+        self.start_in_order(&mut lifecycle, libraries, |_| None, &mut report);
+        Ok(report)
+    }
+
+    /// Starts the plugin `name` from the plugins folder, after the plugins it requires (each
+    /// with its settings), as `plughost run` would start them. `config`: its Init
+    /// configuration (JSON), or `None` for the one from the settings. If several files hold a
+    /// plugin of that name, the first by file name is the one, as for `load_all`.
+    pub fn load(&self, name: &str, config: Option<&[u8]>) -> Result<PluginHandle, HostError> {
+        let mut refused = Vec::new();
+        let mut libraries = Vec::new();
+        let files = self.discover()?;
+        let mut files = files.iter();
+        // A name is only known once its file is opened: open in order, up to the first that
+        // is `name`; the others only if it requires any.
+        for path in files.by_ref() {
+            match self.open(path) {
+                Ok(library) if library.info().name == name => {
+                    libraries.insert(0, library);
+                    break;
+                }
+                Ok(library) => libraries.push(library),
+                Err(error) => refused.push(error),
+            }
+        }
+        match libraries.first() {
+            Some(target) if target.info().name == name => {}
+            _ => {
+                return Err(HostError::NoSuchPlugin {
+                    dir: self.plugins_dir.clone(),
+                    name: name.to_owned(),
+                    refused,
+                })
+            }
+        }
+        if !libraries[0].info().dependencies.is_empty() {
+            libraries.extend(files.filter_map(|path| self.open(path).ok()));
+        }
+        let mut lifecycle = self.lifecycle();
+        let candidates = lifecycle.candidates(&libraries);
+        let needed = crate::dependencies::needed_by(name, &candidates, |required| {
+            self.registry.is_serving(required) || !lifecycle.config.plugin(required).enabled
+        });
+        let mut libraries: Vec<Option<PluginLibrary>> = libraries.into_iter().map(Some).collect();
+        let needed: Vec<PluginLibrary> = needed
+            .into_iter()
+            .filter_map(|i| libraries[i].take())
+            .collect();
+        let mut report = LoadReport::default();
+        self.start_in_order(
+            &mut lifecycle,
+            needed,
+            |info| {
+                (info.name == name)
+                    .then(|| config.map(<[u8]>::to_vec))
+                    .flatten()
+            },
+            &mut report,
+        );
+        drop(lifecycle);
+        match report.refused.into_iter().next() {
+            // The first refusal is the root cause: requirements start first.
+            Some(error) => Err(error.into()),
+            None => self.handle(name).map_err(|_| HostError::NoSuchPlugin {
+                dir: self.plugins_dir.clone(),
+                name: name.to_owned(),
+                refused,
+            }),
+        }
+    }
+
+    /// Opens and starts one library, from any folder, with `config` (JSON; empty means `{}`)
+    /// as its Init configuration. If the same file already serves the name, this replaces it
+    /// like a reload; another file serving the name is a refusal.
+    pub fn load_file(&self, path: &Path, config: &[u8]) -> Result<PluginHandle, LoadError> {
+        let library = self.open(path)?;
+        let mut lifecycle = self.lifecycle();
+        self.install(&mut lifecycle, library, Some(config), Instant::now())
+            .map(PluginHandle::new)
+    }
+
+    /// A handle to call the plugin `name`.
+    pub fn handle(&self, name: &str) -> Result<PluginHandle, CallError> {
+        self.registry
+            .slot(name)
+            .filter(|s| s.current().is_some())
+            .map(PluginHandle::new)
+            .ok_or_else(|| CallError::NotFound {
+                plugin: name.to_owned(),
+            })
+    }
+
+    /// The files the plugins in service were loaded from.
+    pub(crate) fn loaded_files(&self) -> Vec<PathBuf> {
+        self.registry
+            .loaded()
+            .iter()
+            .filter_map(|s| s.current())
+            .map(|v| v.library().file().to_owned())
+            .collect()
+    }
+
+    /// The plugins in service, oldest first.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.registry
+            .loaded()
+            .iter()
+            .filter_map(|s| s.current())
+            .map(|v| v.library().info().clone())
+            .collect()
+    }
+
+    /// Logs and announces a refusal. `kept`: the plugin that keeps serving, if any.
+    fn refused(&self, error: &LoadError, kept: Option<&crate::runtime::Slot>) {
+        let kept = kept.and_then(|slot| slot.current()).map(|v| {
+            let info = v.library().info();
+            (info.name.clone(), info.version.clone())
+        });
+        match &kept {
+            Some((name, version)) => {
+                tracing::warn!("kept {name} {version}: new file refused: {error}")
+            }
+            None => tracing::warn!("refused {error}"),
+        }
+        self.shared.events.emit(HostEvent::Refused {
+            file: error.path().to_owned(),
+            reason: error.to_string(),
+            kept,
+        });
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Lifecycle {
+    /// Notes where `library`'s plugin lives and says whether the settings let it run.
+    fn admit(&mut self, library: &PluginLibrary) -> bool {
+        let info = library.info();
+        self.known
+            .insert(info.name.clone(), library.file().to_owned());
+        let enabled = self.config.plugin(&info.name).enabled;
+        if !enabled {
+            tracing::info!(
+                "{} {} in {} is disabled: not started",
+                info.name,
+                info.version,
+                library.file().display()
+            );
+        }
+        enabled
+    }
+
+    /// `libraries` as candidates for [`start_order`](crate::dependencies::start_order), with
+    /// their priorities from the settings.
+    fn candidates(&self, libraries: &[PluginLibrary]) -> Vec<crate::dependencies::Candidate> {
+        libraries
+            .iter()
+            .map(|library| crate::dependencies::Candidate {
+                info: library.info().clone(),
+                file: library.file().to_owned(),
+                priority: self.config.plugin(&library.info().name).priority,
+            })
+            .collect()
+    }
+
+    /// Remembers the file of a refusal that depends on other plugins (a requirement missing
+    /// or out of range, a dependent it would break, a cycle), to try it again when they change.
+    fn wait_if_passing(&mut self, error: &LoadError) {
+        if error.depends_on_others() && !self.waiting.iter().any(|p| p == error.path()) {
+            self.waiting.push(error.path().to_owned());
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Taking versions out of service: wait for their calls in flight, Shutdown, close the library,
+//! check it left memory, and report how it went, in one line and one event. Shutting the host
+//! down is the same for every plugin, each before the plugins it requires.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::{Host, Shared};
+use crate::dependencies;
+use crate::error::CallError;
+use crate::events::HostEvent;
+use crate::loader::residency::{self, UnloadStatus};
+use crate::plugin_info::PluginInfo;
+use crate::runtime::{Retired, RunningPlugin, Slot};
+
+impl Host {
+    /// Takes a plugin out of service: waits for its calls in flight, calls Shutdown, unloads
+    /// the library. Returns what Shutdown reported.
+    pub fn unload(&self, name: &str) -> Result<(), CallError> {
+        let version = {
+            let mut lifecycle = self.lifecycle();
+            let version = self.registry.slot(name).and_then(|slot| slot.swap(None));
+            if version.is_some() {
+                // A plugin refused because it would have broken this one may start now.
+                self.retry_waiting(&mut lifecycle, Vec::new());
+            }
+            version
+        }
+        .ok_or_else(|| CallError::NotFound {
+            plugin: name.to_owned(),
+        })?;
+        self.retire_and_report(version)
+    }
+
+    /// Retires a version already out of service, here and now (waiting for its calls in
+    /// flight, so never under the lifecycle lock), and reports it. Returns what Shutdown
+    /// reported.
+    pub(super) fn retire_and_report(&self, version: Arc<RunningPlugin>) -> Result<(), CallError> {
+        let (old, retired) = retire_now(version);
+        report_unload(old, &retired, &self.shared);
+        retired.shutdown
+    }
+
+    /// Empties `slot` and retires its version in the background once in-flight calls are done.
+    pub(super) fn take_out_of_service(&self, slot: &Slot) -> Option<JoinHandle<()>> {
+        let version = slot.swap(None)?;
+        let dependents = self.dependents_of(slot.name());
+        if !dependents.is_empty() {
+            warn!(
+                "{} is out of service; {} require it, and their calls to it fail until it is back",
+                slot.name(),
+                dependents.join(", ")
+            );
+        }
+        Some(retire_in_background(
+            version,
+            self.shared.clone(),
+            |old, retired, shared| report_unload(old, &retired, shared),
+        ))
+    }
+
+    /// The plugins in service that require `name`.
+    pub(super) fn dependents_of(&self, name: &str) -> Vec<String> {
+        self.plugins()
+            .into_iter()
+            .filter(|p| p.dependencies.iter().any(|r| r.name == name))
+            .map(|p| p.name)
+            .collect()
+    }
+
+    /// How many closed plugin versions are still mapped into the process (see
+    /// [`UnloadStatus::StillMapped`]). Checked afresh on every call: a pinned library leaves
+    /// once the thread pinning it ends.
+    pub fn still_mapped(&self) -> usize {
+        self.shared.still_mapped(None)
+    }
+
+    /// Shuts every plugin down, each before the plugins it requires, otherwise newest first,
+    /// and unloads them; waits for versions still being retired after reloads. Waits for a
+    /// plugin's calls in flight up to `host.shutdown_timeout` (10 s by default); a plugin still
+    /// running after that is logged and left loaded without Shutdown, since unloading code
+    /// that runs would crash the process.
+    pub fn shutdown(&self) {
+        let timeout = self.config().host.shutdown_timeout;
+        let (versions, threads) = {
+            let mut lifecycle = self.lifecycle();
+            lifecycle.closed = true;
+            let mut slots = self.registry.loaded();
+            slots.reverse();
+            let infos: Vec<PluginInfo> = slots
+                .iter()
+                .map(|slot| {
+                    slot.current()
+                        .map(|v| v.library().info().clone())
+                        .expect("loaded slots hold a version")
+                })
+                .collect();
+            let versions: Vec<Arc<RunningPlugin>> = dependencies::stop_order(&infos)
+                .into_iter()
+                .filter_map(|i| slots[i].swap(None))
+                .collect();
+            (versions, std::mem::take(&mut lifecycle.retiring))
+        };
+        // One at a time: a later plugin may still be using an earlier one.
+        for version in versions {
+            match retire_within(version, Some(timeout)) {
+                Ok((old, retired)) => report_unload(old, &retired, &self.shared),
+                Err((old, version)) => {
+                    error!(
+                        "{} {} still has calls running {} s after shutdown began; left loaded \
+                         without Shutdown (unloading code that runs would crash)",
+                        old.name,
+                        old.version,
+                        timeout.as_secs()
+                    );
+                    // Never dropped: dropping would shut it down under the running calls.
+                    std::mem::forget(version);
+                }
+            }
+        }
+        // Old versions still retiring after reloads: wait for them within the same bound; a
+        // thread still waiting on a stuck call is left to finish on its own.
+        let deadline = Instant::now() + timeout;
+        for thread in threads {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Records `closed` (a version found still mapped after closing), forgets those that have
+    /// left memory since, and says how many remain.
+    fn still_mapped(&self, closed: Option<PathBuf>) -> usize {
+        let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
+        paths.retain(|p| residency::is_mapped(p).unwrap_or(false));
+        paths.extend(closed);
+        paths.len()
+    }
+}
+
+/// Who a retired version was, kept for the log line once it is gone.
+pub(super) struct OldVersion {
+    pub(super) name: String,
+    pub(super) version: semver::Version,
+    file: PathBuf,
+}
+
+/// Logs and announces that a plugin was taken out of service.
+fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
+    let status = describe_unload(retired, shared, "library");
+    match &retired.shutdown {
+        Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
+        Err(e) => warn!(
+            "unloaded {} {} after a failed shutdown: {e} ({status})",
+            old.name, old.version
+        ),
+    }
+    shared.events.emit(HostEvent::Unloaded {
+        name: old.name,
+        version: old.version,
+        file: old.file,
+        status: retired.unload,
+    });
+}
+
+/// Records a still-mapped library and says what became of it, for log lines.
+pub(super) fn describe_unload(retired: &Retired, shared: &Shared, subject: &str) -> String {
+    match retired.unload {
+        UnloadStatus::StillMapped => format!(
+            "{}; {} closed version(s) still mapped in all",
+            retired.unload.describe(subject),
+            shared.still_mapped(Some(retired.shadow.clone()))
+        ),
+        other => other.describe(subject),
+    }
+}
+
+/// Waits until no call holds `version` any more, then shuts it down and unloads it.
+fn retire_now(version: Arc<RunningPlugin>) -> (OldVersion, Retired) {
+    match retire_within(version, None) {
+        Ok(retired) => retired,
+        Err(_) => unreachable!("no time limit"),
+    }
+}
+
+/// Like [`retire_now`], giving up after `limit`: then the version is left loaded, without
+/// Shutdown (its code is still running, so unloading it would crash the calls), and handed
+/// back.
+fn retire_within(
+    version: Arc<RunningPlugin>,
+    limit: Option<Duration>,
+) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
+    let info = version.library().info();
+    let old = OldVersion {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        file: version.library().file().to_owned(),
+    };
+    let mut version = version;
+    let mut pause = Duration::from_micros(20);
+    let waiting_since = Instant::now();
+    let mut next_warning = Duration::from_secs(5);
+    let running = loop {
+        match Arc::try_unwrap(version) {
+            Ok(running) => break running,
+            Err(shared) => {
+                // Calls in flight (or `PluginOutput`s still held) keep this version alive.
+                if limit.is_some_and(|limit| waiting_since.elapsed() >= limit) {
+                    return Err((old, shared));
+                }
+                if waiting_since.elapsed() >= next_warning {
+                    warn!(
+                        "{} {} is out of service but still in use ({} calls or outputs held) \
+                         after {} s; it shuts down when they are done",
+                        old.name,
+                        old.version,
+                        Arc::strong_count(&shared) - 1,
+                        next_warning.as_secs()
+                    );
+                    next_warning *= 2;
+                }
+                version = shared;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+        }
+    };
+    Ok((old, running.retire()))
+}
+
+/// [`retire_now`] on a thread of its own, then `report`.
+pub(super) fn retire_in_background(
+    version: Arc<RunningPlugin>,
+    shared: Arc<Shared>,
+    report: impl FnOnce(OldVersion, Retired, &Shared) + Send + 'static,
+) -> JoinHandle<()> {
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name("plughost-retire".into())
+        .spawn(move || {
+            let _span = span.entered();
+            let (old, retired) = retire_now(version);
+            report(old, retired, &shared);
+        })
+        .expect("spawn a retiring thread")
+}

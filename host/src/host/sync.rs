@@ -1,0 +1,128 @@
+//! What a change of a file in the plugins folder does ([`Host::sync_file`]): a new library is
+//! loaded, a changed one replaces the running version (which keeps serving if the new content
+//! is refused), a deleted one is unloaded. A file refused because of other plugins waits, and
+//! is tried again whenever a plugin starts, changes or leaves.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tracing::debug;
+
+use super::{Host, Lifecycle};
+use crate::error::LoadError;
+use crate::loader;
+
+impl Host {
+    /// Brings the host in line with what `path` now holds: loads a new library, replaces the
+    /// running version if the content changed, keeps the running version if the new content is
+    /// refused, unloads the plugin if the file is gone. This is what the watcher calls.
+    pub fn sync_file(&self, path: &Path) {
+        let noticed = Instant::now();
+        let mut lifecycle = self.lifecycle();
+        if lifecycle.closed {
+            return;
+        }
+        if self.sync_locked(&mut lifecycle, path, noticed) {
+            // A plugin started, changed or left: files waiting on it may load now.
+            self.retry_waiting(&mut lifecycle, Vec::new());
+        }
+    }
+
+    /// Tries again the files refused for what other plugins were at the time (a requirement
+    /// missing or out of range, a dependent it would break, a cycle), and `also`, until no
+    /// more start.
+    pub(super) fn retry_waiting(&self, lifecycle: &mut Lifecycle, also: Vec<PathBuf>) {
+        for file in also {
+            // Tried afresh even if its content was refused: what refused it may have changed.
+            lifecycle.refused.remove(&file);
+            if !lifecycle.waiting.contains(&file) {
+                lifecycle.waiting.push(file);
+            }
+        }
+        loop {
+            let waiting = std::mem::take(&mut lifecycle.waiting);
+            let mut progress = false;
+            for file in waiting {
+                progress |= self.sync_locked(lifecycle, &file, Instant::now());
+            }
+            if !progress || lifecycle.waiting.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// [`sync_file`](Self::sync_file) under the lifecycle lock. Says whether what serves a
+    /// name changed: a plugin started, was replaced or left.
+    fn sync_locked(&self, lifecycle: &mut Lifecycle, path: &Path, noticed: Instant) -> bool {
+        let existing = self.registry.find_by_file(path);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lifecycle.refused.remove(path);
+                lifecycle.waiting.retain(|p| p != path);
+                let Some(slot) = existing else {
+                    return false;
+                };
+                let retiring = self.take_out_of_service(&slot);
+                let left = retiring.is_some();
+                lifecycle.retiring.extend(retiring);
+                return left;
+            }
+            Err(source) => {
+                let error = LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                };
+                self.refused(&error, existing.as_deref());
+                return false;
+            }
+        };
+        let hash = loader::content_hash(&bytes);
+        let running = existing.as_ref().and_then(|s| s.current());
+        if running
+            .as_ref()
+            .is_some_and(|v| v.library().content_hash() == hash)
+        {
+            debug!("{}: content unchanged, nothing to reload", path.display());
+            return false;
+        }
+        if lifecycle.refused.get(path) == Some(&hash) {
+            debug!("{}: content already refused", path.display());
+            return false;
+        }
+        let outcome = self.open_bytes(path, &bytes).and_then(|library| {
+            if !lifecycle.admit(&library) {
+                return Ok(None);
+            }
+            self.install(lifecycle, library, None, noticed).map(Some)
+        });
+        drop(bytes);
+        lifecycle.retiring.retain(|t| !t.is_finished());
+        match outcome {
+            Ok(Some(slot)) => {
+                lifecycle.refused.remove(path);
+                lifecycle.waiting.retain(|p| p != path);
+                // The file now holds another plugin: the one it held before goes.
+                if let Some(previous) = existing.filter(|s| s.name() != slot.name()) {
+                    let retiring = self.take_out_of_service(&previous);
+                    lifecycle.retiring.extend(retiring);
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                if error.depends_on_others() {
+                    // Tried again when the other plugins change.
+                    lifecycle.wait_if_passing(&error);
+                } else if !matches!(error, LoadError::Init { .. } | LoadError::TooMany { .. }) {
+                    // Only a file refused for what it is stays refused until its content
+                    // changes. An Init failure (say, a port the old version still holds) is
+                    // tried again on the next event.
+                    lifecycle.refused.insert(path.to_owned(), hash);
+                }
+                self.refused(&error, existing.as_deref());
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Private shadow copies: every load opens a fresh copy with a unique name, never the user's
+//! file.
+//!
+//! Two facts force this (docs/design.md, "Shadow copies"): `dlopen` caches by path, so reopening a path returns the old
+//! code; and overwriting a loaded library in place (`cp new.so loaded.so`) crashes the process.
+//! A copy with a unique name makes the host immune to how users replace their files. The bytes
+//! copied are the very bytes [`preflight`](super::preflight) checked, and the folder is private
+//! to the user running the host (on unix: owned by them, mode `0700`, checked), so nothing can
+//! change between the check and the load.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::LoadError;
+
+/// The folder shadow copies live in.
+#[derive(Debug)]
+pub(crate) struct ShadowDir {
+    dir: PathBuf,
+    counter: AtomicU64,
+}
+
+/// The default shadow folder: `plughost-shadow-<uid>` in the system's temporary folder (one
+/// per user, since it must be private).
+pub(crate) fn default_shadow_dir() -> PathBuf {
+    #[cfg(unix)]
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let name = format!("plughost-shadow-{}", unsafe { libc::geteuid() });
+    #[cfg(not(unix))]
+    let name = "plughost-shadow".to_owned();
+    std::env::temp_dir().join(name)
+}
+
+impl ShadowDir {
+    /// Creates (if needed) the folder, checks that it is private, and removes copies left by
+    /// host processes that no longer run (a crash skips the clean-up copies normally get).
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        create_private_dir(&dir)?;
+        // Canonical, so that it compares equal to the paths in `/proc/self/maps`.
+        let dir = dir.canonicalize()?;
+        remove_stale_copies(&dir);
+        Ok(ShadowDir {
+            dir,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes `bytes` (the content of `original`) to a new unique shadow path:
+    /// `<dir>/<stem>-<pid>-<counter>.<ext>`.
+    pub(crate) fn write(&self, original: &Path, bytes: &[u8]) -> Result<ShadowCopy, LoadError> {
+        let stem = original
+            .file_stem()
+            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!(
+            "{stem}-{}-{n}.{}",
+            std::process::id(),
+            super::discovery::LIBRARY_EXTENSION
+        ));
+        // `create_new`: never reuse or follow whatever may already sit at that name.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(bytes));
+        let copy = ShadowCopy { path };
+        written.map_err(|source| LoadError::Shadow {
+            path: original.to_owned(),
+            shadow: copy.path.clone(),
+            source,
+        })?;
+        Ok(copy)
+    }
+}
+
+/// One shadow copy; the file is deleted when this is dropped (after its library is closed).
+#[derive(Debug)]
+pub(crate) struct ShadowCopy {
+    path: PathBuf,
+}
+
+impl ShadowCopy {
+    /// Where the copy is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ShadowCopy {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!("could not delete shadow copy {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Creates `dir` private to this user, or checks that an existing one is: on unix, a real
+/// folder (not a link) owned by the effective user with no access for group or others. Anyone
+/// else able to write there could swap a checked copy for their own code before it is loaded.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        // SAFETY: `geteuid` has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let problem = if !meta.is_dir() {
+            Some("it is not a folder".to_owned())
+        } else if meta.uid() != me {
+            Some(format!("it belongs to user {}, not to {me}", meta.uid()))
+        } else if meta.mode() & 0o077 != 0 {
+            // Ours: tighten it rather than refuse.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            None
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("the shadow folder must be private to this user: {problem}"),
+            )),
+            None => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        // Windows: the per-user temporary folder is already private to the user.
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Deletes shadow copies whose process id (the second-to-last `-` part of the name) is not a
+/// running process. Only on Linux, where `/proc` says which processes run; elsewhere stale
+/// copies stay until someone clears the folder.
+fn remove_stale_copies(dir: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let pid = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}

@@ -1,7 +1,0 @@
-//! The `plughost` command. See `plughost --help`.
-
-mod cli;
-
-fn main() -> std::process::ExitCode {
-    cli::main()
-}

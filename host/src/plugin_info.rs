@@ -1,0 +1,65 @@
+//! Who a plugin is, as plain owned data: copied out of the library when it is loaded
+//! (the loader does the copying), so nothing the host keeps points into a
+//! library that may be unloaded. No FFI here.
+
+#![forbid(unsafe_code)]
+
+use serde::Serialize;
+
+/// Who a plugin is and what it accepts.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    /// Unique name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: semver::Version,
+    /// The plugin-api version it was built against.
+    pub api_version: semver::Version,
+    /// One line on what it does.
+    pub description: String,
+    /// Who wrote it.
+    pub author: String,
+    /// SPDX licence expression.
+    pub license: String,
+    /// What it can do.
+    pub capabilities: Vec<String>,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// The keys its configuration accepts.
+    pub config_schema: Vec<ConfigKey>,
+    /// The plugins it calls, which must be in service before it starts (plugin-api 1.3).
+    pub dependencies: Vec<Requirement>,
+}
+
+/// A plugin this one requires, at a range of versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requirement {
+    /// The required plugin's name.
+    pub name: String,
+    /// The versions accepted.
+    pub range: semver::VersionReq,
+}
+
+impl std::fmt::Display for Requirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.range)
+    }
+}
+
+/// One key of a configuration schema.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigKey {
+    /// The key.
+    pub key: String,
+    /// The value's type.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// Whether Init fails without it.
+    pub required: bool,
+    /// Whether its value is secret (shown as `***`).
+    pub sensitive: bool,
+    /// The default, as JSON text.
+    pub default: Option<String>,
+    /// What it means.
+    pub description: String,
+}

@@ -1,0 +1,178 @@
+//! The rules of the FFI call boundary, in one place: how an entry point's output comes back
+//! through an [`OutBuffer`] (the host lends memory; a plugin that needs more hands back its own
+//! allocation, which goes back to the plugin's `free_buffer`), how a status becomes a
+//! [`CallError`], and where the plugin code the host itself runs is run ([`on_own_thread`]).
+//! See docs/design.md, "Buffers across the boundary".
+
+use std::sync::Arc;
+
+use plugin_api::ffi::{BufferOwner, OutBuffer, Status};
+
+use crate::error::CallError;
+
+/// A library's `free_buffer`.
+pub(crate) type FreeFn = unsafe extern "C" fn(*mut u8, usize, usize);
+
+/// Runs an entry point with `out` lent as its output buffer, and leaves in `out` whatever it
+/// wrote (output or error message), giving a plugin-allocated buffer back to the plugin.
+///
+/// # Safety
+///
+/// `free` must be the `free_buffer` of the library `entry` calls into, and that library must
+/// stay loaded for the duration.
+#[inline]
+pub(crate) unsafe fn with_output(
+    out: &mut Vec<u8>,
+    free: FreeFn,
+    entry: impl FnOnce(&mut OutBuffer) -> Status,
+) -> Status {
+    out.clear();
+    let lent = out.as_mut_ptr();
+    let mut buf = OutBuffer::host(lent, out.capacity());
+    let status = entry(&mut buf);
+    match written(&buf, lent, out.capacity()) {
+        Written::Lent(len) => {
+            // SAFETY: checked by `written`: the plugin wrote `len <= capacity` bytes into the
+            // spare capacity we lent it.
+            unsafe { out.set_len(len) };
+            status
+        }
+        Written::Plugin => {
+            take_plugin_buffer(out, &buf, free);
+            status
+        }
+        Written::Broken => broken_protocol(out),
+    }
+}
+
+/// What a callee left in an [`OutBuffer`] the host lent it as `lent[..cap]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// `len` bytes (at most `cap`) written into the lent memory.
+    Lent(usize),
+    /// The callee's own allocation, `ptr[..len]`: read it, then give it back to the callee's
+    /// `free_buffer`.
+    Plugin,
+    /// The callee broke the protocol: moved the host's pointer, claimed more bytes than it was
+    /// lent, or set an owner that does not exist. Its output is not trusted (reading it could
+    /// be out of bounds), and an unknown owner's memory is left alone rather than freed.
+    Broken,
+}
+
+/// Checks what a callee left in `buf`, lent as `lent[..cap]` with `owner == HOST`. Every
+/// path that lends a plugin an output buffer goes through this before trusting `len`.
+#[inline]
+pub(crate) fn written(buf: &OutBuffer, lent: *mut u8, cap: usize) -> Written {
+    match buf.owner {
+        BufferOwner::PLUGIN => Written::Plugin,
+        BufferOwner::HOST if buf.ptr == lent && buf.len <= cap => Written::Lent(buf.len),
+        _ => Written::Broken,
+    }
+}
+
+/// The error message of a call whose output broke the protocol ([`Written::Broken`]).
+pub(crate) const BROKEN_PROTOCOL: &[u8] = b"the plugin broke the output buffer protocol";
+
+#[cold]
+fn broken_protocol(out: &mut Vec<u8>) -> Status {
+    out.clear();
+    out.extend_from_slice(BROKEN_PROTOCOL);
+    Status::ERROR
+}
+
+#[cold]
+fn take_plugin_buffer(out: &mut Vec<u8>, buf: &OutBuffer, free: FreeFn) {
+    if buf.len > 0 {
+        // SAFETY: the plugin handed over its allocation `ptr[..len]` (BufferOwner::PLUGIN).
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(buf.ptr, buf.len) });
+    }
+    // SAFETY: giving the plugin's allocation back to the plugin's allocator, once.
+    unsafe { free(buf.ptr, buf.len, buf.cap) };
+}
+
+/// Turns a non-OK status and the message the plugin wrote into an error.
+#[cold]
+pub(crate) fn call_error(plugin: &Arc<str>, status: Status, message: &[u8]) -> CallError {
+    let plugin = plugin.clone();
+    let message = String::from_utf8_lossy(message).into_owned();
+    match status {
+        Status::ERROR => CallError::Failed { plugin, message },
+        Status::PANIC => CallError::Panicked { plugin, message },
+        other => CallError::UnknownStatus {
+            plugin,
+            status: other.0,
+        },
+    }
+}
+
+/// Runs plugin code on a short-lived thread of its own: whatever thread-local destructors the
+/// plugin registers there run when that thread ends, instead of pinning the library to a
+/// long-lived host thread (docs/design.md, "Unloading and thread-local destructors"). Calls
+/// from users' threads (Execute) cannot be moved like this; everything the host itself runs in
+/// a plugin is (Init, Shutdown, validate_config, state hand-over).
+pub(crate) fn on_own_thread<R: Send>(plugin_code: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(plugin_code)
+            .join()
+            // Only plugin entry points run there, and they catch their own panics.
+            .expect("plugin entry points do not unwind")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn never_called(_: *mut u8, _: usize, _: usize) {
+        panic!("nothing was allocated by the plugin");
+    }
+
+    /// `with_output` over a fresh 16-byte `Vec`, the plugin being `entry`.
+    fn call(entry: impl FnOnce(&mut OutBuffer) -> Status) -> (Status, Vec<u8>) {
+        let mut out = Vec::with_capacity(16);
+        // SAFETY: `never_called` stands for the library's `free_buffer`; no test entry
+        // allocates.
+        let status = unsafe { with_output(&mut out, never_called, entry) };
+        (status, out)
+    }
+
+    #[test]
+    fn output_written_into_the_lent_buffer_is_kept() {
+        let (status, out) = call(|buf| {
+            // SAFETY: 16 bytes were lent.
+            unsafe { std::ptr::copy_nonoverlapping(b"abc".as_ptr(), buf.ptr, 3) };
+            buf.len = 3;
+            Status::OK
+        });
+        assert_eq!((status, out.as_slice()), (Status::OK, &b"abc"[..]));
+    }
+
+    #[test]
+    fn output_that_breaks_the_protocol_is_an_error_not_trusted() {
+        let broken = (Status::ERROR, BROKEN_PROTOCOL.to_vec());
+        assert_eq!(
+            call(|buf| {
+                buf.len = buf.cap + 1;
+                Status::OK
+            }),
+            broken
+        );
+        let mut elsewhere = [0u8; 4];
+        assert_eq!(
+            call(|buf| {
+                buf.ptr = elsewhere.as_mut_ptr();
+                buf.len = 4;
+                Status::OK
+            }),
+            broken
+        );
+        assert_eq!(
+            call(|buf| {
+                buf.owner = BufferOwner(2);
+                Status::OK
+            }),
+            broken
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! [`PluginLibrary`]: a library the [`loader`](crate::loader) opened and validated, with the
+//! host's callbacks installed, ready to be started (or asked about a configuration).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::std_types::RSlice;
+use plugin_api::ffi::{PluginVTable, StateVTable, Status};
+
+use super::abi::{call_error, on_own_thread, with_output};
+use super::callbacks::{PluginIdentity, HOST_API, PLUGIN_CALLS};
+use super::registry::Slot;
+use crate::error::CallError;
+use crate::loader::residency::UnloadStatus;
+use crate::loader::Library;
+use crate::plugin_info::PluginInfo;
+
+/// A loaded and validated plugin library that has not been started: what
+/// [`Host::open`](crate::Host::open) returns. Its metadata can be read and its plugin asked
+/// whether it would accept a configuration, without creating an instance. Dropping it closes
+/// the library and deletes its private copy.
+pub struct PluginLibrary {
+    // Declared first, so dropped first: the library is closed before the identity its
+    // callbacks refer to is freed (`close` decides whether that is safe).
+    library: Option<Library>,
+    identity: Option<Box<PluginIdentity>>,
+}
+
+impl std::fmt::Debug for PluginLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginLibrary")
+            .field("name", &self.info().name)
+            .field("version", &self.info().version)
+            .field("file", &self.file())
+            .field("shadow", &self.shadow_path())
+            .finish()
+    }
+}
+
+impl PluginLibrary {
+    /// Gives `library`'s plugin the host's callbacks (logging, calls to its dependencies).
+    /// Every export was found and checked when the library was opened, so nothing can refuse
+    /// the library between installing the identity and keeping it here.
+    pub(crate) fn new(library: Library) -> Self {
+        let info = library.info();
+        let identity = PluginIdentity::new(&info.name, &info.version);
+        let pointer = (&*identity as *const PluginIdentity).cast();
+        // SAFETY: the identity is kept with the library and freed only after `close` found the
+        // library unmapped (forgotten otherwise), so it outlives the library's code.
+        unsafe { library.install_callbacks(&HOST_API, &PLUGIN_CALLS, pointer) };
+        PluginLibrary {
+            library: Some(library),
+            identity: Some(identity),
+        }
+    }
+
+    fn library(&self) -> &Library {
+        self.library
+            .as_ref()
+            .expect("the library is only taken when it is closed")
+    }
+
+    /// Who the plugin is.
+    pub fn info(&self) -> &PluginInfo {
+        self.library().info()
+    }
+
+    /// The file it was loaded from.
+    pub fn file(&self) -> &Path {
+        self.library().file()
+    }
+
+    /// The private copy actually loaded.
+    pub fn shadow_path(&self) -> &Path {
+        self.library().shadow_path()
+    }
+
+    /// Whether the plugin can hand its state to its next version (plugin-api 1.1).
+    pub fn supports_state_handover(&self) -> bool {
+        self.library().state_vtable().is_some()
+    }
+
+    /// How long reading, checking, copying and loading took.
+    pub(crate) fn load_time(&self) -> Duration {
+        self.library().load_time()
+    }
+
+    /// A hash of the file's content as loaded.
+    pub(crate) fn content_hash(&self) -> u128 {
+        self.library().content_hash()
+    }
+
+    /// The entry points. Valid while `self` lives.
+    pub(crate) fn vtable(&self) -> &PluginVTable {
+        self.library().vtable()
+    }
+
+    /// The state hand-over entry points, if exported. Valid while `self` lives.
+    pub(crate) fn state_vtable(&self) -> Option<&StateVTable> {
+        self.library().state_vtable()
+    }
+
+    /// Lets the plugin call its dependencies, whose slots are `slots` (in service now). The
+    /// host binds them once, before Init.
+    pub(crate) fn bind_dependencies(&self, slots: Vec<Arc<Slot>>) {
+        if let Some(identity) = &self.identity {
+            identity.bind_dependencies(slots);
+        }
+    }
+
+    /// Asks the plugin whether `config` (JSON; empty means `{}`) is a configuration its Init
+    /// would accept, without creating an instance. `Ok` also when the plugin cannot tell (it
+    /// exports no `validate_config`).
+    pub fn validate_config(&self, config: &[u8]) -> Result<(), CallError> {
+        let vtable = self.vtable();
+        let Some(validate) = vtable.validate_config else {
+            return Ok(());
+        };
+        let free = vtable.free_buffer;
+        let (status, message) = on_own_thread(|| {
+            let mut message = Vec::new();
+            // SAFETY: the entry points belong to this loaded library; `config` outlives the
+            // call.
+            let status = unsafe {
+                with_output(&mut message, free, |out| {
+                    validate(RSlice::from_slice(config), out)
+                })
+            };
+            (status, message)
+        });
+        if status == Status::OK {
+            Ok(())
+        } else {
+            Err(call_error(
+                &self.info().name.as_str().into(),
+                status,
+                &message,
+            ))
+        }
+    }
+
+    /// Closes the library, checks whether it left the address space, then deletes the shadow
+    /// copy. Nothing the plugin created may be alive any more (the instance is shut down).
+    pub(crate) fn close(mut self) -> UnloadStatus {
+        self.close_now()
+    }
+
+    fn close_now(&mut self) -> UnloadStatus {
+        let Some(library) = self.library.take() else {
+            return UnloadStatus::Unknown; // closed already
+        };
+        let status = library.close();
+        let identity = self.identity.take();
+        if status == UnloadStatus::Unmapped {
+            drop(identity);
+        } else {
+            // Code still mapped (a pending thread-local destructor) may yet log through it.
+            std::mem::forget(identity);
+        }
+        status
+    }
+}
+
+impl Drop for PluginLibrary {
+    fn drop(&mut self) {
+        self.close_now();
+    }
+}

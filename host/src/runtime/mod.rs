@@ -1,0 +1,21 @@
+//! Plugins at work: running instances, the table that names them, the handles that call
+//! them, and the callbacks plugins call back through. Everything that crosses the FFI call
+//! boundary after loading lives here, and its rules live in one module, [`abi`].
+//!
+//! - [`library`]: [`PluginLibrary`], a validated library with the host's callbacks installed;
+//! - [`instance`]: `RunningPlugin`, a library plus the instance its Init created;
+//! - [`registry`]: one `Slot` per plugin name, holding the version that serves it;
+//! - [`handle`]: [`PluginHandle`], the cheap way callers reach a slot's version;
+//! - [`callbacks`]: what the host offers plugins (logging, calls to their dependencies).
+
+mod abi;
+mod callbacks;
+mod handle;
+mod instance;
+mod library;
+mod registry;
+
+pub use handle::{PluginHandle, PluginHealth, PluginOutput};
+pub(crate) use instance::{Retired, RunningPlugin};
+pub use library::PluginLibrary;
+pub(crate) use registry::{Registry, Slot};
