@@ -1,6 +1,9 @@
 //! plughost.toml end to end: errors that point at the line, environment substitution, plugin
 //! configs checked against their schema, dependencies (order, calls through the host, missing,
 //! mismatched, cycles), enable / disable, live edits, and secrets never shown.
+//!
+//! Longer than the project's 500 lines on purpose: one scenario per test, each with its own
+//! real files, process or host, reads better whole than split across files by topic.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -534,6 +537,23 @@ fn exec_starts_what_the_plugin_requires_first() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn exec_names_the_requirement_that_failed_and_says_it_once() {
+    let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
+    // storage refuses an empty namespace in its Init: notes cannot start.
+    setup.write_config(&STORAGE.replace("\"main\"", "\"\""));
+    let output = setup.cli(&["exec", "notes", "add x"]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("plugin notes cannot start: ")
+            && err.contains("plugin storage failed to initialise: an empty namespace"),
+        "{err}"
+    );
+    // Returned to the caller, not also logged as a refusal.
+    assert_eq!(err.matches("an empty namespace").count(), 1, "{err}");
 }
 
 #[test]

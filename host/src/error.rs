@@ -12,7 +12,7 @@ use crate::config::Location;
 use crate::plugin_info::Requirement;
 
 /// A cause from another crate, kept without making that crate's types part of this API.
-pub type BoxedCause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxedCause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a plugin file was refused. Every variant names the file; the host goes on without it.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +241,23 @@ impl LoadError {
         }
     }
 
+    /// The plugin it is about, when the file was read far enough to know.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            LoadError::DuplicateName { name, .. }
+            | LoadError::Init { name, .. }
+            | LoadError::HostClosed { name, .. }
+            | LoadError::Config { name, .. }
+            | LoadError::ConfigRefused { name, .. }
+            | LoadError::MissingDependency { name, .. }
+            | LoadError::DependencyVersion { name, .. }
+            | LoadError::BreaksDependent { name, .. }
+            | LoadError::DependencyCycle { name, .. }
+            | LoadError::TooMany { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
     /// The reason alone, without the file name in front: for a table with a file column,
     /// or a message that names the file another way.
     pub fn reason(&self) -> String {
@@ -250,6 +267,16 @@ impl LoadError {
             Some(reason) => reason.to_owned(),
             None => text,
         }
+    }
+
+    /// Whether the refusal only passes on another's: a requirement that was refused, or is
+    /// not in service because its own start failed. Not the cause, then.
+    pub(crate) fn passes_on_another(&self) -> bool {
+        matches!(
+            self,
+            LoadError::MissingDependency { why, .. }
+                if why == crate::dependencies::REFUSED || why == crate::dependencies::NOT_LOADED
+        )
     }
 
     /// Whether the refusal is about other plugins (a requirement missing or out of range, a
@@ -262,6 +289,12 @@ impl LoadError {
                 | LoadError::BreaksDependent { .. }
                 | LoadError::DependencyCycle { .. }
         )
+    }
+}
+
+impl From<LoadError> for HostError {
+    fn from(error: LoadError) -> Self {
+        HostError::Load(Box::new(error))
     }
 }
 
@@ -379,9 +412,17 @@ pub enum HostError {
         /// The files in the folder that were refused (one may have been it).
         refused: Vec<LoadError>,
     },
-    /// A plugin, or one it requires, was refused.
+    /// A plugin was refused.
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(Box<LoadError>),
+    /// A plugin could not start because one it requires was refused.
+    #[error("plugin {name} cannot start: {source}")]
+    Requirement {
+        /// The plugin asked for.
+        name: String,
+        /// Why the plugin it requires was refused.
+        source: Box<LoadError>,
+    },
     /// The plugins folder could not be read.
     #[error("cannot read the plugins folder {}: {source}", path.display())]
     PluginsDir {

@@ -13,7 +13,8 @@
 //!   ([`HostConfig::with_plugins_dir`]): where plugins live, which are enabled, each one's
 //!   configuration, priority and call timeout.
 //! - [`Host`]: owns every plugin. [`Host::load_all`] starts everything in the plugins folder
-//!   in dependency order; [`Host::load_file`] starts one library from anywhere;
+//!   in dependency order; [`Host::load`] starts one plugin of the folder by name, the plugins
+//!   it requires first; [`Host::load_file`] starts one library file from anywhere;
 //!   [`Host::watch`] keeps the host in line with the folder and the settings file (hot
 //!   reload). Dropping it shuts every plugin down.
 //! - [`PluginLibrary`]: a library checked and loaded but not started ([`Host::open`]), to
@@ -47,8 +48,8 @@
 //! # Inside
 //!
 //! The modules are private; each is one noun of the data path, and every edge between them
-//! points one way (`host` uses all the others; `dispatch` uses `host` and `runtime`; `runtime`
-//! uses `loader`; nothing uses `host` but `dispatch`):
+//! points one way (`dispatch` uses `host` and `runtime`; `host` uses every other module;
+//! `runtime` uses `loader`; nothing uses `dispatch`):
 //!
 //! 1. `loader`: a file becomes a validated library in memory: found, read once, checked
 //!    before any loader sees it (preflight), copied to a private shadow path, `dlopen`ed,
@@ -78,13 +79,11 @@ mod loader;
 mod plugin_info;
 mod runtime;
 
-pub use config::{
-    ConfigError, HostConfig, HostSettings, Location, LogFormat, PluginSettings, DEFAULT_FILE,
-};
+pub use config::{ConfigError, HostConfig, HostSettings, Location, LogFormat, PluginSettings};
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
 };
-pub use error::{BoxedCause, CallError, HostError, LoadError};
+pub use error::{CallError, HostError, LoadError};
 pub use events::HostEvent;
 pub use host::{ConfigReport, Host, LoadReport, WatchOptions, Watcher};
 pub use loader::residency::UnloadStatus;

@@ -63,3 +63,23 @@ pub struct ConfigKey {
     /// What it means.
     pub description: String,
 }
+
+#[cfg(test)]
+impl PluginInfo {
+    /// A plugin with this name and version, built against plugin-api 1.3.0, and nothing else:
+    /// for tests, which fill in what they are about.
+    pub(crate) fn named(name: &str, version: &str) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: version.parse().expect("a semver version"),
+            api_version: semver::Version::new(1, 3, 0),
+            description: String::new(),
+            author: String::new(),
+            license: String::new(),
+            capabilities: vec![],
+            tags: vec![],
+            config_schema: vec![],
+            dependencies: vec![],
+        }
+    }
+}

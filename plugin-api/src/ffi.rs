@@ -1,5 +1,8 @@
 //! The raw, FFI-safe contract: what a plugin library exports and what the host reads.
 //!
+//! Longer than the project's 500 lines on purpose: every type that crosses the boundary is in
+//! this one file, so an ABI change is reviewed in one place.
+//!
 //! Plugin authors never touch this module: [`export_plugin!`](crate::export_plugin) writes it
 //! all. It is public so that the host (and tests that build deliberately broken plugins) can
 //! speak it.

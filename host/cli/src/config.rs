@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use plughost::{Host, HostConfig, DEFAULT_FILE};
+use plughost::{Host, HostConfig};
 
 /// `plughost config check`: prints the effective configuration and the start order on stdout,
 /// warnings and problems on stderr; exit 1 if `plughost run` would refuse anything.
@@ -40,7 +40,7 @@ pub(crate) fn set_enabled(
     name: &str,
     enabled: bool,
 ) -> anyhow::Result<ExitCode> {
-    let path = file.unwrap_or(Path::new(DEFAULT_FILE));
+    let path = file.unwrap_or(Path::new(HostConfig::DEFAULT_FILE));
     HostConfig::set_enabled_in(path, name, enabled, file.is_none())?;
     println!(
         "{} {name} in {}; a running plughost applies it now",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use plughost::{CallError, CallPolicy, Dispatcher, Host, HostConfig};
+use plughost::{CallError, CallPolicy, Dispatcher, Host, HostConfig, HostError};
 
 pub(crate) fn exec(
     name: &str,
@@ -38,7 +38,13 @@ pub(crate) fn exec(
 
     let host = Arc::new(Host::new(config)?);
     let started = Instant::now();
-    host.load(name, init.map(str::as_bytes))?;
+    host.load(name, init.map(str::as_bytes))
+        .map_err(|error| match error {
+            HostError::NoSuchPlugin { ref refused, .. } if !refused.is_empty() => {
+                anyhow::anyhow!("{error}; see `plughost list`")
+            }
+            other => other.into(),
+        })?;
     let loaded = started.elapsed();
 
     // One call through the same guarded path a long-running host uses.

@@ -66,17 +66,20 @@ pub enum ConfigError {
     },
     /// A plugin's settings cannot be applied: its config does not fit its schema, or its
     /// dependencies would not be met.
-    #[error("{}: {reason}", settings_place(path.as_deref(), at.as_ref()))]
+    #[error("{}: {reason}", settings_place(path.as_deref(), at.as_deref()))]
     Plugin {
         /// The configuration file; `None` when the settings come from no file (defaults and
         /// the API).
         path: Option<PathBuf>,
         /// Where in it, if the reason is one place.
-        at: Option<Location>,
+        at: Option<Box<Location>>,
         /// The plugin.
         plugin: String,
         /// Why, naming the plugin (and the key or dependency).
         reason: String,
+        /// The plugin's refusal behind it, if one was (a `LoadError`).
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The file cannot be changed as asked (`plughost enable`/`disable`): a key that must be
     /// a table is not one.

@@ -32,9 +32,6 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, Location};
 use parse::Spans;
 
-/// The default name of the file, looked for in the working folder.
-pub const DEFAULT_FILE: &str = "plughost.toml";
-
 /// The host's whole configuration: settings for the host, and a table per plugin.
 #[derive(Debug, Clone, Default)]
 pub struct HostConfig {
@@ -136,6 +133,9 @@ impl Default for PluginSettings {
 }
 
 impl HostConfig {
+    /// The default name of the file, looked for in the working folder.
+    pub const DEFAULT_FILE: &'static str = "plughost.toml";
+
     /// The defaults, with another plugins folder.
     pub fn with_plugins_dir(dir: impl Into<PathBuf>) -> Self {
         let mut config = HostConfig::default();
@@ -157,7 +157,9 @@ impl HostConfig {
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         match explicit {
             Some(path) => Self::load(path),
-            None if Path::new(DEFAULT_FILE).is_file() => Self::load(Path::new(DEFAULT_FILE)),
+            None if Path::new(Self::DEFAULT_FILE).is_file() => {
+                Self::load(Path::new(Self::DEFAULT_FILE))
+            }
             None => Ok(Self::default()),
         }
     }
@@ -181,15 +183,15 @@ impl HostConfig {
     /// The environment variables the value at `keys` (e.g. `["plugins", "storage", "config",
     /// "token"]`) was built from, if it used any. A message about such a value should name
     /// them rather than quote the value, which may be a secret.
-    pub fn from_environment(&self, keys: &[&str]) -> Option<&[String]> {
+    pub(crate) fn env_variables(&self, keys: &[&str]) -> Option<&[String]> {
         let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         self.from_env.get(&keys).map(Vec::as_slice)
     }
 
     /// Where the value of config key `key` of plugin `plugin` came from, if from the
     /// environment: `"value from ${TOKEN}"`, for [`schema::fit_with`].
-    pub fn config_origin(&self, plugin: &str, key: &str) -> Option<String> {
-        let variables = self.from_environment(&["plugins", plugin, "config", key])?;
+    pub(crate) fn config_origin(&self, plugin: &str, key: &str) -> Option<String> {
+        let variables = self.env_variables(&["plugins", plugin, "config", key])?;
         let variables: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
         Some(format!("value from {}", variables.join(", ")))
     }

@@ -322,10 +322,10 @@ config = { mode = "lower", nested = { list = [1, 2] } }
             parse_with_env("[plugins.a.config]\ntoken = \"${T}\"\n", &[("T", "s3cret")]).unwrap();
         assert_eq!(config.plugin("a").config["token"], "s3cret");
         assert_eq!(
-            config.from_environment(&["plugins", "a", "config", "token"]),
+            config.env_variables(&["plugins", "a", "config", "token"]),
             Some(&["T".to_owned()][..])
         );
-        assert_eq!(config.from_environment(&["plugins", "a"]), None);
+        assert_eq!(config.env_variables(&["plugins", "a"]), None);
     }
 
     #[test]

@@ -186,20 +186,12 @@ mod tests {
                 description: String::new(),
             };
         PluginInfo {
-            name: "storage".into(),
-            version: semver::Version::new(1, 3, 0),
-            api_version: semver::Version::new(1, 3, 0),
-            description: String::new(),
-            author: String::new(),
-            license: String::new(),
-            capabilities: vec![],
-            tags: vec![],
             config_schema: vec![
                 key("path", "string", true, false, None),
                 key("capacity", "integer", false, false, Some("100")),
                 key("token", "string", false, true, None),
             ],
-            dependencies: vec![],
+            ..PluginInfo::named("storage", "1.3.0")
         }
     }
 

@@ -26,6 +26,12 @@ use crate::plugin_info::{PluginInfo, Requirement};
 /// settings may be the defaults (no file), or the plugin was disabled through the API.
 pub(crate) const DISABLED: &str = "is disabled in the settings";
 
+/// Why a requirement that is not in service is missing, when nothing else is known.
+pub(crate) const NOT_LOADED: &str = "is not loaded";
+
+/// Why a requirement is missing because it was refused itself.
+pub(crate) const REFUSED: &str = "was refused";
+
 /// A requirement that the plugins serving (or about to serve) cannot meet.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Unmet {
@@ -196,7 +202,7 @@ pub(crate) fn start_order(
                         path: candidate.file.clone(),
                         name: candidate.info.name.clone(),
                         requirement: Box::new(requirement.clone()),
-                        why: "was refused".into(),
+                        why: REFUSED.into(),
                     },
                 ));
             }

@@ -4,15 +4,6 @@ use super::*;
 
 fn info(name: &str, version: &str, requires: &[(&str, &str)]) -> PluginInfo {
     PluginInfo {
-        name: name.into(),
-        version: version.parse().unwrap(),
-        api_version: semver::Version::new(1, 3, 0),
-        description: String::new(),
-        author: String::new(),
-        license: String::new(),
-        capabilities: vec![],
-        tags: vec![],
-        config_schema: vec![],
         dependencies: requires
             .iter()
             .map(|(n, r)| Requirement {
@@ -20,6 +11,7 @@ fn info(name: &str, version: &str, requires: &[(&str, &str)]) -> PluginInfo {
                 range: r.parse().unwrap(),
             })
             .collect(),
+        ..PluginInfo::named(name, version)
     }
 }
 

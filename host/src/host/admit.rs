@@ -11,7 +11,7 @@ use tracing::{info, info_span, warn};
 use super::init_config::{checked_config, scrub_init_error};
 use super::retire::{describe_unload, retire_in_background};
 use super::{Host, Lifecycle, LoadReport};
-use crate::dependencies::{self, DISABLED};
+use crate::dependencies::{self, DISABLED, NOT_LOADED};
 use crate::error::LoadError;
 use crate::events::HostEvent;
 use crate::plugin_info::PluginInfo;
@@ -30,12 +30,14 @@ pub(super) struct Prepared {
 impl Host {
     /// Starts `libraries` in dependency order (then by priority), each with `config_for(its
     /// plugin)` as its Init configuration, or its settings' if that is `None`. Refusals are
-    /// logged, announced and added to `report`; the others start regardless.
+    /// added to `report`, and with `announce` also logged, sent as events and, if other
+    /// plugins caused them, tried again when those change; the others start regardless.
     pub(super) fn start_in_order(
         &self,
         lifecycle: &mut Lifecycle,
         libraries: Vec<PluginLibrary>,
         mut config_for: impl FnMut(&PluginInfo) -> Option<Vec<u8>>,
+        announce: bool,
         report: &mut LoadReport,
     ) {
         let candidates = lifecycle.candidates(&libraries);
@@ -49,8 +51,10 @@ impl Host {
             dependencies::start_order(&candidates, &running, &|name| !config.plugin(name).enabled);
         let mut libraries: Vec<Option<PluginLibrary>> = libraries.into_iter().map(Some).collect();
         let mut refuse = |lifecycle: &mut Lifecycle, error: LoadError| {
-            lifecycle.wait_if_passing(&error);
-            self.refused(&error, None);
+            if announce {
+                lifecycle.wait_if_passing(&error);
+                self.refused(&error, None);
+            }
             report.refused.push(error);
         };
         for (i, error) in plan.refused {
@@ -125,14 +129,21 @@ impl Host {
         let given = config
             .map(<[u8]>::to_vec)
             .or_else(|| lifecycle.configs.get(&info.name).cloned());
-        let init_config = match &given {
-            Some(given) => checked_config(&lifecycle.config, &library, given, false)?,
+        let (given_bytes, from_settings) = match &given {
+            Some(given) => (given.clone(), false),
             None => {
                 let settings = lifecycle.config.plugin(&info.name).config;
-                let json = serde_json::to_vec(&settings).unwrap_or_default();
-                checked_config(&lifecycle.config, &library, &json, true)?
+                (serde_json::to_vec(&settings).unwrap_or_default(), true)
             }
         };
+        let init_config = checked_config(
+            &lifecycle.config,
+            &info,
+            library.file(),
+            &given_bytes,
+            from_settings,
+        )?;
+        init_config.warn_unknown();
         let state = match old.as_ref().map(|v| v.save_state()) {
             Some(Err(e)) => {
                 warn!("{e}; the new version starts without the old one's state");
@@ -258,7 +269,7 @@ impl Host {
         if let Some(unmet) = dependencies::unmet(info, version_of) {
             return Err(unmet.refusal(path, &info.name, |name| {
                 if lifecycle.config.plugin(name).enabled {
-                    "is not loaded".into()
+                    NOT_LOADED.into()
                 } else {
                     DISABLED.into()
                 }

@@ -4,9 +4,10 @@
 
 use std::path::PathBuf;
 
-use super::Host;
+use super::init_config::checked_config;
+use super::{candidate, Host};
 use crate::config::{schema, HostConfig};
-use crate::dependencies::{self, Candidate};
+use crate::dependencies;
 use crate::error::{CallError, HostError, LoadError};
 use crate::plugin_info::PluginInfo;
 
@@ -90,53 +91,41 @@ fn survey(config: &HostConfig, plugins: &[Surveyed<'_>], refused: &[LoadError]) 
             let timeout = humantime::format_duration(timeout).to_string();
             table.insert("timeout".into(), timeout.into());
         }
-        // A value from the environment may be a secret: a problem with it names the variable.
-        let origin = |key: &str| config.config_origin(&info.name, key);
-        match schema::fit_with(info, &settings.config, &origin) {
-            Ok(fitted) => {
-                for key in &fitted.unknown {
-                    warnings.push(format!(
-                        "{}plugin {}: unknown config key `{key}` (not in its schema)",
-                        at(&["plugins", &info.name, "config", key]),
-                        info.name
-                    ));
-                }
-                let bytes = serde_json::to_vec(&fitted.config).unwrap_or_default();
+        let json = serde_json::to_vec(&settings.config).unwrap_or_default();
+        match checked_config(config, info, &plugin.file, &json, true) {
+            Ok(checked) => {
+                warnings.extend(checked.unknown.iter().cloned());
                 if settings.enabled {
-                    if let Err(e) = (plugin.ask)(&bytes) {
-                        let secrets = schema::secrets(info, &fitted.config);
+                    if let Err(reason) = checked.ask(&plugin.ask) {
                         // Where the config is: its table in the file (or the plugin's table,
                         // or the file); the library itself without a file.
                         let place = config
                             .locate(&["plugins", &info.name, "config"])
                             .map_or_else(|| plugin.file.display().to_string(), |a| a.to_string());
                         problems.push(format!(
-                            "{place}: plugin {} refuses its config: {}",
-                            info.name,
-                            schema::scrub(&e.to_string(), &secrets)
+                            "{place}: plugin {} refuses its config: {reason}",
+                            info.name
                         ));
                     }
                 }
-                let shown = serde_json::Value::Object(schema::masked(info, &fitted.config));
+                let shown = serde_json::Value::Object(schema::masked(info, &checked.config));
                 if let Ok(value) = toml::Value::try_from(&shown) {
                     table.insert("config".into(), value);
                 }
             }
-            Err(problem) => problems.push(format!(
-                "{}plugin {}: config key `{}` {}",
-                at(&["plugins", &info.name, "config", &problem.key]),
-                info.name,
-                problem.key,
-                problem.reason
-            )),
+            // Said from the file's point of view: the place first, then the plugin.
+            Err(LoadError::Config {
+                at: Some(at),
+                name,
+                key,
+                reason,
+                ..
+            }) => problems.push(format!("{at}: plugin {name}: config key `{key}` {reason}")),
+            Err(other) => problems.push(other.to_string()),
         }
         tables.insert(info.name.clone(), table.into());
         if settings.enabled {
-            candidates.push(Candidate {
-                info: info.clone(),
-                file: plugin.file.clone(),
-                priority: settings.priority,
-            });
+            candidates.push(candidate(config, info, &plugin.file));
         }
     }
     for name in config.plugins.keys() {
@@ -176,14 +165,6 @@ mod tests {
 
     fn info(name: &str, requires: &[&str], schema: Vec<ConfigKey>) -> PluginInfo {
         PluginInfo {
-            name: name.into(),
-            version: semver::Version::new(1, 3, 0),
-            api_version: semver::Version::new(1, 3, 0),
-            description: String::new(),
-            author: String::new(),
-            license: String::new(),
-            capabilities: vec![],
-            tags: vec![],
             config_schema: schema,
             dependencies: requires
                 .iter()
@@ -192,6 +173,7 @@ mod tests {
                     range: "^1".parse().unwrap(),
                 })
                 .collect(),
+            ..PluginInfo::named(name, "1.3.0")
         }
     }
 
@@ -263,10 +245,7 @@ mod tests {
         let report = survey(&config, &plugins, &[]);
         assert_eq!(
             report.problems,
-            [
-                "plughost.toml:1:18: plugin storage refuses its config: plugin storage returned an \
-              error: token *** was revoked"
-            ]
+            ["plughost.toml:1:18: plugin storage refuses its config: token *** was revoked"]
         );
         assert!(
             !report.effective.contains("hunter2"),
@@ -277,7 +256,7 @@ mod tests {
             report.warnings,
             [
                 "plughost.toml:4:1: plugin storage: unknown config key `colour` (not in its \
-                 schema)",
+                 schema; passed on)",
                 "plughost.toml:5:10: no plugin named absent in plugins",
             ]
         );

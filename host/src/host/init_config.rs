@@ -3,30 +3,51 @@
 //! change is being considered, asked of the plugin itself (`validate_config`). Secrets (values
 //! of `sensitive` keys) are masked in every message that could quote them.
 
+use std::path::Path;
+
+use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::Host;
 use crate::config::{schema, HostConfig};
 use crate::error::{CallError, LoadError};
+use crate::plugin_info::PluginInfo;
 use crate::runtime::PluginLibrary;
 
 /// An Init configuration that fits the plugin's schema, and the secrets in it.
 pub(super) struct CheckedConfig {
+    /// The configuration with the schema's defaults filled in (empty if the bytes given were
+    /// not a JSON object: those are passed on as they are, for the plugin to refuse).
+    pub(super) config: Map<String, Value>,
+    /// What Init gets.
     pub(super) bytes: Vec<u8>,
+    /// Every secret in it, to mask in messages.
     pub(super) secrets: Vec<String>,
+    /// A warning for each key the schema does not know (passed on all the same).
+    pub(super) unknown: Vec<String>,
 }
 
 impl CheckedConfig {
-    /// Asks `library`'s plugin whether it would accept this configuration (its
-    /// `validate_config`); if not, its reason, secrets masked.
-    pub(super) fn ask(&self, library: &PluginLibrary) -> Result<(), String> {
-        library.validate_config(&self.bytes).map_err(|e| {
+    /// Asks the plugin, through `validate` (its `validate_config`), whether it would accept
+    /// this configuration; if not, its reason, secrets masked.
+    pub(super) fn ask(
+        &self,
+        validate: impl FnOnce(&[u8]) -> Result<(), CallError>,
+    ) -> Result<(), String> {
+        validate(&self.bytes).map_err(|e| {
             let reason = match e {
                 CallError::Failed { message, .. } => message,
                 other => other.to_string(),
             };
             schema::scrub(&reason, &self.secrets)
         })
+    }
+
+    /// Logs the warnings about unknown keys.
+    pub(super) fn warn_unknown(&self) {
+        for warning in &self.unknown {
+            warn!("{warning}");
+        }
     }
 }
 
@@ -39,9 +60,16 @@ impl Host {
         library: &PluginLibrary,
         config: &[u8],
     ) -> Result<(), LoadError> {
-        let checked = checked_config(&self.config(), library, config, false)?;
+        let checked = checked_config(
+            &self.config(),
+            library.info(),
+            library.file(),
+            config,
+            false,
+        )?;
+        checked.warn_unknown();
         checked
-            .ask(library)
+            .ask(|bytes| library.validate_config(bytes))
             .map_err(|reason| LoadError::ConfigRefused {
                 path: library.file().to_owned(),
                 name: library.info().name.clone(),
@@ -50,16 +78,17 @@ impl Host {
     }
 }
 
-/// Checks `given` (JSON) against `library`'s schema and fills in the defaults. `from_settings`:
-/// the configuration came from the settings, so errors point into `config`'s file. Bytes that
-/// are not a JSON object are passed on as they are, for the plugin to refuse.
+/// Checks `given` (JSON) against the schema of `info`'s plugin, from `file`, and fills in the
+/// defaults. `from_settings`: the configuration came from the settings, so errors and warnings
+/// point into `config`'s file. Bytes that are not a JSON object are passed on as they are, for
+/// the plugin to refuse.
 pub(super) fn checked_config(
     config: &HostConfig,
-    library: &PluginLibrary,
+    info: &PluginInfo,
+    file: &Path,
     given: &[u8],
     from_settings: bool,
 ) -> Result<CheckedConfig, LoadError> {
-    let info = library.info();
     let given_map = if given.iter().all(u8::is_ascii_whitespace) {
         serde_json::Map::new()
     } else {
@@ -67,8 +96,10 @@ pub(super) fn checked_config(
             Ok(serde_json::Value::Object(map)) => map,
             _ => {
                 return Ok(CheckedConfig {
+                    config: Map::new(),
                     bytes: given.to_vec(),
                     secrets: Vec::new(),
+                    unknown: Vec::new(),
                 })
             }
         }
@@ -87,22 +118,28 @@ pub(super) fn checked_config(
     };
     let fitted =
         schema::fit_with(info, &given_map, &origin).map_err(|problem| LoadError::Config {
-            path: library.file().to_owned(),
+            path: file.to_owned(),
             name: info.name.clone(),
             at: at(&problem.key),
             key: problem.key,
             reason: problem.reason,
         })?;
-    for key in &fitted.unknown {
-        let at = at(key).map(|a| format!("{a}: ")).unwrap_or_default();
-        warn!(
-            "{at}plugin {}: unknown config key `{key}` (not in its schema; passed on)",
-            info.name
-        );
-    }
+    let unknown = fitted
+        .unknown
+        .iter()
+        .map(|key| {
+            let at = at(key).map(|a| format!("{a}: ")).unwrap_or_default();
+            format!(
+                "{at}plugin {}: unknown config key `{key}` (not in its schema; passed on)",
+                info.name
+            )
+        })
+        .collect();
     Ok(CheckedConfig {
         bytes: serde_json::to_vec(&fitted.config).unwrap_or_default(),
         secrets: schema::secrets(info, &fitted.config),
+        config: fitted.config,
+        unknown,
     })
 }
 

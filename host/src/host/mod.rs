@@ -38,6 +38,7 @@ pub use check::ConfigReport;
 pub use watch::{WatchOptions, Watcher};
 
 use crate::config::HostConfig;
+use crate::dependencies::Candidate;
 use crate::error::{CallError, HostError, LoadError};
 use crate::events::{HostEvent, Subscribers};
 use crate::loader::discovery;
@@ -213,14 +214,20 @@ impl Host {
         }
         let mut lifecycle = self.lifecycle();
         libraries.retain(|library| lifecycle.admit(library));
-        self.start_in_order(&mut lifecycle, libraries, |_| None, &mut report);
+        self.start_in_order(&mut lifecycle, libraries, |_| None, true, &mut report);
         Ok(report)
     }
 
     /// Starts the plugin `name` from the plugins folder, after the plugins it requires (each
-    /// with its settings), as `plughost run` would start them. `config`: its Init
-    /// configuration (JSON), or `None` for the one from the settings. If several files hold a
-    /// plugin of that name, the first by file name is the one, as for `load_all`.
+    /// with its settings, unless running already), as `plughost run` would start them.
+    /// `config`: its Init configuration (JSON), or `None` for the one from the settings.
+    ///
+    /// This is an explicit request: the plugin starts even if the settings disable it (a
+    /// requirement they disable does not). If several files hold a plugin of that name, the
+    /// first by file name is the one, as for `load_all`; if it already runs from that file, it
+    /// is initialised anew with `config` and swapped in like a reload. A refusal is returned,
+    /// not logged or retried: the root cause, which names the requirement that failed if it
+    /// was one.
     pub fn load(&self, name: &str, config: Option<&[u8]>) -> Result<PluginHandle, HostError> {
         let mut refused = Vec::new();
         let mut libraries = Vec::new();
@@ -238,17 +245,16 @@ impl Host {
                 Err(error) => refused.push(error),
             }
         }
-        match libraries.first() {
-            Some(target) if target.info().name == name => {}
-            _ => {
-                return Err(HostError::NoSuchPlugin {
-                    dir: self.plugins_dir.clone(),
-                    name: name.to_owned(),
-                    refused,
-                })
-            }
-        }
-        if !libraries[0].info().dependencies.is_empty() {
+        let no_such_plugin = |refused| HostError::NoSuchPlugin {
+            dir: self.plugins_dir.clone(),
+            name: name.to_owned(),
+            refused,
+        };
+        let Some(target) = libraries.first().filter(|l| l.info().name == name) else {
+            return Err(no_such_plugin(refused));
+        };
+        let file = target.file().to_owned();
+        if !target.info().dependencies.is_empty() {
             libraries.extend(files.filter_map(|path| self.open(path).ok()));
         }
         let mut lifecycle = self.lifecycle();
@@ -262,25 +268,28 @@ impl Host {
             .filter_map(|i| libraries[i].take())
             .collect();
         let mut report = LoadReport::default();
-        self.start_in_order(
-            &mut lifecycle,
-            needed,
-            |info| {
-                (info.name == name)
-                    .then(|| config.map(<[u8]>::to_vec))
-                    .flatten()
-            },
-            &mut report,
-        );
+        let config_for = |info: &PluginInfo| {
+            (info.name == name)
+                .then(|| config.map(<[u8]>::to_vec))
+                .flatten()
+        };
+        // The caller gets the refusal; nothing is retried behind its back.
+        self.start_in_order(&mut lifecycle, needed, config_for, false, &mut report);
         drop(lifecycle);
-        match report.refused.into_iter().next() {
-            // The first refusal is the root cause: requirements start first.
-            Some(error) => Err(error.into()),
-            None => self.handle(name).map_err(|_| HostError::NoSuchPlugin {
-                dir: self.plugins_dir.clone(),
+        // Refusals that only pass on another's ("requires storage, which was refused") are
+        // not the cause.
+        let cause = report
+            .refused
+            .iter()
+            .position(|e| !e.passes_on_another())
+            .unwrap_or(0);
+        match report.refused.into_iter().nth(cause) {
+            Some(error) if error.path() == file => Err(error.into()),
+            Some(error) => Err(HostError::Requirement {
                 name: name.to_owned(),
-                refused,
+                source: Box::new(error),
             }),
+            None => self.handle(name).map_err(|_| no_such_plugin(Vec::new())),
         }
     }
 
@@ -345,6 +354,15 @@ impl Host {
     }
 }
 
+/// The plugin `info` from `file` as a candidate to start, with its priority from `config`.
+fn candidate(config: &HostConfig, info: &PluginInfo, file: &Path) -> Candidate {
+    Candidate {
+        info: info.clone(),
+        file: file.to_owned(),
+        priority: config.plugin(&info.name).priority,
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         self.shutdown();
@@ -369,16 +387,11 @@ impl Lifecycle {
         enabled
     }
 
-    /// `libraries` as candidates for [`start_order`](crate::dependencies::start_order), with
-    /// their priorities from the settings.
-    fn candidates(&self, libraries: &[PluginLibrary]) -> Vec<crate::dependencies::Candidate> {
+    /// `libraries` as candidates for [`start_order`](crate::dependencies::start_order).
+    fn candidates(&self, libraries: &[PluginLibrary]) -> Vec<Candidate> {
         libraries
             .iter()
-            .map(|library| crate::dependencies::Candidate {
-                info: library.info().clone(),
-                file: library.file().to_owned(),
-                priority: self.config.plugin(&library.info().name).priority,
-            })
+            .map(|library| candidate(&self.config, library.info(), library.file()))
             .collect()
     }
 

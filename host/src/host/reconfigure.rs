@@ -4,7 +4,7 @@
 //! run); a refused edit leaves the running state as it was.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use super::init_config::{checked_config, CheckedConfig};
 use super::{Host, Lifecycle, LoadReport, Switch};
 use crate::config::{ConfigError, HostConfig, HostSettings};
 use crate::dependencies;
-use crate::error::LoadError;
+use crate::error::{HostError, LoadError};
 use crate::events::HostEvent;
 use crate::plugin_info::PluginInfo;
 use crate::runtime::{PluginLibrary, RunningPlugin};
@@ -74,6 +74,7 @@ impl Host {
         if self.registry.slot(name).and_then(|s| s.current()).is_none() {
             let started = self
                 .find_in_folder(&mut lifecycle, name)
+                .map_err(|e| e.to_string())
                 .and_then(|library| {
                     self.install(&mut lifecycle, library, None, Instant::now())
                         .map_err(|e| {
@@ -110,7 +111,7 @@ impl Host {
         &self,
         lifecycle: &mut Lifecycle,
         name: &str,
-    ) -> Result<PluginLibrary, String> {
+    ) -> Result<PluginLibrary, HostError> {
         if let Some(file) = lifecycle.known.get(name).cloned() {
             if let Ok(library) = self.open(&file) {
                 if library.info().name == name {
@@ -119,7 +120,7 @@ impl Host {
             }
         }
         let loaded = self.loaded_files();
-        for file in self.discover().map_err(|e| e.to_string())? {
+        for file in self.discover()? {
             if loaded.contains(&file) {
                 continue;
             }
@@ -132,10 +133,11 @@ impl Host {
                 }
             }
         }
-        Err(format!(
-            "no plugin named {name} in {}",
-            self.plugins_dir.display()
-        ))
+        Err(HostError::NoSuchPlugin {
+            dir: self.plugins_dir.clone(),
+            name: name.to_owned(),
+            refused: Vec::new(),
+        })
     }
 
     /// Reads the configuration file again and applies it (see
@@ -178,7 +180,6 @@ impl Host {
         new.host.log_format = running_host.log_format;
         let switched = lifecycle.keep_switches(&mut new);
         let new = new;
-        let refuse = |plugin: &str, reason: String| refusal(&new, plugin, reason);
 
         let running: Vec<Arc<RunningPlugin>> = self
             .registry
@@ -203,8 +204,8 @@ impl Host {
                 continue;
             }
             let json = serde_json::to_vec(&settings.config).unwrap_or_default();
-            let checked =
-                checked_config(&new, library, &json, true).map_err(|e| load_refusal(&new, e))?;
+            let checked = checked_config(&new, library.info(), library.file(), &json, true)
+                .map_err(|e| load_refusal(&new, e))?;
             if checked.bytes != version.config() {
                 ask_plugin(&new, library, &checked, "its new config")?;
                 reinit.push(name.clone());
@@ -244,8 +245,8 @@ impl Host {
                 }
             };
             let json = serde_json::to_vec(&new.plugin(&name).config).unwrap_or_default();
-            let checked =
-                checked_config(&new, &library, &json, true).map_err(|e| load_refusal(&new, e))?;
+            let checked = checked_config(&new, library.info(), library.file(), &json, true)
+                .map_err(|e| load_refusal(&new, e))?;
             ask_plugin(&new, &library, &checked, "its config")?;
             starting.push(library);
         }
@@ -260,14 +261,25 @@ impl Host {
         };
         for plugin in &after {
             if let Some(unmet) = dependencies::unmet(plugin, version_of) {
-                let error = unmet.refusal(Path::new(""), &plugin.name, |name| {
+                let file = lifecycle
+                    .known
+                    .get(&plugin.name)
+                    .cloned()
+                    .unwrap_or_default();
+                let error = unmet.refusal(&file, &plugin.name, |name| {
                     if new.plugin(name).enabled {
-                        "is not loaded".into()
+                        dependencies::NOT_LOADED.into()
                     } else {
                         "would be disabled".into()
                     }
                 });
-                return Err(refuse(&plugin.name, error.reason()));
+                return Err(ConfigError::Plugin {
+                    path: new.file.clone(),
+                    at: None,
+                    plugin: plugin.name.clone(),
+                    reason: error.reason(),
+                    cause: Some(Box::new(error)),
+                });
             }
         }
 
@@ -280,7 +292,7 @@ impl Host {
                     name: library.info().name.clone(),
                     cycle,
                 };
-                return Err(refuse(&library.info().name, error.to_string()));
+                return Err(load_refusal(&new, error));
             }
         }
 
@@ -339,7 +351,7 @@ impl Host {
         // Checked above, so these fail only in the plugin's Init: like a plugin failing at
         // start, it is reported and the rest of the edit stands.
         let mut report = LoadReport::default();
-        self.start_in_order(&mut lifecycle, starting, |_| None, &mut report);
+        self.start_in_order(&mut lifecycle, starting, |_| None, true, &mut report);
         changed.extend(report.loaded.into_iter().map(|p| p.name));
         // The stopped plugins, and those waiting on plugins that started.
         let before: Vec<String> = self.plugins().into_iter().map(|p| p.name).collect();
@@ -379,13 +391,15 @@ fn ask_plugin(
     what: &str,
 ) -> Result<(), ConfigError> {
     let name = &library.info().name;
-    checked.ask(library).map_err(|reason| {
-        refusal(
-            config,
-            name,
-            format!("plugin {name} refuses {what}: {reason}"),
-        )
-    })
+    checked
+        .ask(|bytes| library.validate_config(bytes))
+        .map_err(|reason| {
+            refusal(
+                config,
+                name,
+                format!("plugin {name} refuses {what}: {reason}"),
+            )
+        })
 }
 
 /// A refused change, naming the file the settings came from.
@@ -395,32 +409,32 @@ fn refusal(config: &HostConfig, plugin: &str, reason: String) -> ConfigError {
         at: None,
         plugin: plugin.to_owned(),
         reason,
+        cause: None,
     }
 }
 
 /// A plugin's refusal as a refused change: a config that does not fit its schema points at
 /// its place in the file; other reasons name the plugin's file.
 fn load_refusal(config: &HostConfig, error: LoadError) -> ConfigError {
-    match error {
+    let (at, reason) = match &error {
         LoadError::Config {
             name,
             key,
             reason,
             at,
             ..
-        } => ConfigError::Plugin {
-            path: config.file.clone(),
-            at: at.map(|at| *at),
-            reason: format!("plugin {name}: config key `{key}` {reason}"),
-            plugin: name,
-        },
-        other => {
-            let plugin = match &other {
-                LoadError::Init { name, .. } => name.clone(),
-                _ => String::new(),
-            };
-            refusal(config, &plugin, other.to_string())
-        }
+        } => (
+            at.clone(),
+            format!("plugin {name}: config key `{key}` {reason}"),
+        ),
+        other => (None, other.to_string()),
+    };
+    ConfigError::Plugin {
+        path: config.file.clone(),
+        at,
+        plugin: error.plugin().unwrap_or_default().to_owned(),
+        reason,
+        cause: Some(Box::new(error)),
     }
 }
 

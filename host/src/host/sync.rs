@@ -55,9 +55,11 @@ impl Host {
     /// name changed: a plugin started, was replaced or left.
     fn sync_locked(&self, lifecycle: &mut Lifecycle, path: &Path, noticed: Instant) -> bool {
         let existing = self.registry.find_by_file(path);
-        let bytes = match std::fs::read(path) {
+        let bytes = match loader::read(path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(LoadError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 lifecycle.refused.remove(path);
                 lifecycle.waiting.retain(|p| p != path);
                 let Some(slot) = existing else {
@@ -68,11 +70,7 @@ impl Host {
                 lifecycle.retiring.extend(retiring);
                 return left;
             }
-            Err(source) => {
-                let error = LoadError::Read {
-                    path: path.to_owned(),
-                    source,
-                };
+            Err(error) => {
                 self.refused(&error, existing.as_deref());
                 return false;
             }

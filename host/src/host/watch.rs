@@ -174,7 +174,7 @@ impl Host {
             })
             .map_err(|e| HostError::Watch {
                 path: self.plugins_dir.clone(),
-                source: format!("cannot start the watch thread: {e}").into(),
+                source: Box::new(e),
             })?;
         Ok(Watcher {
             watcher: Some(watcher),

@@ -22,7 +22,13 @@ pub(crate) type Install<T> = unsafe extern "C" fn(table: &'static T, plugin: *co
 
 /// An optional export: a `#[repr(C)]` static in the plugin that starts with the layout of
 /// what it carries.
-pub(crate) trait OptionalExport: Sized + 'static {
+///
+/// # Safety
+///
+/// Implemented only for the export types plugin-api declares: `SYMBOL` names a static of type
+/// `Self` in every plugin that has the export, `layout_of` reads nothing but its `layout`
+/// field, and `EXPECTED` is the host's layout of the table that field describes.
+pub(crate) unsafe trait OptionalExport: Sized + 'static {
     /// Its symbol.
     const SYMBOL: &'static str;
     /// What it is, for messages: "state hand-over".
@@ -31,50 +37,64 @@ pub(crate) trait OptionalExport: Sized + 'static {
     const EXPECTED: &'static TypeLayout;
     /// What the host keeps of it once its layout is checked.
     type Payload: Copy;
-    /// The plugin's layout of the table it carries.
-    fn layout(&self) -> &'static TypeLayout;
+    /// The plugin's layout of the table, read through the raw pointer: nothing else of the
+    /// export is trusted before the check.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to a live export of this type.
+    unsafe fn layout_of(this: *const Self) -> &'static TypeLayout;
     /// What the host keeps. Only called after the layout check passed.
     fn payload(&self) -> Self::Payload;
 }
 
-impl OptionalExport for StateExport {
-    const SYMBOL: &'static str = STATE_SYMBOL;
-    const WHAT: &'static str = "state hand-over";
-    const EXPECTED: &'static TypeLayout = <StateVTable as StableAbi>::LAYOUT;
-    type Payload = StateVTable;
-    fn layout(&self) -> &'static TypeLayout {
-        self.layout
-    }
-    fn payload(&self) -> StateVTable {
-        *self.vtable
-    }
+/// Implements [`OptionalExport`] for one of plugin-api's export types.
+macro_rules! optional_export {
+    ($export:ty, $symbol:expr, $what:literal, $table:ty, $payload:ty, |$e:ident| $get:expr) => {
+        // SAFETY: plugin-api declares `$symbol` as a `#[repr(C)]` static of this type, whose
+        // `layout` field is abi_stable's layout of `$table` as the plugin was built with it.
+        unsafe impl OptionalExport for $export {
+            const SYMBOL: &'static str = $symbol;
+            const WHAT: &'static str = $what;
+            const EXPECTED: &'static TypeLayout = <$table as StableAbi>::LAYOUT;
+            type Payload = $payload;
+            unsafe fn layout_of(this: *const Self) -> &'static TypeLayout {
+                // SAFETY: `this` points to a live export (the caller's promise); only the
+                // `layout` field is read, without a reference to the rest.
+                unsafe { std::ptr::addr_of!((*this).layout).read() }
+            }
+            fn payload(&self) -> $payload {
+                let $e = self;
+                $get
+            }
+        }
+    };
 }
 
-impl OptionalExport for HostExport {
-    const SYMBOL: &'static str = HOST_SYMBOL;
-    const WHAT: &'static str = "host callbacks";
-    const EXPECTED: &'static TypeLayout = <HostApi as StableAbi>::LAYOUT;
-    type Payload = Install<HostApi>;
-    fn layout(&self) -> &'static TypeLayout {
-        self.layout
-    }
-    fn payload(&self) -> Install<HostApi> {
-        self.install
-    }
-}
-
-impl OptionalExport for DependencyExport {
-    const SYMBOL: &'static str = DEPENDENCY_SYMBOL;
-    const WHAT: &'static str = "dependencies";
-    const EXPECTED: &'static TypeLayout = <DependencyModule as StableAbi>::LAYOUT;
-    type Payload = DependencyModule;
-    fn layout(&self) -> &'static TypeLayout {
-        self.layout
-    }
-    fn payload(&self) -> DependencyModule {
-        *self.module
-    }
-}
+optional_export!(
+    StateExport,
+    STATE_SYMBOL,
+    "state hand-over",
+    StateVTable,
+    StateVTable,
+    |e| *e.vtable
+);
+optional_export!(
+    HostExport,
+    HOST_SYMBOL,
+    "host callbacks",
+    HostApi,
+    Install<HostApi>,
+    |e| e.install
+);
+optional_export!(
+    DependencyExport,
+    DEPENDENCY_SYMBOL,
+    "dependencies",
+    DependencyModule,
+    DependencyModule,
+    |e| *e.module
+);
 
 /// Finds export `E` in `library` and checks its layout. Absent is `Ok(None)` (a plugin built
 /// before it existed); present with another layout is a refusal naming the export.
@@ -84,15 +104,16 @@ pub(crate) fn read<E: OptionalExport>(
     path: &Path,
     library: &libloading::Library,
 ) -> Result<Option<E::Payload>, LoadError> {
-    // SAFETY: plugin-api declares `E::SYMBOL` as a static of type `E`; we take its address.
+    // SAFETY: `E::SYMBOL` names a static of type `E` (the trait's contract); we take its
+    // address, not its value.
     let symbol = unsafe { library.get::<*const E>(format!("{}\0", E::SYMBOL).as_bytes()) };
     let Ok(symbol) = symbol else {
         return Ok(None);
     };
-    // SAFETY: the symbol is a static in the loaded library, alive while `library` is. Its
-    // first field, the layout reference, is read before anything else, and the rest only
-    // after the layout check says it is ours.
-    let export = unsafe { &**symbol };
-    validate::check_export_layout(path, E::WHAT, E::EXPECTED, export.layout())?;
-    Ok(Some(export.payload()))
+    let export: *const E = *symbol;
+    // SAFETY: the static lives while `library` is loaded; only its layout field is read.
+    let found = unsafe { E::layout_of(export) };
+    validate::check_export_layout(path, E::WHAT, E::EXPECTED, found)?;
+    // SAFETY: as above, and the layout check says the rest of it is laid out as ours.
+    Ok(Some(unsafe { &*export }.payload()))
 }

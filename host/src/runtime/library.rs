@@ -72,13 +72,8 @@ impl PluginLibrary {
     }
 
     /// The private copy actually loaded.
-    pub fn shadow_path(&self) -> &Path {
+    pub(crate) fn shadow_path(&self) -> &Path {
         self.library().shadow_path()
-    }
-
-    /// Whether the plugin can hand its state to its next version (plugin-api 1.1).
-    pub fn supports_state_handover(&self) -> bool {
-        self.library().state_vtable().is_some()
     }
 
     /// How long reading, checking, copying and loading took.
@@ -112,7 +107,7 @@ impl PluginLibrary {
     /// Asks the plugin whether `config` (JSON; empty means `{}`) is a configuration its Init
     /// would accept, without creating an instance. `Ok` also when the plugin cannot tell (it
     /// exports no `validate_config`).
-    pub fn validate_config(&self, config: &[u8]) -> Result<(), CallError> {
+    pub(crate) fn validate_config(&self, config: &[u8]) -> Result<(), CallError> {
         let vtable = self.vtable();
         let Some(validate) = vtable.validate_config else {
             return Ok(());
