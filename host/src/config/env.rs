@@ -82,7 +82,7 @@ impl<'a> Substitution<'a> {
     }
 }
 
-/// Why [`expand`] could not substitute a string.
+/// Why [`expand_string`] could not substitute a string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub(super) enum ExpandError {

@@ -5,7 +5,7 @@
 //!
 //! 1. parse the TOML, keeping where every key and value sits in the text;
 //! 2. replace `${VAR}` and `${VAR:-default}` in string values from the environment
-//!    ([`env`]; `$${` writes a literal `${`);
+//!    ([`env`](mod@env); `$${` writes a literal `${`);
 //! 3. read the settings: unknown keys and wrong types are refused. A message about a value
 //!    that came from the environment names the variables, never the value (it may be a secret).
 //!

@@ -4,7 +4,7 @@
 //! have already run the code they meant to vet (docs/design.md, "Checking before loading"). Here the file is parsed with the
 //! `object` crate first: it must be a shared library (not an executable, PIE included) for
 //! this platform's format and architecture, export [`HEADER_SYMBOL`], and that header's magic,
-//! header version and plugin-api version, read straight from the file, must pass [`validate`](super::validate).
+//! header version and plugin-api version, read straight from the file, must pass [`validate`].
 //! Only then is it loaded, and the header is checked again in memory.
 
 use std::path::Path;
