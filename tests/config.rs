@@ -840,3 +840,67 @@ fn read_until(child: &mut std::process::Child, needle: &str) -> String {
 fn call(handle: &plughost::PluginHandle, input: &[u8]) -> Result<Vec<u8>, plughost::CallError> {
     handle.call(input).map(|output| output.to_vec())
 }
+
+/// `config check` on a file with 100,000 tables for plugins that are not there: a warning
+/// each, each pointing at its table. Finding a table's line once scanned the file from the
+/// start, which made this quadratic (minutes); the deadline turns such a regression into a
+/// failure instead of a hang.
+#[test]
+fn config_check_on_a_huge_file_warns_about_every_table_and_finishes() {
+    const TABLES: usize = 100_000;
+    const DEADLINE: Duration = Duration::from_secs(120);
+    let setup = Setup::new(&[]);
+    let mut text = String::with_capacity(TABLES * 32);
+    for i in 0..TABLES {
+        text.push_str(&format!("[plugins.p{i}]\nenabled = true\n\n"));
+    }
+    setup.write_config(&text);
+    // Output goes to files: a pipe would fill up and stop the child before the deadline.
+    let out_path = setup.config_dir.path().join("stdout.txt");
+    let err_path = setup.config_dir.path().join("stderr.txt");
+    let mut child = setup
+        .dir
+        .command(&["config", "check"])
+        .arg("--config")
+        .arg(setup.config_path())
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("config check on {TABLES} tables still running after {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    let last_lines = || err.lines().rev().take(10).collect::<Vec<_>>().join("\n");
+    // Tables for absent plugins are warnings, not problems.
+    assert!(status.success(), "{status}: {}", last_lines());
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|line| line.contains("no plugin named"))
+        .collect();
+    assert_eq!(warnings.len(), TABLES);
+    let file = setup.config_path().display().to_string();
+    // Each names its table's place: table i's header is on line 3i + 1, its name at column 10.
+    for i in [0, 1, TABLES / 2, TABLES - 1] {
+        let expected = format!(
+            "warning: {file}:{}:10: no plugin named p{i} in {}",
+            3 * i + 1,
+            setup.dir.path().display()
+        );
+        assert!(
+            warnings.contains(&expected.as_str()),
+            "{expected} not in the warnings"
+        );
+    }
+    assert!(err.contains(&format!("{file}: ok")), "{}", last_lines());
+}

@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use plughost::{Host, HostConfig, HostEvent, WatchOptions, Watcher};
+use plughost::{Host, HostConfig, HostEvent, ProbeSetting, WatchOptions, Watcher};
 use tempfile::TempDir;
 
 /// The built library of a workspace package (an example under `plugins/` or a fixture under
@@ -100,10 +100,12 @@ impl PluginDir {
         target
     }
 
-    /// Default settings for this folder and its shadow folder.
+    /// Default settings for this folder and its shadow folder, probing new files with the
+    /// `plughost` executable built for the tests.
     pub fn config(&self) -> HostConfig {
         let mut config = HostConfig::with_plugins_dir(self.path());
         config.host.shadow_dir = Some(self.shadow().to_owned());
+        config.host.probe = ProbeSetting::Program(plughost().to_owned());
         config
     }
 
@@ -168,11 +170,13 @@ impl PluginDir {
             .expect("start plughost run")
     }
 
-    /// The files in the shadow folder.
+    /// The files in the shadow folder: the private copies (the probe's verdicts live in a
+    /// folder of their own there, and are not copies).
     pub fn shadow_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.shadow())
             .expect("read shadow folder")
             .map(|e| e.unwrap().path())
+            .filter(|p| !p.is_dir())
             .collect()
     }
 }

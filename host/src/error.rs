@@ -26,6 +26,44 @@ pub enum LoadError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The path is not a regular file: a folder, a named pipe, a device...
+    #[error("{}: not a regular file: it is {kind}", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The file is larger than any plugin the host will read.
+    #[error("{}: the file is too large ({size} bytes; the limit is {limit})", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size, or as much of it as was read.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Loading the library in a probe process crashed it, or did not finish: loading it here
+    /// would have taken the host down.
+    #[error("{}: refused: {reason}", path.display())]
+    ProbeRefused {
+        /// The file.
+        path: PathBuf,
+        /// What happened to the probe: the signal, the loader's message, or the time limit.
+        reason: String,
+    },
+    /// Checking the library panicked, which only damaged data makes happen.
+    #[error(
+        "{}: refused: checking it panicked ({message}); the file is probably damaged",
+        path.display()
+    )]
+    CheckPanicked {
+        /// The file.
+        path: PathBuf,
+        /// The panic's message.
+        message: String,
+    },
     /// The file is empty (often a build or copy still in progress).
     #[error("{}: the file is empty", path.display())]
     Empty {
@@ -220,6 +258,10 @@ impl LoadError {
     pub fn path(&self) -> &std::path::Path {
         match self {
             LoadError::Read { path, .. }
+            | LoadError::NotAFile { path, .. }
+            | LoadError::TooLarge { path, .. }
+            | LoadError::CheckPanicked { path, .. }
+            | LoadError::ProbeRefused { path, .. }
             | LoadError::Empty { path }
             | LoadError::NotALibrary { path, .. }
             | LoadError::NotAPlugin { path, .. }
@@ -310,6 +352,10 @@ fn init_failure(cause: &CallError) -> String {
     match cause {
         CallError::Panicked { message, .. } => format!("panicked in init: {message}"),
         CallError::Failed { message, .. } => format!("failed to initialise: {message}"),
+        CallError::Stuck { entry, limit, .. } => format!(
+            "did not return from {entry} within {}; left loaded, not serving",
+            humantime::format_duration(*limit)
+        ),
         other => format!("failed to initialise: {other}"),
     }
 }
@@ -350,6 +396,21 @@ pub enum CallError {
         plugin: Arc<str>,
         /// The time it had.
         timeout: std::time::Duration,
+    },
+    /// An entry point the host runs itself (Init, Shutdown, validate_config, state hand-over,
+    /// health) did not return in time. Its code may still be running, so the plugin's library
+    /// is left loaded for good, and the plugin is not served.
+    #[error(
+        "plugin {plugin}: {entry} did not return within {}; left loaded, not serving",
+        humantime::format_duration(*limit)
+    )]
+    Stuck {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The entry point: "init", "shutdown", "validate_config", "save_state", "health".
+        entry: &'static str,
+        /// How long it had.
+        limit: std::time::Duration,
     },
     /// The plugin already runs as many calls as it may at once.
     #[error("plugin {plugin} is busy: {limit} calls already in flight")]

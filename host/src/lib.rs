@@ -79,7 +79,9 @@ mod loader;
 mod plugin_info;
 mod runtime;
 
-pub use config::{ConfigError, HostConfig, HostSettings, Location, LogFormat, PluginSettings};
+pub use config::{
+    ConfigError, HostConfig, HostSettings, Location, LogFormat, PluginSettings, ProbeSetting,
+};
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
 };
@@ -89,6 +91,29 @@ pub use host::{ConfigReport, Host, LoadReport, WatchOptions, Watcher};
 pub use loader::residency::UnloadStatus;
 pub use plugin_info::{ConfigKey, PluginInfo, Requirement};
 pub use runtime::{PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
+
+/// Serves the probe role if this process was started as one (`PROGRAM __probe FILE`) and
+/// returns its exit code; otherwise `None`. The `plughost` executable calls it first thing;
+/// a program of your own that should serve as the probe program (host setting `probe`) must
+/// do the same:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     if let Some(code) = plughost::probe_main() {
+///         return code;
+///     }
+///     // ... the program itself
+/// #   std::process::ExitCode::SUCCESS
+/// }
+/// ```
+pub fn probe_main() -> Option<std::process::ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != loader::probe::PROBE_ARG {
+        return None;
+    }
+    let copy = std::path::PathBuf::from(args.next()?);
+    Some(loader::probe::run(&copy))
+}
 
 /// The plugin-api version this host speaks. A plugin built against plugin-api `X.Y.Z` is
 /// accepted when this version matches `^X.Y.Z`: the same major (the same minor while the

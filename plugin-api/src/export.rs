@@ -3,7 +3,8 @@
 //!
 //! Every shim runs the plugin inside `catch_unwind`: a panic must be caught in the plugin,
 //! because the plugin has its own copy of std and a panic escaping `extern "C"` aborts the
-//! whole process (docs/design.md, "Panics across the boundary").
+//! whole process (docs/design.md, "Panics across the boundary"). The caught payload is plugin
+//! data too, whose `Drop` may panic again: it is disposed of under a guard, in `panic_message`.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -94,8 +95,6 @@ pub const fn host_export() -> HostExport {
     }
 }
 
-/// Runs `body` with panics caught. On success the output is handed over; on error or panic
-/// the output is replaced by the message.
 /// The requirements table of plugin `P`.
 pub const fn dependency_module<P: Plugin>() -> DependencyModule {
     DependencyModule {
@@ -112,6 +111,8 @@ pub const fn dependency_export(module: &'static DependencyModule) -> DependencyE
     }
 }
 
+/// Runs `body` with panics caught. On success the output is handed over; on error or panic
+/// the output is replaced by the message.
 fn guarded(
     out: &mut OutBuffer,
     body: impl FnOnce(&mut Output<'_>) -> Result<(), PluginError>,
@@ -127,7 +128,7 @@ fn guarded(
         }
         Err(payload) => {
             output.clear();
-            output.write(panic_message(&*payload).as_bytes());
+            output.write(panic_message(payload).as_bytes());
             Status::PANIC
         }
     };
@@ -135,12 +136,24 @@ fn guarded(
     status
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    let message = panic_message_of(payload);
-    match PANIC_LOCATION.take() {
+/// The message of a caught panic, with the location the panic hook saw; consumes the payload.
+///
+/// The one place a caught payload goes: dropping it runs plugin code (its `Drop`), which may
+/// panic again, and that second panic, outside `catch_unwind`, would unwind out of the
+/// `extern "C"` shim and abort the host. So the payload is dropped under a guard, and the
+/// payload of a panicking drop is forgotten, never dropped: its `Drop` could panic as well.
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    let message = panic_message_of(&*payload);
+    let message = match PANIC_LOCATION.take() {
         Some(location) => format!("{message} (at {})", location.as_str()),
         None => message.to_owned(),
+    };
+    if let Err(second) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(second);
+        // The hook recorded where the drop panicked; that belongs to no report.
+        PANIC_LOCATION.take();
     }
+    message
 }
 
 /// Where the last panic on this thread happened, as `file:line:column` text.
@@ -303,16 +316,21 @@ unsafe extern "C" fn shutdown<P: Plugin>(instance: *mut c_void, out: &mut OutBuf
     let mut plugin = unsafe { Box::from_raw(instance.cast::<P>()) };
     let status = guarded(out, |_| plugin.shutdown());
     // Dropping runs plugin code too: a panicking Drop must not abort the host. If Shutdown
-    // already failed, its message is the one to keep.
+    // already failed, its message is the one to keep (the payload is still disposed of
+    // through `panic_message`).
     match catch_unwind(AssertUnwindSafe(move || drop(plugin))) {
-        Err(payload) if status == Status::OK => {
+        Ok(()) => status,
+        Err(payload) => {
+            let message = panic_message(payload);
+            if status != Status::OK {
+                return status;
+            }
             let mut output = Output::new(out);
             output.write(b"while dropping the plugin: ");
-            output.write(panic_message(&*payload).as_bytes());
+            output.write(message.as_bytes());
             output.finish();
             Status::PANIC
         }
-        _ => status,
     }
 }
 

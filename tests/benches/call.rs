@@ -33,6 +33,10 @@ fn call_path(c: &mut Criterion) {
     let host = Host::new({
         let mut config = HostConfig::with_plugins_dir(plugins.path());
         config.host.shadow_dir = Some(shadow.path().to_owned());
+        // New builds are probed first, by a plughost built with the bench's own profile.
+        let probe = xtask::build_binary("plughost-cli", "plughost", !cfg!(debug_assertions))
+            .expect("build the probe program");
+        config.host.probe = plughost::ProbeSetting::Program(probe);
         config
     })
     .unwrap();

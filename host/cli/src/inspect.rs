@@ -8,11 +8,17 @@ use plughost::{Host, HostConfig, PluginInfo};
 
 use crate::table;
 
-pub(crate) fn inspect(file: &Path, json: bool, config: Option<&str>) -> anyhow::Result<ExitCode> {
-    if !file.is_file() {
+pub(crate) fn inspect(
+    file: &Path,
+    json: bool,
+    config: Option<&str>,
+    settings: HostConfig,
+) -> anyhow::Result<ExitCode> {
+    // A folder, a named pipe or a device is refused by `open`, saying which.
+    if std::fs::metadata(file).is_err() {
         bail!("{}: no such file", file.display());
     }
-    let host = Host::new(HostConfig::default())?;
+    let host = Host::new(settings)?;
     let library = host.open(file)?;
     if let Some(config) = config {
         host.check_init_config(&library, config.as_bytes())?;

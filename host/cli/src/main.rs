@@ -68,6 +68,8 @@ enum Command {
         /// starting it.
         #[arg(long = "init", value_name = "JSON")]
         init: Option<String>,
+        #[command(flatten)]
+        dir: DirArgs,
     },
     /// Load one plugin, Init it, Execute it once on INPUT, print the output, Shut it down.
     Exec {
@@ -137,6 +139,10 @@ impl DirArgs {
 
 /// Runs the command line and maps failure to exit code 1 with a one-line reason.
 fn main() -> ExitCode {
+    // Started by a host to load a file it has not seen load yet: nothing else.
+    if let Some(code) = plughost::probe_main() {
+        return code;
+    }
     let cli = Cli::parse();
     // The file is read first: it says how to log. Not for enable / disable, which only edit
     // it: reading it here would need the host's environment variables.
@@ -213,7 +219,12 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             run::run(config, watch, settle, Duration::from_secs(health_interval))
         }
         Command::List(dir) => list::list(dir.apply(config)),
-        Command::Inspect { file, json, init } => inspect::inspect(&file, json, init.as_deref()),
+        Command::Inspect {
+            file,
+            json,
+            init,
+            dir,
+        } => inspect::inspect(&file, json, init.as_deref(), dir.apply(config)),
         Command::Exec {
             name,
             input,

@@ -1,6 +1,7 @@
 //! `plughost run`: load every plugin in the folder, watch it and the settings file, check
 //! health, until Ctrl-C or SIGTERM.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,9 @@ pub(crate) fn run(
         .build()
         .context("cannot start the async runtime")?;
     // Listen before loading anything, so a signal during start-up still shuts down cleanly.
-    let shutdown_requested = {
+    let mut signals = {
         let _runtime = runtime.enter();
-        shutdown_signal()?
+        Signals::listen()?
     };
     let plugins_dir = config.host.plugins_dir.clone();
     let host = Arc::new(Host::new(config)?);
@@ -35,50 +36,117 @@ pub(crate) fn run(
     } else {
         None
     };
-    let report = host.load_all()?;
-    tracing::info!(
-        "{} plugin(s) running, {} file(s) refused, {} {}; Ctrl-C to stop",
-        report.loaded.len(),
-        report.refused.len(),
-        if watch { "watching" } else { "from" },
-        plugins_dir.display()
-    );
-    let health = (!health_interval.is_zero()).then(|| {
-        let _runtime = runtime.enter();
-        Arc::new(Dispatcher::new(host.clone(), CallPolicy::default())).poll_health(health_interval)
+    // Loading runs on a thread of its own, so that a signal is heard while a plugin's Init
+    // takes its time.
+    let loaded = in_background(&host, |host| host.load_all());
+    let loaded = runtime.block_on(async {
+        tokio::select! {
+            loaded = loaded => Some(loaded),
+            () = signals.next() => None,
+        }
     });
-    runtime.block_on(shutdown_requested);
+    let mut health = None;
+    match loaded {
+        Some(Ok(Ok(report))) => {
+            tracing::info!(
+                "{} plugin(s) running, {} file(s) refused, {} {}; Ctrl-C to stop",
+                report.loaded.len(),
+                report.refused.len(),
+                if watch { "watching" } else { "from" },
+                plugins_dir.display()
+            );
+            health = (!health_interval.is_zero()).then(|| {
+                let _runtime = runtime.enter();
+                Arc::new(Dispatcher::new(host.clone(), CallPolicy::default()))
+                    .poll_health(health_interval)
+            });
+            runtime.block_on(signals.next());
+        }
+        Some(Ok(Err(error))) => return Err(error.into()),
+        Some(Err(_)) => anyhow::bail!("loading the plugins ended without a report"),
+        None => tracing::info!("stopping while loading: no further plugin starts"),
+    }
     if let Some(health) = health {
         health.abort();
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down (Ctrl-C again to exit at once)");
     drop(watcher);
-    host.shutdown();
+    // Bounded (each plugin's calls in flight and its Shutdown by host.shutdown_timeout), but
+    // an operator may not want to wait: a second signal exits at once.
+    let stopped = in_background(&host, |host| host.shutdown());
+    runtime.block_on(async {
+        tokio::select! {
+            _ = stopped => {}
+            () = signals.next() => {
+                let left: Vec<String> = host.plugins().into_iter().map(|p| p.name).collect();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "second signal: exiting now without shutting down {}",
+                    if left.is_empty() { "anything more".to_owned() } else { left.join(", ") }
+                );
+                std::process::exit(130);
+            }
+        }
+    });
     let still_mapped = host.still_mapped();
     if still_mapped > 0 {
         tracing::info!("{still_mapped} closed plugin version(s) were still mapped at exit");
     }
+    // Plugin threads the host gave up on must not keep the program alive.
+    runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts listening for Ctrl-C and, on unix, SIGTERM; the future ends when one arrives.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Runs `work` on `host` on a thread of its own; the receiver gets its result.
+fn in_background<T: Send + 'static>(
+    host: &Arc<Host>,
+    work: impl FnOnce(&Host) -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let host = Arc::clone(host);
+    std::thread::spawn(move || {
+        let _ = done.send(work(&host));
+    });
+    result
+}
+
+/// Ctrl-C and, on unix, SIGTERM, heard as many times as they come.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        })
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening; needs the runtime entered.
+    fn listen() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
     }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
             let _ = tokio::signal::ctrl_c().await;
-        })
+        }
     }
 }

@@ -30,7 +30,7 @@ impl HostConfig {
         // The file actually written: the link's final target, if `path` is a symbolic link.
         let (target, text) = match std::fs::canonicalize(path) {
             Ok(target) => {
-                let text = std::fs::read_to_string(&target).map_err(read_error)?;
+                let text = super::read_text(&target, path, HostConfig::MAX_FILE_SIZE)?;
                 (target, text)
             }
             Err(e)

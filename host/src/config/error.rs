@@ -35,6 +35,18 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The file is larger than the host reads
+    /// ([`HostConfig::MAX_FILE_SIZE`](crate::HostConfig::MAX_FILE_SIZE)).
+    #[error("{}: the file is too large: {}", path.display(), too_large(*size, *limit))]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes; `None` when it has none to ask for beforehand (a pipe) or grew
+        /// while it was read, and is known only to be larger than the limit.
+        size: Option<u64>,
+        /// The largest file read, in bytes.
+        limit: u64,
+    },
     /// Not valid TOML, an unknown key, or a value of the wrong type.
     #[error("{at}: {message}")]
     Invalid {
@@ -108,5 +120,18 @@ fn settings_place(path: Option<&Path>, at: Option<&Location>) -> String {
         (Some(at), _) => at.to_string(),
         (None, Some(path)) => path.display().to_string(),
         (None, None) => "the settings".into(),
+    }
+}
+
+/// `70000000 bytes, more than the limit of 67108864 bytes (64 MiB)`.
+fn too_large(size: Option<u64>, limit: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    let limit = match (limit / MIB, limit % MIB) {
+        (mib @ 1.., 0) => format!("{limit} bytes ({mib} MiB)"),
+        _ => format!("{limit} bytes"),
+    };
+    match size {
+        Some(size) => format!("{size} bytes, more than the limit of {limit}"),
+        None => format!("more than the limit of {limit}"),
     }
 }

@@ -24,13 +24,14 @@ mod parse;
 pub(crate) mod schema;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Location};
-use parse::Spans;
+use parse::{Source, Spans};
 
 /// The host's whole configuration: settings for the host, and a table per plugin.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +49,8 @@ pub struct HostConfig {
     spans: HashMap<Vec<String>, Spans>,
     /// The values that took something from the environment, by key path: their variables.
     from_env: HashMap<Vec<String>, Vec<String>>,
-    text: String,
+    /// The text of the file, with where its lines start.
+    source: Source,
 }
 
 /// The `[host]` table.
@@ -75,10 +77,59 @@ pub struct HostSettings {
     pub max_plugins: usize,
     /// `human` or `json` log lines. Default `human`.
     pub log_format: LogFormat,
-    /// How long shutting down waits for a plugin's calls in flight before leaving it loaded
-    /// without Shutdown (unloading code that runs would crash the process). Default 10 s.
+    /// How long taking a plugin out of service at shutdown waits for its calls in flight, and
+    /// how long its Shutdown may take, before the host leaves it loaded and goes on (unloading
+    /// code that runs would crash the process). Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How long a plugin's Init may take before the host gives up on it (it is then left
+    /// loaded, not serving). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub init_timeout: Duration,
+    /// How long a plugin's quick entry points may take: validate_config and the state
+    /// hand-over's save. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// Whether, and with which program, bytes the host has not seen load are first loaded in a
+    /// short-lived probe process, so that a damaged library crashes the probe instead of the
+    /// host: `"auto"` (default: the `plughost` executable beside this program, or on `PATH`),
+    /// `"off"` (load files unchecked, for those who trust them), or the probe program's path.
+    pub probe: ProbeSetting,
+    /// How long a probe may take. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+/// The `probe` setting: see [`HostSettings::probe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ProbeSetting {
+    /// The `plughost` executable beside this program (or one folder up), or on `PATH`.
+    Auto,
+    /// No probing: libraries are loaded in the host process unchecked.
+    Off,
+    /// This program, started as `PROGRAM __probe FILE` (see [`probe_main`](crate::probe_main)).
+    Program(PathBuf),
+}
+
+impl From<String> for ProbeSetting {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "auto" => ProbeSetting::Auto,
+            "off" => ProbeSetting::Off,
+            _ => ProbeSetting::Program(PathBuf::from(text)),
+        }
+    }
+}
+
+impl From<ProbeSetting> for String {
+    fn from(setting: ProbeSetting) -> Self {
+        match setting {
+            ProbeSetting::Auto => "auto".into(),
+            ProbeSetting::Off => "off".into(),
+            ProbeSetting::Program(path) => path.display().to_string(),
+        }
+    }
 }
 
 impl Default for HostSettings {
@@ -92,6 +143,10 @@ impl Default for HostSettings {
             max_plugins: 256,
             log_format: LogFormat::Human,
             shutdown_timeout: Duration::from_secs(10),
+            init_timeout: Duration::from_secs(30),
+            check_timeout: Duration::from_secs(5),
+            probe: ProbeSetting::Auto,
+            probe_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -136,6 +191,10 @@ impl HostConfig {
     /// The default name of the file, looked for in the working folder.
     pub const DEFAULT_FILE: &'static str = "plughost.toml";
 
+    /// The largest file read, in bytes (64 MiB): a larger one is refused
+    /// ([`ConfigError::TooLarge`]) without reading more of it than that.
+    pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+
     /// The defaults, with another plugins folder.
     pub fn with_plugins_dir(dir: impl Into<PathBuf>) -> Self {
         let mut config = HostConfig::default();
@@ -143,12 +202,9 @@ impl HostConfig {
         config
     }
 
-    /// Reads `path`.
+    /// Reads `path`. A file larger than [`MAX_FILE_SIZE`](Self::MAX_FILE_SIZE) is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_text(path, path, Self::MAX_FILE_SIZE)?;
         Self::parse(path, &text)
     }
 
@@ -210,12 +266,143 @@ impl HostConfig {
             .rev()
             .find_map(|n| self.spans.get(&keys[..n]).map(|s| s.key.start));
         Some(match offset {
-            Some(offset) => parse::locate(file, &self.text, offset),
+            Some(offset) => self.source.locate(file, offset),
             None => Location {
                 file: file.clone(),
                 line: 0,
                 column: 0,
             },
         })
+    }
+}
+
+/// The text of the file `path`, which messages call `named` (a symbolic link may be named
+/// rather than its target); refused if longer than `limit` bytes, without reading more of it
+/// than `limit + 1` bytes (a pipe, or a file that grows, has no size to check beforehand).
+fn read_text(path: &Path, named: &Path, limit: u64) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: named.to_owned(),
+        source,
+    };
+    let too_large = |size| ConfigError::TooLarge {
+        path: named.to_owned(),
+        size,
+        limit,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let known = file
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|metadata| metadata.len());
+    if let Some(size) = known.filter(|&size| size > limit) {
+        return Err(too_large(Some(size)));
+    }
+    let mut bytes = Vec::new();
+    if let Some(size) = known.and_then(|size| usize::try_from(size).ok()) {
+        bytes.reserve_exact(size);
+    }
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(None));
+    }
+    // The same error as `std::fs::read_to_string`'s, as the file was read with it before.
+    String::from_utf8(bytes).map_err(|_| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_naming_it_its_size_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plughost.toml");
+        std::fs::write(&path, "[host]\nwatch = true\n").unwrap(); // 20 bytes
+        assert_eq!(
+            read_text(&path, &path, 20).unwrap(),
+            "[host]\nwatch = true\n"
+        );
+        let error = read_text(&path, &path, 19).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::TooLarge {
+                    size: Some(20),
+                    limit: 19,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}: the file is too large: 20 bytes, more than the limit of 19 bytes",
+                path.display()
+            )
+        );
+        // A symbolic link is named, not its target.
+        let named = Path::new("plughost.toml");
+        assert!(read_text(&path, named, 0)
+            .unwrap_err()
+            .to_string()
+            .starts_with("plughost.toml: the file is too large: 20 bytes"));
+        // The real limit, as the message shows it.
+        let error = ConfigError::TooLarge {
+            path: named.to_owned(),
+            size: Some(70_000_000),
+            limit: HostConfig::MAX_FILE_SIZE,
+        };
+        assert_eq!(
+            error.to_string(),
+            "plughost.toml: the file is too large: 70000000 bytes, more than the limit of \
+             67108864 bytes (64 MiB)"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_with_no_size_is_read_no_further_than_the_limit() {
+        // A character device: no size beforehand, and no end.
+        let error = read_text(Path::new("/dev/zero"), Path::new("zeros"), 1000).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "zeros: the file is too large: more than the limit of 1000 bytes"
+        );
+        // Within the limit, such a file is read whole.
+        assert_eq!(
+            read_text(Path::new("/dev/null"), Path::new("null"), 1000).unwrap(),
+            ""
+        );
+    }
+
+    #[test]
+    fn read_errors_are_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let expected = std::fs::read_to_string(&missing).unwrap_err().to_string();
+        let error = HostConfig::load(&missing).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!("{}: cannot read the file: {expected}", missing.display())
+        );
+        let binary = dir.path().join("binary.toml");
+        std::fs::write(&binary, b"a = \"\xff\"\n").unwrap();
+        let expected = std::fs::read_to_string(&binary).unwrap_err().to_string();
+        assert_eq!(
+            HostConfig::load(&binary).unwrap_err().to_string(),
+            format!("{}: cannot read the file: {expected}", binary.display())
+        );
+        let folder = HostConfig::load(dir.path()).unwrap_err();
+        assert!(matches!(folder, ConfigError::Read { .. }), "{folder:?}");
     }
 }

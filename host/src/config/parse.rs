@@ -32,8 +32,9 @@ pub(super) fn read(
     text: &str,
     lookup: Option<&Lookup<'_>>,
 ) -> Result<HostConfig, ConfigError> {
+    let source = Source::new(text);
     let located = |span: Option<Range<usize>>, message: String| ConfigError::Invalid {
-        at: locate(path, text, span.map_or(0, |s| s.start)),
+        at: source.locate(path, span.map_or(0, |s| s.start)),
         message,
     };
     let document = DeTable::parse(text).map_err(|e| located(e.span(), e.message().into()))?;
@@ -46,7 +47,7 @@ pub(super) fn read(
     substitution
         .table(&mut table, &mut Vec::new())
         .map_err(|(keys, error)| {
-            let at = locate(path, text, value_offset(&spans, &keys));
+            let at = source.locate(path, value_offset(&spans, &keys));
             let key = keys.join(".");
             match error {
                 ExpandError::Unset(variable) => ConfigError::Env { at, key, variable },
@@ -107,7 +108,7 @@ pub(super) fn read(
         plugins: raw.plugins,
         spans,
         from_env,
-        text: text.to_owned(),
+        source,
     })
 }
 
@@ -179,15 +180,54 @@ fn without_value(message: &str, variables: &[String]) -> String {
     format!("{kind}: string (value from {}){expected}", from.join(", "))
 }
 
-/// Line and column (1-based, in characters) of byte `offset` in `text`.
-pub(super) fn locate(file: &Path, text: &str, offset: usize) -> Location {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    Location {
-        file: file.to_owned(),
-        line: before.matches('\n').count() + 1,
-        column: before[line_start..].chars().count() + 1,
+/// The text of a file, with where each of its lines starts: found once, so that turning a
+/// byte offset into a line and column costs a binary search over the lines and a count of the
+/// characters before it on its own line, not a scan of the file. `config check` asks for a
+/// place per warning, and a file may have hundreds of thousands of tables.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Source {
+    text: String,
+    /// The byte offset at which each line starts: 0, then one past each `\n`.
+    line_starts: Vec<usize>,
+}
+
+impl Source {
+    pub(super) fn new(text: &str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|&(_, byte)| byte == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        Source {
+            text: text.to_owned(),
+            line_starts,
+        }
+    }
+
+    /// Line and column (1-based, the column in characters) of byte `offset` in the text, in
+    /// `file`; an offset past the end is the end.
+    pub(super) fn locate(&self, file: &Path, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        // The lines that start at or before `offset`: the last of them is the one it is on.
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= offset)
+            .max(1);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
+        // The characters that start before `offset` on its line (all of them, for an offset
+        // on a character boundary, which a parser's span is).
+        let column = self.text[start..]
+            .char_indices()
+            .take_while(|&(i, _)| start + i < offset)
+            .count();
+        Location {
+            file: file.to_owned(),
+            line,
+            column: column + 1,
+        }
     }
 }
 
@@ -374,5 +414,90 @@ config = { mode = "lower", nested = { list = [1, 2] } }
             error.contains(r#"invalid type: string "${literal}""#),
             "{error}"
         );
+    }
+
+    /// Where `offset` is in `text`, as `line:column`.
+    fn place(text: &str, offset: usize) -> String {
+        let at = Source::new(text).locate(Path::new("f"), offset);
+        format!("{}:{}", at.line, at.column)
+    }
+
+    #[test]
+    fn locate_finds_line_and_column() {
+        let text = "[host]\nwatch = true\n\n[plugins.a]\nenabled = false";
+        // The first line.
+        assert_eq!(place(text, 0), "1:1");
+        assert_eq!(place(text, 3), "1:4");
+        // Its newline is still on it; the next line starts after it.
+        assert_eq!(place(text, 6), "1:7");
+        assert_eq!(place(text, 7), "2:1");
+        // A later line, after an empty one.
+        assert_eq!(place(text, 20), "3:1");
+        assert_eq!(place(text, 21), "4:1");
+        assert_eq!(place(text, 30), "4:10");
+        assert_eq!(place(text, 36), "5:4");
+    }
+
+    #[test]
+    fn locate_counts_characters_not_bytes() {
+        // `é` is 2 bytes, `€` 3, `🦀` 4: the value starts at byte 14 of the second line.
+        let text = "# x\n\"é€🦀\" = \"v\"\n";
+        let value = text.find("\"v").unwrap();
+        assert_eq!(value, 4 + 14);
+        assert_eq!(place(text, value), "2:9");
+        // Each character is one column, wherever it starts.
+        assert_eq!(place(text, 5), "2:2");
+        assert_eq!(place(text, 7), "2:3");
+        assert_eq!(place(text, 10), "2:4");
+    }
+
+    #[test]
+    fn locate_at_and_past_the_end() {
+        // After a final newline: the empty line that follows it.
+        assert_eq!(place("a = 1\n", 6), "2:1");
+        assert_eq!(place("a = 1\né", 8), "2:2");
+        // Past the end is the end.
+        assert_eq!(place("a = 1\né", 100), "2:2");
+        assert_eq!(place("", 0), "1:1");
+        assert_eq!(place("", 5), "1:1");
+    }
+
+    #[test]
+    fn locate_agrees_with_a_scan_from_the_start() {
+        // What every message said before lines were indexed: counted from the start each time.
+        fn scanned(text: &str, offset: usize) -> String {
+            let before = &text[..offset.min(text.len())];
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let line = before.matches('\n').count() + 1;
+            format!("{line}:{}", before[line_start..].chars().count() + 1)
+        }
+        let text = "\n[host]\r\nwatch = true\n\n\n[plugins.\"ü\"]\n  x = \"日本\" # ✓\n\n";
+        for offset in (0..=text.len() + 2).filter(|&o| o > text.len() || text.is_char_boundary(o)) {
+            assert_eq!(
+                place(text, offset),
+                scanned(text, offset),
+                "offset {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_locates_its_keys() {
+        let config =
+            parse("[host]\nwatch = true\n\n[plugins.\"é\"]\n[plugins.\"é\".config]\nk = 1\n")
+                .unwrap();
+        let at = |keys: &[&str]| config.locate(keys).unwrap().to_string();
+        assert_eq!(at(&["host", "watch"]), "plughost.toml:2:1");
+        assert_eq!(at(&["plugins", "é"]), "plughost.toml:4:10");
+        // After the 2-byte `é`: column 14, byte 15 of the line.
+        assert_eq!(at(&["plugins", "é", "config"]), "plughost.toml:5:14");
+        assert_eq!(at(&["plugins", "é", "config", "k"]), "plughost.toml:6:1");
+        // Not in the file: the nearest enclosing key that is; else the file.
+        assert_eq!(
+            at(&["plugins", "é", "config", "absent"]),
+            "plughost.toml:5:14"
+        );
+        assert_eq!(at(&["nothing"]), "plughost.toml");
+        assert_eq!(HostConfig::default().locate(&["host"]), None);
     }
 }

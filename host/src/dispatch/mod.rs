@@ -73,6 +73,8 @@ pub struct Dispatcher {
     generation: std::sync::atomic::AtomicU64,
     metrics: Mutex<HashMap<String, Arc<PluginMetrics>>>,
     health: Mutex<HashMap<String, PluginHealth>>,
+    /// Plugins whose health check is running now.
+    checking: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A plugin's guarded async entry point; cheap to clone.
@@ -109,6 +111,7 @@ impl Dispatcher {
             plugins: RwLock::default(),
             metrics: Mutex::default(),
             health: Mutex::default(),
+            checking: Arc::default(),
         }
     }
 
@@ -241,19 +244,39 @@ impl Dispatcher {
             .get(plugin)
             .map_or(self.default_policy.timeout, |p| p.timeout);
         let name: Arc<str> = plugin.into();
-        let answer = tokio::time::timeout(
-            timeout,
-            tokio::task::spawn_blocking(move || handle.health()),
-        )
-        .await;
-        let health = match answer {
-            Ok(Ok(Ok(health))) => health,
-            Ok(Ok(Err(error))) => PluginHealth::Unhealthy(format!("health check failed: {error}")),
-            Ok(Err(join)) => PluginHealth::Unhealthy(format!("health check failed: {join}")),
-            Err(_) => PluginHealth::Unhealthy(format!(
-                "health check did not answer within {} ms",
-                timeout.as_millis()
-            )),
+        let health = if !lock(&self.checking).insert(plugin.to_owned()) {
+            // At most one check per plugin at a time: a plugin stuck in its health check keeps
+            // one thread, not one per interval.
+            PluginHealth::Unhealthy("its last health check has not returned yet".into())
+        } else {
+            let (answer, receiver) = tokio::sync::oneshot::channel();
+            let checking = Arc::clone(&self.checking);
+            let plugin_name = plugin.to_owned();
+            // A thread of its own, not tokio's blocking pool: a check that never returns must
+            // not keep the runtime (and so the program) from ending.
+            let spawned = std::thread::Builder::new()
+                .name("plughost-health".into())
+                .spawn(move || {
+                    let _ = answer.send(handle.health());
+                    lock(&checking).remove(&plugin_name);
+                });
+            match spawned {
+                Err(e) => {
+                    lock(&self.checking).remove(plugin);
+                    PluginHealth::Unhealthy(format!("health check could not start: {e}"))
+                }
+                Ok(_) => match tokio::time::timeout(timeout, receiver).await {
+                    Ok(Ok(Ok(health))) => health,
+                    Ok(Ok(Err(error))) => {
+                        PluginHealth::Unhealthy(format!("health check failed: {error}"))
+                    }
+                    Ok(Err(_)) => PluginHealth::Unhealthy("health check failed".into()),
+                    Err(_) => PluginHealth::Unhealthy(format!(
+                        "health check did not answer within {} ms",
+                        timeout.as_millis()
+                    )),
+                },
+            }
         };
         let previous = lock(&self.health).insert(plugin.to_owned(), health.clone());
         if previous.as_ref() != Some(&health) {

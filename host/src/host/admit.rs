@@ -15,7 +15,7 @@ use crate::dependencies::{self, DISABLED, NOT_LOADED};
 use crate::error::LoadError;
 use crate::events::HostEvent;
 use crate::plugin_info::PluginInfo;
-use crate::runtime::{PluginLibrary, RunningPlugin, Slot};
+use crate::runtime::{Limits, PluginLibrary, RunningPlugin, Slot};
 
 /// A version whose Init succeeded, waiting to be put in service by [`Host::commit`].
 pub(super) struct Prepared {
@@ -62,6 +62,14 @@ impl Host {
             refuse(lifecycle, error);
         }
         for i in plan.order {
+            if self
+                .shared
+                .closing
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                // Shutting down: the rest is not started, and not worth a refusal each.
+                break;
+            }
             let Some(library) = libraries[i].take() else {
                 continue;
             };
@@ -100,7 +108,12 @@ impl Host {
     ) -> Result<Prepared, LoadError> {
         let info = library.info().clone();
         let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
-        if lifecycle.closed {
+        if lifecycle.closed
+            || self
+                .shared
+                .closing
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err(LoadError::HostClosed {
                 path: library.file().to_owned(),
                 name: info.name.clone(),
@@ -154,7 +167,13 @@ impl Host {
         };
         let load_time = library.load_time();
         library.bind_dependencies(required);
-        let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref())
+        let settings = &lifecycle.config.host;
+        let limits = Limits {
+            init: settings.init_timeout,
+            shutdown: settings.shutdown_timeout,
+            check: settings.check_timeout,
+        };
+        let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref(), limits)
             .map_err(|e| scrub_init_error(e, &init_config.secrets))?;
         Ok(Prepared {
             slot,

@@ -34,6 +34,7 @@ impl Host {
     /// and every problem found.
     pub fn check_config(&self) -> Result<ConfigReport, HostError> {
         let config = self.config();
+        let limit = config.host.check_timeout;
         let mut libraries = Vec::new();
         let mut refused = Vec::new();
         for path in self.discover()? {
@@ -47,7 +48,7 @@ impl Host {
             .map(|library| Surveyed {
                 info: library.info(),
                 file: library.file().to_owned(),
-                ask: Box::new(move |bytes| library.validate_config(bytes)),
+                ask: Box::new(move |bytes| library.validate_config(bytes, limit)),
             })
             .collect();
         Ok(survey(&config, &plugins, &refused))

@@ -69,7 +69,7 @@ impl Host {
         )?;
         checked.warn_unknown();
         checked
-            .ask(|bytes| library.validate_config(bytes))
+            .ask(|bytes| library.validate_config(bytes, self.config().host.check_timeout))
             .map_err(|reason| LoadError::ConfigRefused {
                 path: library.file().to_owned(),
                 name: library.info().name.clone(),

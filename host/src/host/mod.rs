@@ -37,11 +37,12 @@ use std::time::Instant;
 pub use check::ConfigReport;
 pub use watch::{WatchOptions, Watcher};
 
-use crate::config::HostConfig;
+use crate::config::{HostConfig, ProbeSetting};
 use crate::dependencies::Candidate;
 use crate::error::{CallError, HostError, LoadError};
 use crate::events::{HostEvent, Subscribers};
 use crate::loader::discovery;
+use crate::loader::probe::{self, Probe, Program};
 use crate::loader::shadow::{self, ShadowDir};
 use crate::loader::Library;
 use crate::plugin_info::PluginInfo;
@@ -60,6 +61,7 @@ pub struct LoadReport {
 pub struct Host {
     plugins_dir: PathBuf,
     shadow: ShadowDir,
+    probe: Probe,
     registry: Registry,
     lifecycle: Mutex<Lifecycle>,
     shared: Arc<Shared>,
@@ -111,6 +113,9 @@ struct Shared {
     settings_generation: AtomicU64,
     /// A copy of `Lifecycle::config`, readable without waiting for a load in progress.
     settings: arc_swap::ArcSwap<HostConfig>,
+    /// Set as soon as shutdown is asked for, before it waits for the lifecycle lock: a load in
+    /// progress starts nothing more.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -128,9 +133,17 @@ impl Host {
             path: shadow_dir,
             source,
         })?;
+        let program = match &config.host.probe {
+            ProbeSetting::Off => Program::Off,
+            ProbeSetting::Program(path) => Program::At(path.clone()),
+            ProbeSetting::Auto => probe::find_program().map_or(Program::Missing, Program::At),
+        };
+        let verdicts = shadow.path().join("verdicts");
+        let probe = Probe::new(program, config.host.probe_timeout, verdicts);
         let host = Host {
             plugins_dir: config.host.plugins_dir.clone(),
             shadow,
+            probe,
             registry: Registry::default(),
             lifecycle: Mutex::default(),
             shared: Arc::default(),
@@ -189,12 +202,12 @@ impl Host {
     /// Checks, copies, loads and validates one library without starting it: to read its
     /// metadata, or ask its plugin about a configuration.
     pub fn open(&self, path: &Path) -> Result<PluginLibrary, LoadError> {
-        Library::open(path, &self.shadow).map(PluginLibrary::new)
+        Library::open(path, &self.shadow, &self.probe).map(PluginLibrary::new)
     }
 
     /// Opens `bytes`, the content of `path` already read.
     fn open_bytes(&self, path: &Path, bytes: &[u8]) -> Result<PluginLibrary, LoadError> {
-        Library::open_bytes(path, bytes, &self.shadow).map(PluginLibrary::new)
+        Library::open_bytes(path, bytes, &self.shadow, &self.probe).map(PluginLibrary::new)
     }
 
     /// Loads every enabled library in the plugins folder, in dependency order (then by

@@ -392,7 +392,7 @@ fn ask_plugin(
 ) -> Result<(), ConfigError> {
     let name = &library.info().name;
     checked
-        .ask(|bytes| library.validate_config(bytes))
+        .ask(|bytes| library.validate_config(bytes, config.host.check_timeout))
         .map_err(|reason| {
             refusal(
                 config,

@@ -85,6 +85,9 @@ impl Host {
     /// running after that is logged and left loaded without Shutdown, since unloading code
     /// that runs would crash the process.
     pub fn shutdown(&self) {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
         let timeout = self.config().host.shutdown_timeout;
         let (versions, threads) = {
             let mut lifecycle = self.lifecycle();

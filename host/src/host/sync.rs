@@ -18,11 +18,14 @@ impl Host {
     /// refused, unloads the plugin if the file is gone. This is what the watcher calls.
     pub fn sync_file(&self, path: &Path) {
         let noticed = Instant::now();
+        // Read before taking the lock: loads, unloads and edits never wait on a slow disk, and
+        // whatever the path holds (a named pipe, a device) is refused without blocking.
+        let bytes = loader::read(path);
         let mut lifecycle = self.lifecycle();
         if lifecycle.closed {
             return;
         }
-        if self.sync_locked(&mut lifecycle, path, noticed) {
+        if self.sync_locked(&mut lifecycle, path, bytes, noticed) {
             // A plugin started, changed or left: files waiting on it may load now.
             self.retry_waiting(&mut lifecycle, Vec::new());
         }
@@ -43,7 +46,9 @@ impl Host {
             let waiting = std::mem::take(&mut lifecycle.waiting);
             let mut progress = false;
             for file in waiting {
-                progress |= self.sync_locked(lifecycle, &file, Instant::now());
+                // Files known to have held a library; `loader::read` cannot block on them.
+                let bytes = loader::read(&file);
+                progress |= self.sync_locked(lifecycle, &file, bytes, Instant::now());
             }
             if !progress || lifecycle.waiting.is_empty() {
                 break;
@@ -53,9 +58,15 @@ impl Host {
 
     /// [`sync_file`](Self::sync_file) under the lifecycle lock. Says whether what serves a
     /// name changed: a plugin started, was replaced or left.
-    fn sync_locked(&self, lifecycle: &mut Lifecycle, path: &Path, noticed: Instant) -> bool {
+    fn sync_locked(
+        &self,
+        lifecycle: &mut Lifecycle,
+        path: &Path,
+        bytes: Result<Vec<u8>, LoadError>,
+        noticed: Instant,
+    ) -> bool {
         let existing = self.registry.find_by_file(path);
-        let bytes = match loader::read(path) {
+        let bytes = match bytes {
             Ok(bytes) => bytes,
             Err(LoadError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>

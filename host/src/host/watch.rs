@@ -22,6 +22,7 @@
 //! again on its next event.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::Host;
 use crate::error::HostError;
@@ -164,10 +165,28 @@ impl Host {
                         .collect();
                     for path in ready {
                         due.remove(&path);
-                        if Some(&path) == config.as_ref() {
-                            host.reload_config();
-                        } else {
-                            host.sync_file(&path);
+                        // One event's trouble must not end the watch: a panic is logged, and
+                        // the next event is handled as usual.
+                        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            if Some(&path) == config.as_ref() {
+                                host.reload_config();
+                            } else {
+                                host.sync_file(&path);
+                            }
+                        }));
+                        if let Err(payload) = handled {
+                            let message = payload
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| payload.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            // Only the host's own code runs here (plugins catch their own
+                            // panics), so its payload can be dropped.
+                            drop(payload);
+                            error!(
+                                "handling a change of {} panicked: {message}; still watching",
+                                path.display()
+                            );
                         }
                     }
                 }

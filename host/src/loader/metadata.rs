@@ -19,10 +19,14 @@ pub(crate) fn plugin_info(
     api_version: semver::Version,
 ) -> Result<PluginInfo, LoadError> {
     let name = text(path, "name", &meta.name)?;
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if name.is_empty() || name.chars().any(hides_or_reorders) {
         return Err(bad(
             path,
-            format!("plugin name {name:?} must be non-empty and without spaces"),
+            format!(
+                "plugin name {:?} must be non-empty, without spaces, control or invisible \
+                 characters",
+                name.escape_default().to_string()
+            ),
         ));
     }
     let version_text = text(path, "version", &meta.version)?;
@@ -89,9 +93,44 @@ fn text(path: &Path, field: &str, s: &RStr<'_>) -> Result<String, LoadError> {
         .map_err(|e| bad(path, format!("{field} is not UTF-8: {e}")))
 }
 
+/// Characters a name must not have: they hide in or reorder the text of every message and
+/// listing that shows it (spaces, control characters, zero-width and bidirectional marks such
+/// as the right-to-left override).
+pub(crate) fn hides_or_reorders(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 fn bad(path: &Path, reason: String) -> LoadError {
     LoadError::Metadata {
         path: path.to_owned(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_hide_or_reorder_text_are_refused_and_shown_escaped() {
+        for name in [
+            "",
+            "a b",
+            "evil\u{202e}gnp.so",
+            "tab\there",
+            "zero\u{200b}width",
+        ] {
+            assert!(
+                name.is_empty() || name.chars().any(hides_or_reorders),
+                "{name:?}"
+            );
+        }
+        assert!(!"storage-v2_ok.1".chars().any(hides_or_reorders));
+        assert_eq!(
+            "evil\u{202e}gnp".escape_default().to_string(),
+            "evil\\u{202e}gnp"
+        );
     }
 }

@@ -18,11 +18,13 @@ pub(crate) mod discovery;
 pub(crate) mod exports;
 mod metadata;
 pub(crate) mod preflight;
+pub(crate) mod probe;
 pub(crate) mod residency;
 pub(crate) mod shadow;
 pub(crate) mod validate;
 
 use std::ffi::c_void;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ use plugin_api::ffi::{
 use crate::error::LoadError;
 use crate::plugin_info::PluginInfo;
 use exports::Install;
+use probe::Probe;
 use residency::UnloadStatus;
 use shadow::{ShadowCopy, ShadowDir};
 
@@ -56,83 +59,50 @@ pub(crate) struct Library {
 
 impl Library {
     /// Reads the file at `path` and opens it ([`open_bytes`](Self::open_bytes)).
-    pub(crate) fn open(path: &Path, shadow: &ShadowDir) -> Result<Self, LoadError> {
+    pub(crate) fn open(path: &Path, shadow: &ShadowDir, probe: &Probe) -> Result<Self, LoadError> {
         let started = Instant::now();
         let bytes = read(path)?;
-        let mut library = Self::open_bytes(path, &bytes, shadow)?;
+        let mut library = Self::open_bytes(path, &bytes, shadow, probe)?;
         library.load_time = started.elapsed();
         Ok(library)
     }
 
-    /// Checks, copies, loads and validates `bytes`, the content of `path`.
+    /// Checks, copies, probes, loads and validates `bytes`, the content of `path`. A panic in
+    /// any of it (abi_stable's layout checker indexes damaged tables without bounds checks) is
+    /// a refusal of the file, not the host's end.
     pub(crate) fn open_bytes(
         path: &Path,
         bytes: &[u8],
         shadow: &ShadowDir,
+        probe: &Probe,
     ) -> Result<Self, LoadError> {
-        let started = Instant::now();
-        preflight::check_bytes(path, bytes)?;
-        let copy = shadow.write(path, bytes)?;
-
-        // SAFETY: loading runs the library's initialisers. The file passed the preflight: it is
-        // a shared library for this platform that exports a plughost header of a compatible
-        // plugin-api version. That is as much as can be known before running it.
-        let library = unsafe { dlopen(copy.path()) }.map_err(|e| LoadError::Open {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })?;
-        // SAFETY: the preflight found the symbol in the file, and plugin-api declares it as a
-        // `PluginHeader` static; we take its address, not its value.
-        let header: *const PluginHeader =
-            unsafe { library.get::<*const PluginHeader>(format!("{HEADER_SYMBOL}\0").as_bytes()) }
-                .map(|symbol| *symbol)
-                .map_err(|e| LoadError::NotAPlugin {
-                    path: path.to_owned(),
-                    reason: format!("cannot find {HEADER_SYMBOL} after loading: {e}"),
-                })?;
-        // SAFETY: the symbol is a static in the loaded library, alive while `library` is. Only
-        // its first three fields, plain integers in the frozen header layout, are read before
-        // they are checked; no reference to the header exists until then.
-        let (magic, header_version, api_version) = unsafe {
-            (
-                std::ptr::addr_of!((*header).magic).read(),
-                std::ptr::addr_of!((*header).header_version).read(),
-                std::ptr::addr_of!((*header).api_version).read(),
-            )
-        };
-        validate::check_header_fields(path, magic, header_version, api_version)?;
-        // SAFETY: as above; the header version says the rest of the layout is ours.
-        let header = unsafe { &*header };
-        validate::check_layout(path, header.module_layout)?;
-        // From here on the module's layout is known to equal ours.
-        let module = header.module;
-        let mut info = metadata::plugin_info(
-            path,
-            &module.metadata,
-            validate::to_semver(header.api_version),
-        )?;
-        let state = exports::read::<StateExport>(path, &library)?;
-        let install_host = exports::read::<HostExport>(path, &library)?;
-        let dependencies = exports::read::<DependencyExport>(path, &library)?;
-        if let Some(module) = &dependencies {
-            info.dependencies = module
-                .requires
-                .iter()
-                .map(|d| metadata::requirement(path, d))
-                .collect::<Result<_, _>>()?;
-        }
-        Ok(Library {
-            info,
-            file: path.to_owned(),
-            vtable: module.vtable,
-            state,
-            install_host,
-            install_calls: dependencies.map(|module| module.install),
-            content_hash: content_hash(bytes),
-            load_time: started.elapsed(),
-            library: Some(library),
-            shadow: Some(copy),
+        guarded(path, || {
+            let started = Instant::now();
+            preflight::check_bytes(path, bytes)?;
+            let content_hash = content_hash(bytes);
+            let copy = shadow.write(path, bytes)?;
+            probe.check(path, copy.path(), content_hash)?;
+            let loaded = Loaded::load(path, copy.path())?;
+            Ok(Library {
+                info: loaded.info,
+                file: path.to_owned(),
+                vtable: loaded.vtable,
+                state: loaded.state,
+                install_host: loaded.install_host,
+                install_calls: loaded.install_calls,
+                content_hash,
+                load_time: started.elapsed(),
+                library: Some(loaded.library),
+                shadow: Some(copy),
+            })
         })
+    }
+
+    /// What a probe process does with the copy `copy`: load and validate it as
+    /// [`open_bytes`](Self::open_bytes) would, then close it. The file is left in place: it
+    /// belongs to the host that asked.
+    pub(crate) fn probe_copy(copy: &Path) -> Result<(), LoadError> {
+        guarded(copy, || Loaded::load(copy, copy).map(drop))
     }
 
     /// Who the plugin is.
@@ -220,18 +190,180 @@ impl Library {
     }
 }
 
+/// A library just loaded and validated: what [`Library`] keeps of it.
+struct Loaded {
+    library: libloading::Library,
+    info: PluginInfo,
+    vtable: PluginVTable,
+    state: Option<StateVTable>,
+    install_host: Option<Install<HostApi>>,
+    install_calls: Option<Install<PluginCalls>>,
+}
+
+impl Loaded {
+    /// `dlopen`s `copy`, the private copy of `path` (named in errors), checks its header and
+    /// layouts, and reads its metadata and optional exports. The file passed the preflight.
+    fn load(path: &Path, copy: &Path) -> Result<Self, LoadError> {
+        // SAFETY: loading runs the library's initialisers. The file passed the preflight: it is
+        // a shared library for this platform that exports a plughost header of a compatible
+        // plugin-api version. That is as much as can be known before running it.
+        let library = unsafe { dlopen(copy) }.map_err(|e| LoadError::Open {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        // SAFETY: the preflight found the symbol in the file, and plugin-api declares it as a
+        // `PluginHeader` static; we take its address, not its value.
+        let header: *const PluginHeader =
+            unsafe { library.get::<*const PluginHeader>(format!("{HEADER_SYMBOL}\0").as_bytes()) }
+                .map(|symbol| *symbol)
+                .map_err(|e| LoadError::NotAPlugin {
+                    path: path.to_owned(),
+                    reason: format!("cannot find {HEADER_SYMBOL} after loading: {e}"),
+                })?;
+        // SAFETY: the symbol is a static in the loaded library, alive while `library` is. Only
+        // its first three fields, plain integers in the frozen header layout, are read before
+        // they are checked; no reference to the header exists until then.
+        let (magic, header_version, api_version) = unsafe {
+            (
+                std::ptr::addr_of!((*header).magic).read(),
+                std::ptr::addr_of!((*header).header_version).read(),
+                std::ptr::addr_of!((*header).api_version).read(),
+            )
+        };
+        validate::check_header_fields(path, magic, header_version, api_version)?;
+        // SAFETY: as above; the header version says the rest of the layout is ours.
+        let header = unsafe { &*header };
+        validate::check_layout(path, header.module_layout)?;
+        // From here on the module's layout is known to equal ours.
+        let module = header.module;
+        let mut info = metadata::plugin_info(
+            path,
+            &module.metadata,
+            validate::to_semver(header.api_version),
+        )?;
+        let state = exports::read::<StateExport>(path, &library)?;
+        let install_host = exports::read::<HostExport>(path, &library)?;
+        let dependencies = exports::read::<DependencyExport>(path, &library)?;
+        if let Some(module) = &dependencies {
+            info.dependencies = module
+                .requires
+                .iter()
+                .map(|d| metadata::requirement(path, d))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(Loaded {
+            library,
+            info,
+            vtable: module.vtable,
+            state,
+            install_host,
+            install_calls: dependencies.map(|module| module.install),
+        })
+    }
+}
+
 impl Drop for Library {
     fn drop(&mut self) {
         self.close_now();
     }
 }
 
-/// Reads a whole library file.
+/// The largest library file the host reads: far above any real plugin (a debug build with
+/// everything is tens of MB), low enough that a hostile file cannot exhaust memory.
+pub(crate) const MAX_LIBRARY_SIZE: u64 = 512 * 1024 * 1024;
+
+/// Reads a whole library file, safely for whatever the path holds: it is opened without
+/// blocking (a named pipe would otherwise wait for a writer for ever), checked to be a regular
+/// file on the open descriptor (no race with a swap between checking and opening), and read no
+/// further than [`MAX_LIBRARY_SIZE`].
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|source| LoadError::Read {
+    use std::io::Read as _;
+    let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_owned(),
+            kind: file_kind(&metadata),
+        });
+    }
+    if metadata.len() > MAX_LIBRARY_SIZE {
+        return Err(LoadError::TooLarge {
+            path: path.to_owned(),
+            size: metadata.len(),
+            limit: MAX_LIBRARY_SIZE,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // One byte more than allowed tells a file that grew since `metadata` apart.
+    file.take(MAX_LIBRARY_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_LIBRARY_SIZE {
+        return Err(LoadError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            limit: MAX_LIBRARY_SIZE,
+        });
+    }
+    Ok(bytes)
+}
+
+/// What a path that is not a regular file is, for messages.
+pub(crate) fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    "not a regular file"
+}
+
+/// Runs `check` (the checks of the file `path`), turning a panic into a refusal.
+fn guarded<T>(path: &Path, check: impl FnOnce() -> Result<T, LoadError>) -> Result<T, LoadError> {
+    std::panic::catch_unwind(AssertUnwindSafe(check)).unwrap_or_else(|payload| {
+        let message = panic_message(payload.as_ref());
+        // The payload came from the host's own code or a crate's (plugin code catches its
+        // own), so dropping it is safe.
+        drop(payload);
+        Err(LoadError::CheckPanicked {
+            path: path.to_owned(),
+            message,
+        })
     })
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
 }
 
 /// The hash [`Library::content_hash`] reports for these bytes: XXH3-128, fast enough (several

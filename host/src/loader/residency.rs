@@ -11,12 +11,16 @@ use std::path::Path;
 /// What became of a closed library.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum UnloadStatus {
     /// Gone from the address space.
     Unmapped,
     /// Still mapped: something the plugin left on a live thread (a thread-local destructor, a
     /// thread it started) pins it. Harmless, but its memory stays in use until that thread ends.
     StillMapped,
+    /// Not closed at all: plugin code the host gave up on (a stuck Init, Shutdown or check)
+    /// may still be running in it, and unmapping running code would crash the process.
+    LeftLoaded,
     /// This platform gives no way to tell (only Linux is checked; macOS never unloads Rust
     /// libraries with thread-locals, and musl never unloads at all).
     Unknown,
@@ -30,6 +34,9 @@ impl UnloadStatus {
             UnloadStatus::StillMapped => format!(
                 "{subject} still mapped: a thread-local destructor or a thread the plugin left on \
                  a live thread keeps it in memory until that thread ends"
+            ),
+            UnloadStatus::LeftLoaded => format!(
+                "{subject} left loaded: code of it the host gave up on may still be running"
             ),
             UnloadStatus::Unknown => {
                 format!("{subject} closed; this platform cannot tell whether it left memory")

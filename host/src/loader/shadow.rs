@@ -47,6 +47,11 @@ impl ShadowDir {
         })
     }
 
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// Writes `bytes` (the content of `original`) to a new unique shadow path:
     /// `<dir>/<stem>-<pid>-<counter>.<ext>`.
     pub(crate) fn write(&self, original: &Path, bytes: &[u8]) -> Result<ShadowCopy, LoadError> {

@@ -5,6 +5,7 @@
 //! See docs/design.md, "Buffers across the boundary".
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use plugin_api::ffi::{BufferOwner, OutBuffer, Status};
 
@@ -105,19 +106,45 @@ pub(crate) fn call_error(plugin: &Arc<str>, status: Status, message: &[u8]) -> C
     }
 }
 
-/// Runs plugin code on a short-lived thread of its own: whatever thread-local destructors the
-/// plugin registers there run when that thread ends, instead of pinning the library to a
-/// long-lived host thread (docs/design.md, "Unloading and thread-local destructors"). Calls
-/// from users' threads (Execute) cannot be moved like this; everything the host itself runs in
-/// a plugin is (Init, Shutdown, validate_config, state hand-over).
-pub(crate) fn on_own_thread<R: Send>(plugin_code: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(plugin_code)
-            .join()
-            // Only plugin entry points run there, and they catch their own panics.
-            .expect("plugin entry points do not unwind")
-    })
+/// Runs plugin code on a short-lived thread of its own, and waits for it at most `limit`.
+///
+/// Its own thread, because whatever thread-local destructors the plugin registers there run
+/// when that thread ends, instead of pinning the library to a long-lived host thread
+/// (docs/design.md, "Unloading and thread-local destructors"); everything the host itself runs
+/// in a plugin goes through here (Init, Shutdown, validate_config, state hand-over). Calls from
+/// users' threads (Execute) cannot be moved like this.
+///
+/// `None` when the code has not returned (with its thread ended) within `limit`. Nothing can
+/// stop it: the thread is left running, and the caller must keep everything it uses, the
+/// library above all, alive for ever ([`PluginLibrary::mark_stuck`](super::PluginLibrary)).
+pub(crate) fn on_own_thread<R: Send + 'static>(
+    limit: Duration,
+    plugin_code: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
+    let deadline = Instant::now() + limit;
+    let (sender, answer) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("plughost-plugin".into())
+        .spawn(move || {
+            let _ = sender.send(plugin_code());
+        })
+        .expect("spawn a thread for plugin code");
+    let result = answer
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .ok()?;
+    // The thread-local destructors run as the thread ends: wait for that too, within the same
+    // bound, before anyone may close the library.
+    let mut pause = Duration::from_micros(10);
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+    // Only plugin entry points ran there, and they catch their own panics.
+    let _ = thread.join();
+    Some(result)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
+use std::time::Duration;
 
 use abi_stable::std_types::RSlice;
 use plugin_api::ffi::{health_level, CallContext, OutBuffer, Status};
@@ -26,6 +27,18 @@ pub(crate) struct RunningPlugin {
     pub(crate) free_buffer: FreeFn,
     config: Vec<u8>,
     library: Option<PluginLibrary>,
+    limits: Limits,
+}
+
+/// How long the host waits for the entry points it runs itself before giving up on them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Init (and Init with a previous version's state).
+    pub(crate) init: Duration,
+    /// Shutdown.
+    pub(crate) shutdown: Duration,
+    /// validate_config and save_state.
+    pub(crate) check: Duration,
 }
 
 // SAFETY: `instance` belongs to the plugin, which by contract (`Plugin: Send + Sync`) may be
@@ -50,13 +63,23 @@ pub(crate) struct Retired {
 impl RunningPlugin {
     /// Calls the plugin's Init with JSON configuration bytes and, if `state` is given and the
     /// plugin supports it, the state its previous version handed over.
+    ///
+    /// Init is given up on after `limits.init`: its library is then left loaded for good.
     pub(crate) fn start(
         library: PluginLibrary,
         config: &[u8],
         state: Option<&[u8]>,
+        limits: Limits,
     ) -> Result<Self, LoadError> {
         let name: Arc<str> = library.info().name.as_str().into();
-        let (instance, status, message) = on_own_thread(|| init_instance(&library, config, state));
+        let init = init_call(&library, config, state);
+        let Some((instance, status, message)) = on_own_thread(limits.init, init) else {
+            return Err(LoadError::Init {
+                path: library.file().to_owned(),
+                name: name.to_string(),
+                cause: library.stuck_in("init", limits.init),
+            });
+        };
         let failure = if status != Status::OK {
             Some(call_error(&name, status, &message))
         } else if instance.0.is_null() {
@@ -82,6 +105,7 @@ impl RunningPlugin {
             free_buffer: vtable.free_buffer,
             config: config.to_vec(),
             library: Some(library),
+            limits,
         })
     }
 
@@ -117,16 +141,22 @@ impl RunningPlugin {
             return Ok(None);
         };
         let save = state.save;
+        let free = self.free_buffer;
+        let instance = InstancePtr(self.instance);
         // On a thread of its own, like Init and Shutdown: the watcher thread that reloads is
         // long-lived, and a thread-local destructor registered on it would pin the old library.
-        let (status, bytes) = on_own_thread(|| {
+        let answer = on_own_thread(self.limits.check, move || {
+            let instance = instance;
             let mut bytes = Vec::new();
-            // SAFETY: the state vtable belongs to our loaded library; `instance` is live.
-            let status = unsafe {
-                with_output(&mut bytes, self.free_buffer, |out| save(self.instance, out))
-            };
+            // SAFETY: the state vtable belongs to this version's library and `instance` is
+            // live: `&self` keeps the version, and if the call never returns the version is
+            // marked stuck, so it is never shut down or closed.
+            let status = unsafe { with_output(&mut bytes, free, |out| save(instance.0, out)) };
             (status, bytes)
         });
+        let Some((status, bytes)) = answer else {
+            return Err(self.library().stuck_in("save_state", self.limits.check));
+        };
         if status != Status::OK {
             return Err(call_error(&self.name, status, &bytes));
         }
@@ -134,7 +164,9 @@ impl RunningPlugin {
     }
 
     /// Shuts the instance down, closes the library, deletes its shadow copy and checks whether
-    /// it left the address space. The instance is freed whatever Shutdown says.
+    /// it left the address space. The instance is freed whatever Shutdown says. A version with
+    /// plugin code still running ([`PluginLibrary::mark_stuck`]), or whose Shutdown does not
+    /// return within its limit, is left loaded instead.
     pub(crate) fn retire(mut self) -> Retired {
         let shutdown = self.shutdown_instance();
         let library = self.library.take().expect("retired once");
@@ -147,13 +179,19 @@ impl RunningPlugin {
     }
 
     fn shutdown_instance(&mut self) -> Result<(), CallError> {
+        if self.library().is_stuck() {
+            // A thread is still inside the instance: freeing it would pull the floor from
+            // under that code.
+            return Ok(());
+        }
         let instance = std::mem::replace(&mut self.instance, std::ptr::null_mut());
         if instance.is_null() {
             return Ok(());
         }
         let vtable = *self.library().vtable();
         let instance = InstancePtr(instance);
-        let (status, message) = on_own_thread(move || {
+        let limit = self.limits.shutdown;
+        let answer = on_own_thread(limit, move || {
             let instance = instance;
             let mut message = Vec::new();
             // SAFETY: `instance` came from this library's Init and is passed to Shutdown once
@@ -165,6 +203,9 @@ impl RunningPlugin {
             };
             (status, message)
         });
+        let Some((status, message)) = answer else {
+            return Err(self.library().stuck_in("shutdown", limit));
+        };
         if status == Status::OK {
             Ok(())
         } else {
@@ -249,28 +290,37 @@ struct InstancePtr(*mut c_void);
 // pointer is only moved between the caller and that thread, never shared.
 unsafe impl Send for InstancePtr {}
 
-fn init_instance(
+/// The Init call for `library`, as code that owns what it uses, to run on a thread of its
+/// own: with the previous version's `state` through `init_with_state` if both sides take part
+/// in state hand-over.
+fn init_call(
     library: &PluginLibrary,
     config: &[u8],
     state: Option<&[u8]>,
-) -> (InstancePtr, Status, Vec<u8>) {
+) -> impl FnOnce() -> (InstancePtr, Status, Vec<u8>) + Send + 'static {
     let vtable = *library.vtable();
-    let mut instance = std::ptr::null_mut();
-    let mut message = Vec::new();
-    // SAFETY: the vtables belong to `library`, loaded and validated; the slices outlive the
-    // call.
-    let status = unsafe {
-        with_output(&mut message, vtable.free_buffer, |out| {
-            match (state, library.state_vtable()) {
-                (Some(state), Some(handover)) => (handover.init_with_state)(
-                    RSlice::from_slice(config),
-                    RSlice::from_slice(state),
-                    &mut instance,
-                    out,
-                ),
-                _ => (vtable.init)(RSlice::from_slice(config), &mut instance, out),
-            }
-        })
-    };
-    (InstancePtr(instance), status, message)
+    let handover = library.state_vtable().copied();
+    let config = config.to_vec();
+    let state = state.map(<[u8]>::to_vec);
+    move || {
+        let mut instance = std::ptr::null_mut();
+        let mut message = Vec::new();
+        // SAFETY: the vtables belong to a loaded, validated library that stays loaded while
+        // this runs (for ever if it never returns: the caller marks it stuck); the slices are
+        // owned here.
+        let status = unsafe {
+            with_output(&mut message, vtable.free_buffer, |out| {
+                match (&state, handover) {
+                    (Some(state), Some(handover)) => (handover.init_with_state)(
+                        RSlice::from_slice(&config),
+                        RSlice::from_slice(state),
+                        &mut instance,
+                        out,
+                    ),
+                    _ => (vtable.init)(RSlice::from_slice(&config), &mut instance, out),
+                }
+            })
+        };
+        (InstancePtr(instance), status, message)
+    }
 }

@@ -2,6 +2,7 @@
 //! host's callbacks installed, ready to be started (or asked about a configuration).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub struct PluginLibrary {
     // callbacks refer to is freed (`close` decides whether that is safe).
     library: Option<Library>,
     identity: Option<Box<PluginIdentity>>,
+    /// Set when plugin code was given up on while still running.
+    stuck: AtomicBool,
 }
 
 impl std::fmt::Debug for PluginLibrary {
@@ -52,6 +55,7 @@ impl PluginLibrary {
         PluginLibrary {
             library: Some(library),
             identity: Some(identity),
+            stuck: AtomicBool::new(false),
         }
     }
 
@@ -107,23 +111,30 @@ impl PluginLibrary {
     /// Asks the plugin whether `config` (JSON; empty means `{}`) is a configuration its Init
     /// would accept, without creating an instance. `Ok` also when the plugin cannot tell (it
     /// exports no `validate_config`).
-    pub(crate) fn validate_config(&self, config: &[u8]) -> Result<(), CallError> {
+    /// Gives up after `limit`: the library is then left loaded for good ([`mark_stuck`]).
+    ///
+    /// [`mark_stuck`]: Self::mark_stuck
+    pub(crate) fn validate_config(&self, config: &[u8], limit: Duration) -> Result<(), CallError> {
         let vtable = self.vtable();
         let Some(validate) = vtable.validate_config else {
             return Ok(());
         };
         let free = vtable.free_buffer;
-        let (status, message) = on_own_thread(|| {
+        let config = config.to_vec();
+        let answer = on_own_thread(limit, move || {
             let mut message = Vec::new();
-            // SAFETY: the entry points belong to this loaded library; `config` outlives the
-            // call.
+            // SAFETY: the entry points belong to this library, which stays loaded while they
+            // run (for ever if they never return: `mark_stuck`); `config` is owned here.
             let status = unsafe {
                 with_output(&mut message, free, |out| {
-                    validate(RSlice::from_slice(config), out)
+                    validate(RSlice::from_slice(&config), out)
                 })
             };
             (status, message)
         });
+        let Some((status, message)) = answer else {
+            return Err(self.stuck_in("validate_config", limit));
+        };
         if status == Status::OK {
             Ok(())
         } else {
@@ -135,8 +146,32 @@ impl PluginLibrary {
         }
     }
 
+    /// Records that plugin code of this library is still running on a thread the host gave up
+    /// on: from now on the library is never closed (unmapping running code would crash the
+    /// process) and its instance never shut down.
+    pub(crate) fn mark_stuck(&self) {
+        self.stuck.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`mark_stuck`](Self::mark_stuck) was called.
+    pub(crate) fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Marks the library stuck in `entry` and says so: the error of a bounded call that did not
+    /// return within `limit`.
+    pub(crate) fn stuck_in(&self, entry: &'static str, limit: Duration) -> CallError {
+        self.mark_stuck();
+        CallError::Stuck {
+            plugin: self.info().name.as_str().into(),
+            entry,
+            limit,
+        }
+    }
+
     /// Closes the library, checks whether it left the address space, then deletes the shadow
-    /// copy. Nothing the plugin created may be alive any more (the instance is shut down).
+    /// copy. Nothing the plugin created may be alive any more (the instance is shut down). A
+    /// stuck library is left loaded instead ([`UnloadStatus::LeftLoaded`]).
     pub(crate) fn close(mut self) -> UnloadStatus {
         self.close_now()
     }
@@ -145,6 +180,12 @@ impl PluginLibrary {
         let Some(library) = self.library.take() else {
             return UnloadStatus::Unknown; // closed already
         };
+        if self.is_stuck() {
+            // Its code may run at any time: the library, its copy and the identity stay.
+            std::mem::forget(library);
+            std::mem::forget(self.identity.take());
+            return UnloadStatus::LeftLoaded;
+        }
         let status = library.close();
         let identity = self.identity.take();
         if status == UnloadStatus::Unmapped {

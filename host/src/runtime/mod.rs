@@ -16,6 +16,6 @@ mod library;
 mod registry;
 
 pub use handle::{PluginHandle, PluginHealth, PluginOutput};
-pub(crate) use instance::{Retired, RunningPlugin};
+pub(crate) use instance::{Limits, Retired, RunningPlugin};
 pub use library::PluginLibrary;
 pub(crate) use registry::{Registry, Slot};

@@ -1,0 +1,230 @@
+//! The probe: bytes this host has not yet seen load are first loaded, in a short-lived child
+//! process, by the same code that will load them here. The dynamic loader trusts the file it
+//! maps, and a damaged `.dynamic`, relocation or symbol table kills the process that loads it
+//! (docs/design.md, "Checking before loading"); only a separate process can take that hit. A
+//! probe that ends normally, whatever it found, lets the host load the bytes itself (a refusal
+//! is then reproduced here, as a typed error, without danger); a probe killed by a signal, or
+//! ended by the loader itself, or that does not finish in time, is a refusal naming the file.
+//!
+//! Verdicts are kept by content hash, in memory and as marker files in the (private) shadow
+//! folder, so each content is probed once, also across runs of the command line.
+//!
+//! The probe program is the `plughost` executable (or any program that calls
+//! [`probe_main`](crate::probe_main) when started as `PROGRAM __probe FILE`).
+
+use std::collections::HashSet;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::LoadError;
+
+/// The argument that starts a program in the probe role.
+pub const PROBE_ARG: &str = "__probe";
+
+/// How a host probes bytes before loading them.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// The probe program.
+    program: Program,
+    /// How long a probe may take.
+    timeout: Duration,
+    /// Where clean verdicts are remembered across processes (a folder in the shadow folder).
+    markers: PathBuf,
+    /// Content hashes known to load without harm.
+    clean: Mutex<HashSet<u128>>,
+}
+
+/// Which program probes, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Program {
+    /// No probing: files are loaded unchecked.
+    Off,
+    /// This program, started as `PROGRAM __probe FILE`.
+    At(PathBuf),
+    /// Probing is asked for, but no program was found: every new file is refused, saying why.
+    Missing,
+}
+
+impl Probe {
+    /// Probes with `program`; remembers clean verdicts in `markers`.
+    pub(crate) fn new(program: Program, timeout: Duration, markers: PathBuf) -> Self {
+        Probe {
+            program,
+            timeout,
+            markers,
+            clean: Mutex::default(),
+        }
+    }
+
+    /// Loads `copy` (the private copy of `file`, content hash `hash`) in a probe process,
+    /// unless that content was probed before. `Ok` when it is safe to load here.
+    pub(crate) fn check(&self, file: &Path, copy: &Path, hash: u128) -> Result<(), LoadError> {
+        let refused = |reason: String| LoadError::ProbeRefused {
+            path: file.to_owned(),
+            reason,
+        };
+        let program = match &self.program {
+            Program::Off => return Ok(()),
+            Program::At(program) => program,
+            Program::Missing => {
+                return Err(refused(
+                    "no probe program to load it in a separate process first: install the \
+                     plughost executable beside this program or on PATH, set host.probe to a \
+                     program that calls plughost::probe_main, or host.probe = \"off\" to load \
+                     files unchecked"
+                        .into(),
+                ))
+            }
+        };
+        let marker = self.markers.join(format!("probed-{hash:032x}"));
+        if self.lock().contains(&hash) || marker.is_file() {
+            return Ok(());
+        }
+        let mut child = Command::new(program)
+            .arg(PROBE_ARG)
+            .arg(copy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                refused(format!(
+                    "the probe program {} could not be started ({e}); install the plughost \
+                     executable there, set host.probe to it, or host.probe = \"off\" to load \
+                     files unchecked",
+                    program.display()
+                ))
+            })?;
+        // Drained on its own thread, so a chatty loader cannot fill the pipe and stall.
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = (&mut pipe).take(64 * 1024).read_to_end(&mut text);
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        });
+        let started = Instant::now();
+        let mut pause = Duration::from_micros(100);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if started.elapsed() >= self.timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(2));
+                }
+                Err(e) => return Err(refused(format!("waiting for its probe failed: {e}"))),
+            }
+        };
+        let said = stderr
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default();
+        let said = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let Some(status) = status else {
+            return Err(refused(format!(
+                "loading it did not finish within {} s while it was being checked",
+                self.timeout.as_secs_f64()
+            )));
+        };
+        if status.success() {
+            self.lock().insert(hash);
+            // Best effort: without the marker the next run probes again. The folder is inside
+            // the private shadow folder.
+            let _ = std::fs::create_dir(&self.markers);
+            let _ = std::fs::write(&marker, b"");
+            return Ok(());
+        }
+        let how = match crashed_by(&status) {
+            Some(signal) => format!("the library crashed the loader ({signal})"),
+            None => match status.code() {
+                Some(code) => format!("the loader gave up on it (exit code {code})"),
+                None => "the loader gave up on it".to_owned(),
+            },
+        };
+        Err(refused(if said.is_empty() {
+            format!("{how} while being checked")
+        } else {
+            format!("{how} while being checked: {said}")
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u128>> {
+        // A set of hashes is never left half-updated.
+        self.clean.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The signal that ended a process, by name.
+fn crashed_by(status: &std::process::ExitStatus) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let signal = status.signal()?;
+        let name = match signal {
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGILL => "SIGILL",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGTRAP => "SIGTRAP",
+            libc::SIGSYS => "SIGSYS",
+            libc::SIGKILL => "SIGKILL",
+            other => return Some(format!("signal {other}")),
+        };
+        Some(name.to_owned())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        None
+    }
+}
+
+/// The probe program to use when the settings say `auto`: the `plughost` executable beside
+/// this program, or one folder up (where cargo puts binaries next to a test's folder), or on
+/// `PATH`.
+pub(crate) fn find_program() -> Option<PathBuf> {
+    let name = format!("plughost{}", std::env::consts::EXE_SUFFIX);
+    let here = std::env::current_exe().ok()?;
+    let beside = here.parent().map(|dir| dir.join(&name));
+    let above = here
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(&name));
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(&name))
+                .collect()
+        })
+        .unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(above)
+        .chain(on_path)
+        .find(|candidate| candidate.is_file())
+}
+
+/// The probe role: loads and validates the private copy at `copy` exactly as a host would
+/// (running no plugin entry point), then exits. Exit code 0 means the load ran to its end,
+/// whatever it found; a crash or the loader's own exit is what the host looks for.
+pub(crate) fn run(copy: &Path) -> ExitCode {
+    // A probe outliving its host would only waste time: it dies with it.
+    #[cfg(target_os = "linux")]
+    // SAFETY: `prctl(PR_SET_PDEATHSIG, SIGKILL)` only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    }
+    match super::Library::probe_copy(copy) {
+        Ok(()) => println!("ok"),
+        Err(error) => println!("refused: {error}"),
+    }
+    ExitCode::SUCCESS
+}
