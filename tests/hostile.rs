@@ -489,3 +489,89 @@ fn a_second_signal_ends_run_at_once_while_an_init_is_stuck() {
     assert_eq!(status.code(), Some(130));
     wait_line(&lines, "second signal: exiting now", Duration::from_secs(1));
 }
+
+#[test]
+fn a_named_pipe_in_place_of_the_settings_file_is_refused_and_the_watch_goes_on() {
+    let dir = PluginDir::new();
+    let (folder, path) = settings("[host]\nwatch = true\n");
+    let mut config = plughost::HostConfig::load(&path).unwrap();
+    config.host.plugins_dir = dir.path().to_owned();
+    config.host.shadow_dir = Some(dir.shadow().to_owned());
+    config.host.probe = dir.config().host.probe;
+    let host = std::sync::Arc::new(plughost::Host::new(config).unwrap());
+    let events = host.subscribe();
+    let _watcher = host.watch(plughost::WatchOptions::default()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    mkfifo(&path);
+    // (The removal may be seen first, and refused as a missing file.)
+    wait_for(
+        &events,
+        Duration::from_secs(10),
+        |e| matches!(e, HostEvent::ConfigRefused { reason, .. } if reason.contains("not a regular file")),
+    );
+    // Replaced by a real file again: applied as usual.
+    std::fs::remove_file(&path).unwrap();
+    let temp = folder.path().join(".plughost.toml.tmp");
+    std::fs::write(&temp, "[plugins.transform]\nenabled = false\n").unwrap();
+    std::fs::rename(&temp, &path).unwrap();
+    wait_for(&events, Duration::from_secs(10), |e| {
+        matches!(e, HostEvent::ConfigApplied { .. })
+    });
+}
+
+#[test]
+fn a_plugin_that_keeps_pinning_itself_is_not_loaded_again_past_the_limit() {
+    let dir = PluginDir::new();
+    let pinning = bytes_of("fixture-pinning");
+    dir.replace_atomically("libpinning.so", &pinning);
+    let host = std::sync::Arc::new(
+        plughost::Host::new({
+            let mut config = dir.config();
+            config.host.max_pinned = 2;
+            config
+        })
+        .unwrap(),
+    );
+    let events = host.subscribe();
+    let _watcher = host.watch(plughost::WatchOptions::default()).unwrap();
+    host.load_all().unwrap();
+    let handle = host.handle("pinning").unwrap();
+    let mut out = Vec::new();
+    for generation in 1..=2 {
+        // This long-lived test thread takes a thread-local destructor of the version serving.
+        handle.call_into(b"pin", &mut out).unwrap();
+        dir.replace_atomically(
+            "libpinning.so",
+            &plughost_tests::rebuilt(&pinning, generation),
+        );
+        let event = wait_for(&events, Duration::from_secs(20), |e| {
+            matches!(e, HostEvent::Reloaded { .. })
+        });
+        assert!(
+            matches!(
+                event,
+                HostEvent::Reloaded {
+                    old: UnloadStatus::StillMapped,
+                    ..
+                }
+            ),
+            "{event:?}"
+        );
+    }
+    dir.replace_atomically("libpinning.so", &plughost_tests::rebuilt(&pinning, 3));
+    let event = wait_for(&events, Duration::from_secs(20), |e| {
+        matches!(e, HostEvent::Refused { .. })
+    });
+    let HostEvent::Refused { reason, kept, .. } = event else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains(
+            "plugin pinning not loaded again: 2 of its closed versions are still in memory"
+        ) && reason.contains("stop its threads in Shutdown"),
+        "{reason}"
+    );
+    assert!(kept.is_some(), "the running version keeps serving");
+    handle.call_into(b"still", &mut out).unwrap();
+    assert_eq!(out, b"still");
+}

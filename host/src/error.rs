@@ -241,6 +241,22 @@ pub enum LoadError {
         /// The cycle, first name repeated at the end.
         cycle: Vec<String>,
     },
+    /// So many closed versions of the plugin are still in memory that loading another is
+    /// refused: the plugin pins its library (a thread it started, a thread-local destructor).
+    #[error(
+        "{}: plugin {name} not loaded again: {pinned} of its closed versions are still in memory \
+         (host.max_pinned); it leaves a thread, or a thread-local with a destructor on a host \
+         thread, behind: stop its threads in Shutdown. Restart the host to free them",
+        path.display()
+    )]
+    TooManyPinned {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// How many of its closed versions are still mapped.
+        pinned: usize,
+    },
     /// As many plugins as `max_plugins` allows are running already.
     #[error("{}: plugin {name} not started: max_plugins ({max}) are running", path.display())]
     TooMany {
@@ -279,7 +295,8 @@ impl LoadError {
             | LoadError::DependencyVersion { path, .. }
             | LoadError::BreaksDependent { path, .. }
             | LoadError::DependencyCycle { path, .. }
-            | LoadError::TooMany { path, .. } => path,
+            | LoadError::TooMany { path, .. }
+            | LoadError::TooManyPinned { path, .. } => path,
         }
     }
 
@@ -295,7 +312,8 @@ impl LoadError {
             | LoadError::DependencyVersion { name, .. }
             | LoadError::BreaksDependent { name, .. }
             | LoadError::DependencyCycle { name, .. }
-            | LoadError::TooMany { name, .. } => Some(name),
+            | LoadError::TooMany { name, .. }
+            | LoadError::TooManyPinned { name, .. } => Some(name),
             _ => None,
         }
     }

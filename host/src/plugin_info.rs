@@ -64,6 +64,33 @@ pub struct ConfigKey {
     pub description: String,
 }
 
+/// Whether `c` would hide in, or reorder, the text of a message or listing that shows it:
+/// spaces, control characters, zero-width and bidirectional marks (a right-to-left override
+/// makes `evil\u{202e}os.gnp` display as `evilpng.so`).
+pub(crate) fn hides_or_reorders(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` as it may be shown in a message: characters that would hide or reorder it escaped
+/// (`\u{202e}`), everything else as it is.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c != ' ' && hides_or_reorders(c)) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c != ' ' && hides_or_reorders(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 #[cfg(test)]
 impl PluginInfo {
     /// A plugin with this name and version, built against plugin-api 1.3.0, and nothing else:

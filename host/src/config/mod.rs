@@ -98,6 +98,9 @@ pub struct HostSettings {
     /// How long a probe may take. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
+    /// How many closed versions of one plugin may stay in memory (pinned by a thread or a
+    /// thread-local destructor it left behind) before loading it again is refused. Default 8.
+    pub max_pinned: usize,
 }
 
 /// The `probe` setting: see [`HostSettings::probe`].
@@ -147,6 +150,7 @@ impl Default for HostSettings {
             check_timeout: Duration::from_secs(5),
             probe: ProbeSetting::Auto,
             probe_timeout: Duration::from_secs(10),
+            max_pinned: 8,
         }
     }
 }
@@ -205,6 +209,33 @@ impl HostConfig {
     /// Reads `path`. A file larger than [`MAX_FILE_SIZE`](Self::MAX_FILE_SIZE) is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_text(path, path, Self::MAX_FILE_SIZE)?;
+        Self::parse(path, &text)
+    }
+
+    /// Like [`load`](Self::load), for a file that changed under a running host: anything but a
+    /// regular file is refused without waiting on it (a named pipe put in its place must not
+    /// stall the watcher, nor read as an empty file).
+    pub(crate) fn reload(path: &Path) -> Result<Self, ConfigError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NONBLOCK);
+        }
+        let read_error = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = options.open(path).map_err(read_error)?;
+        if !file.metadata().map_err(read_error)?.is_file() {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        // The descriptor checked is the one read: nothing can be swapped in between.
+        let text = read_open_text(file, path, Self::MAX_FILE_SIZE)?;
         Self::parse(path, &text)
     }
 
@@ -284,12 +315,21 @@ fn read_text(path: &Path, named: &Path, limit: u64) -> Result<String, ConfigErro
         path: named.to_owned(),
         source,
     };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    read_open_text(file, named, limit)
+}
+
+/// [`read_text`] of a file already open.
+fn read_open_text(file: std::fs::File, named: &Path, limit: u64) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: named.to_owned(),
+        source,
+    };
     let too_large = |size| ConfigError::TooLarge {
         path: named.to_owned(),
         size,
         limit,
     };
-    let file = std::fs::File::open(path).map_err(read_error)?;
     let known = file
         .metadata()
         .ok()

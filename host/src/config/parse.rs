@@ -10,6 +10,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::env::{ExpandError, Lookup, Substitution};
 use super::{ConfigError, HostConfig, HostSettings, Location, PluginSettings};
+use crate::plugin_info::shown;
 
 #[derive(Debug, Clone)]
 pub(super) struct Spans {
@@ -48,7 +49,7 @@ pub(super) fn read(
         .table(&mut table, &mut Vec::new())
         .map_err(|(keys, error)| {
             let at = source.locate(path, value_offset(&spans, &keys));
-            let key = keys.join(".");
+            let key = shown(&keys.join(".")).into_owned();
             match error {
                 ExpandError::Unset(variable) => ConfigError::Env { at, key, variable },
                 ExpandError::Unclosed { .. } => ConfigError::UnclosedVariable { at, key },
@@ -93,7 +94,7 @@ pub(super) fn read(
                 }
             }
             if !keys.is_empty() {
-                message = format!("{}: {message}", keys.join("."));
+                message = format!("{}: {message}", shown(&keys.join(".")));
             }
             located(span, message)
         })?;

@@ -138,6 +138,15 @@ impl Host {
                 max,
             });
         }
+        let max_pinned = lifecycle.config.host.max_pinned;
+        let pinned = self.shared.pinned(&info.name);
+        if pinned >= max_pinned {
+            return Err(LoadError::TooManyPinned {
+                path: library.file().to_owned(),
+                name: info.name.clone(),
+                pinned,
+            });
+        }
         let required = self.required_slots(lifecycle, &library)?;
         let given = config
             .map(<[u8]>::to_vec)
@@ -230,7 +239,7 @@ impl Host {
                     previous,
                     self.shared.clone(),
                     move |old, retired, shared| {
-                        let status = describe_unload(&retired, shared, "old version");
+                        let status = describe_unload(&old.name, &retired, shared, "old version");
                         if let Err(e) = &retired.shutdown {
                             warn!("old version {}: {e}", old.version);
                         }

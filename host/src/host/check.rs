@@ -132,8 +132,9 @@ fn survey(config: &HostConfig, plugins: &[Surveyed<'_>], refused: &[LoadError]) 
     for name in config.plugins.keys() {
         if !tables.contains_key(name) {
             warnings.push(format!(
-                "{}no plugin named {name} in {}",
+                "{}no plugin named {} in {}",
                 at(&["plugins", name]),
+                crate::plugin_info::shown(name),
                 config.host.plugins_dir.display()
             ));
         }

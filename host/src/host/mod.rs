@@ -108,7 +108,7 @@ struct Lifecycle {
 struct Shared {
     events: Subscribers,
     /// Shadow paths of closed versions that were still mapped when checked.
-    still_mapped: Mutex<Vec<PathBuf>>,
+    still_mapped: Mutex<Vec<(String, PathBuf)>>,
     /// Bumped whenever the settings change, so a dispatcher knows to rebuild its policies.
     settings_generation: AtomicU64,
     /// A copy of `Lifecycle::config`, readable without waiting for a load in progress.

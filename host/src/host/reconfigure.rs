@@ -148,7 +148,7 @@ impl Host {
         let Some(file) = self.lifecycle().config.file.clone() else {
             return;
         };
-        let outcome = HostConfig::load(&file).and_then(|config| self.reconfigure(config));
+        let outcome = HostConfig::reload(&file).and_then(|config| self.reconfigure(config));
         if let Err(e) = outcome {
             error!(
                 "refused the edit of {}: {e}; the running configuration stays",

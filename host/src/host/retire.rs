@@ -142,11 +142,18 @@ impl Host {
 impl Shared {
     /// Records `closed` (a version found still mapped after closing), forgets those that have
     /// left memory since, and says how many remain.
-    fn still_mapped(&self, closed: Option<PathBuf>) -> usize {
+    fn still_mapped(&self, closed: Option<(String, PathBuf)>) -> usize {
         let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
-        paths.retain(|p| residency::is_mapped(p).unwrap_or(false));
+        paths.retain(|(_, p)| residency::is_mapped(p).unwrap_or(false));
         paths.extend(closed);
         paths.len()
+    }
+
+    /// How many closed versions of plugin `name` are still mapped.
+    pub(super) fn pinned(&self, name: &str) -> usize {
+        let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
+        paths.retain(|(_, p)| residency::is_mapped(p).unwrap_or(false));
+        paths.iter().filter(|(plugin, _)| plugin == name).count()
     }
 }
 
@@ -159,7 +166,7 @@ pub(super) struct OldVersion {
 
 /// Logs and announces that a plugin was taken out of service.
 fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
-    let status = describe_unload(retired, shared, "library");
+    let status = describe_unload(&old.name, retired, shared, "library");
     match &retired.shutdown {
         Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
         Err(e) => warn!(
@@ -176,12 +183,17 @@ fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
 }
 
 /// Records a still-mapped library and says what became of it, for log lines.
-pub(super) fn describe_unload(retired: &Retired, shared: &Shared, subject: &str) -> String {
+pub(super) fn describe_unload(
+    name: &str,
+    retired: &Retired,
+    shared: &Shared,
+    subject: &str,
+) -> String {
     match retired.unload {
         UnloadStatus::StillMapped => format!(
             "{}; {} closed version(s) still mapped in all",
             retired.unload.describe(subject),
-            shared.still_mapped(Some(retired.shadow.clone()))
+            shared.still_mapped(Some((name.to_owned(), retired.shadow.clone())))
         ),
         other => other.describe(subject),
     }

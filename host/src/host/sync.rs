@@ -123,7 +123,12 @@ impl Host {
                 if error.depends_on_others() {
                     // Tried again when the other plugins change.
                     lifecycle.wait_if_passing(&error);
-                } else if !matches!(error, LoadError::Init { .. } | LoadError::TooMany { .. }) {
+                } else if !matches!(
+                    error,
+                    LoadError::Init { .. }
+                        | LoadError::TooMany { .. }
+                        | LoadError::TooManyPinned { .. }
+                ) {
                     // Only a file refused for what it is stays refused until its content
                     // changes. An Init failure (say, a port the old version still holds) is
                     // tried again on the next event.

@@ -9,7 +9,7 @@ use abi_stable::std_types::RStr;
 use plugin_api::ffi::{ConfigField, Dependency, PluginMetadata};
 
 use crate::error::LoadError;
-use crate::plugin_info::{ConfigKey, PluginInfo, Requirement};
+use crate::plugin_info::{hides_or_reorders, shown, ConfigKey, PluginInfo, Requirement};
 
 /// Copies and checks the metadata of the library at `path`. Its requirements come from
 /// another export ([`requirement`]) and are left empty here.
@@ -25,7 +25,7 @@ pub(crate) fn plugin_info(
             format!(
                 "plugin name {:?} must be non-empty, without spaces, control or invisible \
                  characters",
-                name.escape_default().to_string()
+                shown(&name)
             ),
         ));
     }
@@ -93,15 +93,6 @@ fn text(path: &Path, field: &str, s: &RStr<'_>) -> Result<String, LoadError> {
         .map_err(|e| bad(path, format!("{field} is not UTF-8: {e}")))
 }
 
-/// Characters a name must not have: they hide in or reorder the text of every message and
-/// listing that shows it (spaces, control characters, zero-width and bidirectional marks such
-/// as the right-to-left override).
-pub(crate) fn hides_or_reorders(c: char) -> bool {
-    c.is_whitespace()
-        || c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-}
-
 fn bad(path: &Path, reason: String) -> LoadError {
     LoadError::Metadata {
         path: path.to_owned(),
@@ -128,9 +119,8 @@ mod tests {
             );
         }
         assert!(!"storage-v2_ok.1".chars().any(hides_or_reorders));
-        assert_eq!(
-            "evil\u{202e}gnp".escape_default().to_string(),
-            "evil\\u{202e}gnp"
-        );
+        // Shown escaped, so that a message cannot be made to read otherwise.
+        assert_eq!(shown("evil\u{202e}gnp.so"), "evil\\u{202e}gnp.so");
+        assert_eq!(shown("plain name"), "plain name");
     }
 }
