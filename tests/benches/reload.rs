@@ -90,17 +90,21 @@ fn main() {
         builds[0].len() as f64 / 1024.0,
         if release { "release" } else { "debug" }
     );
+    // Every reload installs content the host has not seen (as every new build is), so each one
+    // is probed first; the last round, without probing, shows what the probe adds.
     println!("\n## round 1: threads where the scheduler puts them");
-    round(&builds, false);
+    round(&builds, false, true);
+    println!("\n## round 2: as round 1, new files loaded unprobed (probe = \"off\")");
+    round(&builds, false, false);
     // The host's threads inherit the CPU of the thread that creates the host.
     if pin_to_cpu(0) {
-        println!("\n## round 2: caller thread alone on CPU 1, everything else on CPU 0");
-        round(&builds, true);
+        println!("\n## round 3: caller thread alone on CPU 1, everything else on CPU 0");
+        round(&builds, true, true);
     }
 }
 
-/// One host, a steady phase, then the reloads.
-fn round(builds: &[Vec<u8>], pinned: bool) {
+/// One host, a steady phase, then the reloads; `probe`: new files are probed first.
+fn round(builds: &[Vec<u8>], pinned: bool, probe: bool) {
     let plugins = tempfile::tempdir().unwrap();
     let shadow = tempfile::tempdir().unwrap();
     let install = |bytes: &[u8]| {
@@ -114,9 +118,14 @@ fn round(builds: &[Vec<u8>], pinned: bool) {
             let mut config = HostConfig::with_plugins_dir(plugins.path());
             config.host.shadow_dir = Some(shadow.path().to_owned());
             // New builds are probed first, by a plughost built with the bench's own profile.
-            let probe = xtask::build_binary("plughost-cli", "plughost", !cfg!(debug_assertions))
-                .expect("build the probe program");
-            config.host.probe = plughost::ProbeSetting::Program(probe);
+            config.host.probe = if probe {
+                let program =
+                    xtask::build_binary("plughost-cli", "plughost", !cfg!(debug_assertions))
+                        .expect("build the probe program");
+                plughost::ProbeSetting::Program(program)
+            } else {
+                plughost::ProbeSetting::Off
+            };
             config
         })
         .unwrap(),
@@ -195,7 +204,7 @@ fn round(builds: &[Vec<u8>], pinned: bool) {
         let next = i % 2;
         first_seen[next].store(0, Ordering::Relaxed);
         let renamed = (Instant::now() - start).as_nanos() as u64;
-        install(&builds[next]);
+        install(&plughost_tests::rebuilt(&builds[next], i as u32));
         loop {
             match events
                 .recv_timeout(Duration::from_secs(10))

@@ -501,4 +501,34 @@ config = { mode = "lower", nested = { list = [1, 2] } }
         assert_eq!(at(&["nothing"]), "plughost.toml");
         assert_eq!(HostConfig::default().locate(&["host"]), None);
     }
+
+    /// Whatever the text, reading it gives settings or a located error, never a panic.
+    #[test]
+    fn damaged_settings_never_make_the_parser_panic() {
+        let original = "# settings\n[host]\nplugins_dir = \"plugins\"\ndebounce = \"100ms\"\n\
+                        max_plugins = 3\n\n[plugins.storage]\npriority = 1\n\n\
+                        [plugins.storage.config]\nnamespace = \"${NS:-main}\"\nlist = [1, 2, 3]\n\
+                        nested = { a = { b = \"é\" } }\n";
+        let mut state: u64 = 0x0dd0_5eed_0000_0001;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"[]{}=\".,$:-#\\\n ab1_\xc3\xa9";
+        for round in 0..2000 {
+            let mut bytes = original.as_bytes().to_vec();
+            for _ in 0..1 + round % 8 {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = alphabet[(next() as usize) % alphabet.len()];
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let outcome = std::panic::catch_unwind(|| {
+                let _ = HostConfig::parse(Path::new("plughost.toml"), &text);
+                let _ = HostConfig::check_structure(Path::new("plughost.toml"), &text);
+            });
+            assert!(outcome.is_ok(), "round {round}: reading {text:?} panicked");
+        }
+    }
 }

@@ -190,3 +190,55 @@ fn describe_parse_error(bytes: &[u8], error: object::Error) -> String {
         format!("unknown file format ({error})")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small, fixed generator: the same inputs on every run.
+    fn generator(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    /// The C library this test runs with: a real shared library, if not a plugin.
+    #[cfg(target_os = "linux")]
+    fn a_shared_library() -> Vec<u8> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let path = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .find(|path| path.contains("/libc.so") || path.contains("/libc-"))
+            .expect("libc is mapped");
+        std::fs::read(path).unwrap()
+    }
+
+    /// Damaged bytes are refused or accepted; the preflight never panics on them (it runs
+    /// before anything else, on bytes anyone may have written).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn damaged_libraries_never_make_the_preflight_panic() {
+        let original = a_shared_library();
+        let mut next = generator(0x00c0_ffee_1234_5678);
+        let path = Path::new("libmutant.so");
+        for round in 0..300 {
+            let mut bytes = original.clone();
+            // The headers and tables the parser reads first, then anywhere.
+            let span = if round % 2 == 0 { 4096 } else { bytes.len() };
+            for _ in 0..1 + round % 16 {
+                let at = (next() as usize) % span;
+                bytes[at] = next() as u8;
+            }
+            if round % 7 == 0 {
+                bytes.truncate((next() as usize) % bytes.len());
+            }
+            let outcome = std::panic::catch_unwind(|| check_bytes(path, &bytes).is_ok());
+            assert!(outcome.is_ok(), "round {round}: the preflight panicked");
+        }
+    }
+}

@@ -107,7 +107,7 @@ impl Probe {
             })
         });
         let started = Instant::now();
-        let mut pause = Duration::from_micros(100);
+        let mut pause = Duration::from_micros(50);
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -118,7 +118,8 @@ impl Probe {
                 }
                 Ok(None) => {
                     std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(2));
+                    // Short steps: a probe takes about a millisecond, and a reload waits on it.
+                    pause = (pause * 2).min(Duration::from_micros(250));
                 }
                 Err(e) => return Err(refused(format!("waiting for its probe failed: {e}"))),
             }
