@@ -575,3 +575,67 @@ fn a_plugin_that_keeps_pinning_itself_is_not_loaded_again_past_the_limit() {
     handle.call_into(b"still", &mut out).unwrap();
     assert_eq!(out, b"still");
 }
+
+#[test]
+fn a_disabled_plugins_library_is_not_opened_in_the_host() {
+    let dir = PluginDir::new();
+    dir.add("fixture-ctor");
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("constructor.log");
+    // Read by the constructor of the library, in whichever process opens it.
+    std::env::set_var("PLUGHOST_TEST_CONSTRUCTOR_LOG", &log);
+    let host = plughost::Host::new({
+        let mut config = dir.config();
+        config.plugins.entry("ctor".into()).or_default().enabled = false;
+        config
+    })
+    .unwrap();
+    let report = host.load_all().unwrap();
+    assert!(
+        report.loaded.is_empty() && report.refused.is_empty(),
+        "{report:?}"
+    );
+    let openers = std::fs::read_to_string(&log).unwrap_or_default();
+    let me = std::process::id().to_string();
+    // Its probe opened it (in another process) to learn its name; this process did not.
+    assert!(!openers.is_empty(), "the probe did not run");
+    assert!(
+        !openers.lines().any(|pid| pid == me),
+        "opened in the host: {openers}"
+    );
+    // Enabled, it starts (and only then runs in the host).
+    host.enable("ctor").unwrap();
+    assert!(host.handle("ctor").is_ok());
+    let openers = std::fs::read_to_string(&log).unwrap();
+    assert!(openers.lines().any(|pid| pid == me));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_health_check_is_reported_and_keeps_one_thread_at_most() {
+    let dir = PluginDir::new();
+    let stuck = dir.add("fixture-stuck");
+    // Shutting down waits for the stuck check's call no longer than this.
+    let mut config = dir.config();
+    config.host.shutdown_timeout = Duration::from_millis(300);
+    let host = std::sync::Arc::new(plughost::Host::new(config).unwrap());
+    host.load_file(&stuck, br#"{"stuck_in": "health"}"#)
+        .unwrap();
+    let dispatcher = plughost::Dispatcher::new(
+        host,
+        plughost::CallPolicy {
+            timeout: Duration::from_millis(200),
+            ..plughost::CallPolicy::default()
+        },
+    );
+    let first = dispatcher.check_health("stuck").await.unwrap();
+    assert_eq!(
+        first,
+        plughost::PluginHealth::Unhealthy("health check did not answer within 200 ms".into())
+    );
+    // The first check is still stuck: no second thread is spent on it.
+    let second = dispatcher.check_health("stuck").await.unwrap();
+    assert_eq!(
+        second,
+        plughost::PluginHealth::Unhealthy("its last health check has not returned yet".into())
+    );
+}

@@ -53,6 +53,15 @@ pub enum LoadError {
         /// What happened to the probe: the signal, the loader's message, or the time limit.
         reason: String,
     },
+    /// Not an error: the plugin, known by name from its probe, is not wanted now (it is
+    /// disabled in the settings), so its library was not opened in the host.
+    #[error("{}: plugin {name} is disabled in the settings: not started", path.display())]
+    Unwanted {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+    },
     /// Checking the library panicked, which only damaged data makes happen.
     #[error(
         "{}: refused: checking it panicked ({message}); the file is probably damaged",
@@ -278,6 +287,7 @@ impl LoadError {
             | LoadError::TooLarge { path, .. }
             | LoadError::CheckPanicked { path, .. }
             | LoadError::ProbeRefused { path, .. }
+            | LoadError::Unwanted { path, .. }
             | LoadError::Empty { path }
             | LoadError::NotALibrary { path, .. }
             | LoadError::NotAPlugin { path, .. }
@@ -312,6 +322,7 @@ impl LoadError {
             | LoadError::DependencyVersion { name, .. }
             | LoadError::BreaksDependent { name, .. }
             | LoadError::DependencyCycle { name, .. }
+            | LoadError::Unwanted { name, .. }
             | LoadError::TooMany { name, .. }
             | LoadError::TooManyPinned { name, .. } => Some(name),
             _ => None,

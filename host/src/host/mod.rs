@@ -202,12 +202,27 @@ impl Host {
     /// Checks, copies, loads and validates one library without starting it: to read its
     /// metadata, or ask its plugin about a configuration.
     pub fn open(&self, path: &Path) -> Result<PluginLibrary, LoadError> {
-        Library::open(path, &self.shadow, &self.probe).map(PluginLibrary::new)
+        self.open_wanted(path, &|_| true)
     }
 
-    /// Opens `bytes`, the content of `path` already read.
-    fn open_bytes(&self, path: &Path, bytes: &[u8]) -> Result<PluginLibrary, LoadError> {
-        Library::open_bytes(path, bytes, &self.shadow, &self.probe).map(PluginLibrary::new)
+    /// Like [`open`](Self::open), leaving unopened a plugin `wanted` says no to, when its probe
+    /// told its name ([`LoadError::Unwanted`]).
+    fn open_wanted(
+        &self,
+        path: &Path,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<PluginLibrary, LoadError> {
+        Library::open(path, &self.shadow, &self.probe, wanted).map(PluginLibrary::new)
+    }
+
+    /// Opens `bytes`, the content of `path` already read; see [`open_wanted`](Self::open_wanted).
+    fn open_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<PluginLibrary, LoadError> {
+        Library::open_bytes(path, bytes, &self.shadow, &self.probe, wanted).map(PluginLibrary::new)
     }
 
     /// Loads every enabled library in the plugins folder, in dependency order (then by
@@ -216,9 +231,14 @@ impl Host {
     pub fn load_all(&self) -> Result<LoadReport, HostError> {
         let mut report = LoadReport::default();
         let mut libraries = Vec::new();
+        let mut unwanted = Vec::new();
+        let settings = self.config();
+        // A disabled plugin's library is not opened here, when its probe told its name.
+        let enabled = |name: &str| settings.plugin(name).enabled;
         for path in self.discover()? {
-            match self.open(&path) {
+            match self.open_wanted(&path, &enabled) {
                 Ok(library) => libraries.push(library),
+                Err(LoadError::Unwanted { name, path }) => unwanted.push((name, path)),
                 Err(error) => {
                     self.refused(&error, None);
                     report.refused.push(error);
@@ -226,6 +246,9 @@ impl Host {
             }
         }
         let mut lifecycle = self.lifecycle();
+        for (name, path) in unwanted {
+            lifecycle.not_started(&name, &path);
+        }
         libraries.retain(|library| lifecycle.admit(library));
         self.start_in_order(&mut lifecycle, libraries, |_| None, true, &mut report);
         Ok(report)
@@ -386,18 +409,20 @@ impl Lifecycle {
     /// Notes where `library`'s plugin lives and says whether the settings let it run.
     fn admit(&mut self, library: &PluginLibrary) -> bool {
         let info = library.info();
-        self.known
-            .insert(info.name.clone(), library.file().to_owned());
         let enabled = self.config.plugin(&info.name).enabled;
-        if !enabled {
-            tracing::info!(
-                "{} {} in {} is disabled: not started",
-                info.name,
-                info.version,
-                library.file().display()
-            );
+        if enabled {
+            self.known
+                .insert(info.name.clone(), library.file().to_owned());
+        } else {
+            self.not_started(&info.name, library.file());
         }
         enabled
+    }
+
+    /// Notes where plugin `name`, disabled in the settings, lives, and says it was not started.
+    fn not_started(&mut self, name: &str, file: &Path) {
+        self.known.insert(name.to_owned(), file.to_owned());
+        tracing::info!("{name} in {} is disabled: not started", file.display());
     }
 
     /// `libraries` as candidates for [`start_order`](crate::dependencies::start_order).

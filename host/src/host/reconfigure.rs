@@ -316,7 +316,7 @@ impl Host {
             // newer build that is refused or not yet reloaded: a config edit is not a reload.
             let (file, shadow) = (version.library().file(), version.library().shadow_path());
             match crate::loader::read(shadow)
-                .and_then(|bytes| self.open_bytes(file, &bytes))
+                .and_then(|bytes| self.open_bytes(file, &bytes, &|_| true))
                 .and_then(|library| self.prepare(&mut lifecycle, library, None))
             {
                 Ok(version) => prepared.push(version),

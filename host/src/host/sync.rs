@@ -99,7 +99,10 @@ impl Host {
             debug!("{}: content already refused", path.display());
             return false;
         }
-        let outcome = self.open_bytes(path, &bytes).and_then(|library| {
+        // A plugin disabled in the settings is not opened here, if the probe told its name.
+        let enabled = |name: &str| lifecycle.config.plugin(name).enabled;
+        let opened = self.open_bytes(path, &bytes, &enabled);
+        let outcome = opened.and_then(|library| {
             if !lifecycle.admit(&library) {
                 return Ok(None);
             }
@@ -119,6 +122,10 @@ impl Host {
                 true
             }
             Ok(None) => false,
+            Err(LoadError::Unwanted { name, .. }) => {
+                lifecycle.not_started(&name, path);
+                false
+            }
             Err(error) => {
                 if error.depends_on_others() {
                     // Tried again when the other plugins change.

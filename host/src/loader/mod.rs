@@ -59,10 +59,15 @@ pub(crate) struct Library {
 
 impl Library {
     /// Reads the file at `path` and opens it ([`open_bytes`](Self::open_bytes)).
-    pub(crate) fn open(path: &Path, shadow: &ShadowDir, probe: &Probe) -> Result<Self, LoadError> {
+    pub(crate) fn open(
+        path: &Path,
+        shadow: &ShadowDir,
+        probe: &Probe,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, LoadError> {
         let started = Instant::now();
         let bytes = read(path)?;
-        let mut library = Self::open_bytes(path, &bytes, shadow, probe)?;
+        let mut library = Self::open_bytes(path, &bytes, shadow, probe, wanted)?;
         library.load_time = started.elapsed();
         Ok(library)
     }
@@ -70,18 +75,29 @@ impl Library {
     /// Checks, copies, probes, loads and validates `bytes`, the content of `path`. A panic in
     /// any of it (abi_stable's layout checker indexes damaged tables without bounds checks) is
     /// a refusal of the file, not the host's end.
+    ///
+    /// `wanted(name)` is asked once the probe has read the plugin's name, before the host
+    /// loads anything: `false` leaves the library unopened here ([`LoadError::Unwanted`]).
     pub(crate) fn open_bytes(
         path: &Path,
         bytes: &[u8],
         shadow: &ShadowDir,
         probe: &Probe,
+        wanted: &dyn Fn(&str) -> bool,
     ) -> Result<Self, LoadError> {
         guarded(path, || {
             let started = Instant::now();
             preflight::check_bytes(path, bytes)?;
             let content_hash = content_hash(bytes);
             let copy = shadow.write(path, bytes)?;
-            probe.check(path, copy.path(), content_hash)?;
+            if let Some(name) = probe.check(path, copy.path(), content_hash)? {
+                if !wanted(&name) {
+                    return Err(LoadError::Unwanted {
+                        path: path.to_owned(),
+                        name,
+                    });
+                }
+            }
             let loaded = Loaded::load(path, copy.path())?;
             Ok(Library {
                 info: loaded.info,
@@ -101,8 +117,10 @@ impl Library {
     /// What a probe process does with the copy `copy`: load and validate it as
     /// [`open_bytes`](Self::open_bytes) would, then close it. The file is left in place: it
     /// belongs to the host that asked.
-    pub(crate) fn probe_copy(copy: &Path) -> Result<(), LoadError> {
-        guarded(copy, || Loaded::load(copy, copy).map(drop))
+    pub(crate) fn probe_copy(copy: &Path) -> Result<String, LoadError> {
+        guarded(copy, || {
+            Loaded::load(copy, copy).map(|loaded| loaded.info.name.clone())
+        })
     }
 
     /// Who the plugin is.

@@ -12,7 +12,7 @@
 //! The probe program is the `plughost` executable (or any program that calls
 //! [`probe_main`](crate::probe_main) when started as `PROGRAM __probe FILE`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -33,8 +33,8 @@ pub(crate) struct Probe {
     timeout: Duration,
     /// Where clean verdicts are remembered across processes (a folder in the shadow folder).
     markers: PathBuf,
-    /// Content hashes known to load without harm.
-    clean: Mutex<HashSet<u128>>,
+    /// Content hashes known to load without harm, with the plugin's name where known.
+    clean: Mutex<HashMap<u128, Option<String>>>,
 }
 
 /// Which program probes, if any.
@@ -60,14 +60,21 @@ impl Probe {
     }
 
     /// Loads `copy` (the private copy of `file`, content hash `hash`) in a probe process,
-    /// unless that content was probed before. `Ok` when it is safe to load here.
-    pub(crate) fn check(&self, file: &Path, copy: &Path, hash: u128) -> Result<(), LoadError> {
+    /// unless that content was probed before. `Ok` when it is safe to load here, with the
+    /// plugin's name if the probe read it (so that a host can leave a disabled plugin's
+    /// library unopened).
+    pub(crate) fn check(
+        &self,
+        file: &Path,
+        copy: &Path,
+        hash: u128,
+    ) -> Result<Option<String>, LoadError> {
         let refused = |reason: String| LoadError::ProbeRefused {
             path: file.to_owned(),
             reason,
         };
         let program = match &self.program {
-            Program::Off => return Ok(()),
+            Program::Off => return Ok(None),
             Program::At(program) => program,
             Program::Missing => {
                 return Err(refused(
@@ -80,14 +87,19 @@ impl Probe {
             }
         };
         let marker = self.markers.join(format!("probed-{hash:032x}"));
-        if self.lock().contains(&hash) || marker.is_file() {
-            return Ok(());
+        if let Some(name) = self.lock().get(&hash) {
+            return Ok(name.clone());
+        }
+        if let Ok(name) = std::fs::read_to_string(&marker) {
+            let name = (!name.is_empty()).then_some(name);
+            self.lock().insert(hash, name.clone());
+            return Ok(name);
         }
         let mut child = Command::new(program)
             .arg(PROBE_ARG)
             .arg(copy)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
@@ -98,14 +110,9 @@ impl Probe {
                     program.display()
                 ))
             })?;
-        // Drained on its own thread, so a chatty loader cannot fill the pipe and stall.
-        let stderr = child.stderr.take().map(|mut pipe| {
-            std::thread::spawn(move || {
-                let mut text = Vec::new();
-                let _ = (&mut pipe).take(64 * 1024).read_to_end(&mut text);
-                String::from_utf8_lossy(&text).into_owned()
-            })
-        });
+        // Drained on threads of their own, so a chatty loader cannot fill a pipe and stall.
+        let stdout = child.stdout.take().map(drain);
+        let stderr = child.stderr.take().map(drain);
         let started = Instant::now();
         let mut pause = Duration::from_micros(50);
         let status = loop {
@@ -135,12 +142,19 @@ impl Probe {
             )));
         };
         if status.success() {
-            self.lock().insert(hash);
+            // `ok NAME` when the load went through; a refusal is left to the host to find.
+            let name = stdout
+                .and_then(|thread| thread.join().ok())
+                .and_then(|said| {
+                    said.lines()
+                        .find_map(|l| l.strip_prefix("ok ").map(str::to_owned))
+                });
+            self.lock().insert(hash, name.clone());
             // Best effort: without the marker the next run probes again. The folder is inside
             // the private shadow folder.
             let _ = std::fs::create_dir(&self.markers);
-            let _ = std::fs::write(&marker, b"");
-            return Ok(());
+            let _ = std::fs::write(&marker, name.as_deref().unwrap_or(""));
+            return Ok(name);
         }
         let how = match crashed_by(&status) {
             Some(signal) => format!("the library crashed the loader ({signal})"),
@@ -156,10 +170,19 @@ impl Probe {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u128>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Option<String>>> {
         // A set of hashes is never left half-updated.
         self.clean.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Reads a child's pipe to its end (64 KiB at most) on a thread of its own.
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = (&mut pipe).take(64 * 1024).read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    })
 }
 
 /// The signal that ended a process, by name.
@@ -224,7 +247,7 @@ pub(crate) fn run(copy: &Path) -> ExitCode {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     }
     match super::Library::probe_copy(copy) {
-        Ok(()) => println!("ok"),
+        Ok(name) => println!("ok {name}"),
         Err(error) => println!("refused: {error}"),
     }
     ExitCode::SUCCESS
