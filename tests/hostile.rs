@@ -63,6 +63,16 @@ fn mkfifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo");
 }
 
+/// The host goes on: a good plugin added to the folder loads.
+fn still_serves(dir: &PluginDir, host: &plughost::Host) {
+    dir.add("transform");
+    let report = host.load_all().unwrap();
+    assert!(
+        report.loaded.iter().any(|p| p.name == "transform"),
+        "{report:?}"
+    );
+}
+
 /// A `plughost.toml` in its own folder with `text`.
 fn settings(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -153,13 +163,7 @@ fn a_library_that_crashes_the_loader_is_refused_and_the_host_lives() {
         )
     );
     // The host is fine, and the command line says the same in one line.
-    dir.add("transform");
-    assert!(host
-        .load_all()
-        .unwrap()
-        .loaded
-        .iter()
-        .any(|p| p.name == "transform"));
+    still_serves(&dir, &host);
     let out = dir.cli(&["inspect", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -213,13 +217,7 @@ fn a_library_with_a_damaged_layout_is_refused() {
     assert!(error
         .to_string()
         .starts_with(&format!("{}: ", file.display())));
-    dir.add("transform");
-    assert!(host
-        .load_all()
-        .unwrap()
-        .loaded
-        .iter()
-        .any(|p| p.name == "transform"));
+    still_serves(&dir, &host);
 }
 
 #[test]
@@ -438,7 +436,7 @@ fn run_ends_on_a_signal_whatever_its_plugins_are_stuck_in() {
     let dir = PluginDir::new();
     dir.add("fixture-stuck");
     dir.add("transform");
-    // Stuck in health (checked every second) and in shutdown.
+    // Stuck in its shutdown, with its health checked every second.
     let (_folder, config) = settings(
         "[host]\nshutdown_timeout = \"300ms\"\n\n[plugins.stuck.config]\nstuck_in = \"shutdown\"\n",
     );
