@@ -173,6 +173,33 @@ fn a_library_that_crashes_the_loader_is_refused_and_the_host_lives() {
     );
 }
 
+/// A built fixture one of whose symbols claims a version no table defines: `ld.so` indexes its
+/// version table with it unchecked, reading whatever lies past it.
+fn damaged_versions() -> Vec<u8> {
+    let mut bytes = bytes_of("fixture-echo");
+    let versions = section(&bytes, ".gnu.version");
+    // Entry 1 (entry 0 is the null symbol): a version index far past any defined one.
+    bytes[versions.start + 2..versions.start + 4].copy_from_slice(&140u16.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_library_whose_versions_point_past_their_table_is_refused_before_loading() {
+    let dir = PluginDir::new();
+    let file = dir.write("libversions.so", &damaged_versions());
+    let host = dir.host();
+    let error = host.open(&file).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}: not a loadable shared library: damaged library: symbol 1 has version index \
+             140, which no version table defines",
+            file.display()
+        )
+    );
+    still_serves(&dir, &host);
+}
+
 /// A built fixture whose header says its layout description is the header itself.
 fn damaged_layout() -> Vec<u8> {
     use object::{Object, ObjectSymbol};
@@ -456,9 +483,9 @@ fn run_ends_on_a_signal_whatever_its_plugins_are_stuck_in() {
     let lines = lines_of(&mut child);
     wait_line(&lines, "2 plugin(s) running", Duration::from_secs(30));
     terminate(&child);
-    let line = wait_line(&lines, "unloaded stuck", Duration::from_secs(10));
+    let line = wait_line(&lines, "gave up on stuck", Duration::from_secs(10));
     assert!(
-        line.contains("shutdown did not return within 300ms"),
+        line.contains("shutdown did not return within 300ms; left loaded, not serving"),
         "{line}"
     );
     assert!(exits_within(&mut child, Duration::from_secs(10)).success());
@@ -615,16 +642,11 @@ async fn a_stuck_health_check_is_reported_and_keeps_one_thread_at_most() {
     // Shutting down waits for the stuck check's call no longer than this.
     let mut config = dir.config();
     config.host.shutdown_timeout = Duration::from_millis(300);
+    config.host.check_timeout = Duration::from_millis(200);
     let host = std::sync::Arc::new(plughost::Host::new(config).unwrap());
     host.load_file(&stuck, br#"{"stuck_in": "health"}"#)
         .unwrap();
-    let dispatcher = plughost::Dispatcher::new(
-        host,
-        plughost::CallPolicy {
-            timeout: Duration::from_millis(200),
-            ..plughost::CallPolicy::default()
-        },
-    );
+    let dispatcher = plughost::Dispatcher::new(host, plughost::CallPolicy::default());
     let first = dispatcher.check_health("stuck").await.unwrap();
     assert_eq!(
         first,
@@ -635,5 +657,98 @@ async fn a_stuck_health_check_is_reported_and_keeps_one_thread_at_most() {
     assert_eq!(
         second,
         plughost::PluginHealth::Unhealthy("its last health check has not returned yet".into())
+    );
+}
+
+#[test]
+fn a_program_that_is_not_a_probe_is_refused_and_leaves_no_verdict() {
+    let dir = PluginDir::new();
+    let file = dir.add("transform");
+    let mut config = dir.config();
+    config.host.probe = plughost::ProbeSetting::Program("/bin/true".into());
+    let error = plughost::Host::new(config)
+        .unwrap()
+        .open(&file)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the probe program /bin/true did not answer as a plughost probe does"),
+        "{error}"
+    );
+    // Nothing was remembered: with the real probe the file loads.
+    assert!(dir.host().open(&file).is_ok());
+}
+
+#[test]
+fn what_a_constructor_leaves_running_in_the_probe_does_not_hold_the_host() {
+    let dir = PluginDir::new();
+    let file = dir.add("fixture-ctor");
+    std::env::set_var("PLUGHOST_TEST_CONSTRUCTOR_SPAWN", "1");
+    let started = Instant::now();
+    let opened = dir.host().open(&file);
+    assert!(opened.is_ok(), "{:?}", opened.err());
+    // The `sleep 30` it started went with the probe's process group.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_plugin_stuck_in_init_is_not_tried_again_until_its_file_changes() {
+    let dir = PluginDir::new();
+    let (_folder, path) = settings(
+        "[host]\ninit_timeout = \"300ms\"\n\n[plugins.stuck.config]\nstuck_in = \"init\"\n",
+    );
+    let mut config = plughost::HostConfig::load(&path).unwrap();
+    let defaults = dir.config();
+    config.host.plugins_dir = defaults.host.plugins_dir;
+    config.host.shadow_dir = defaults.host.shadow_dir;
+    config.host.probe = defaults.host.probe;
+    let host = std::sync::Arc::new(plughost::Host::new(config).unwrap());
+    let events = host.subscribe();
+    let _watcher = host.watch(plughost::WatchOptions::default()).unwrap();
+    let bytes = bytes_of("fixture-stuck");
+    dir.replace_atomically("libfixture_stuck.so", &bytes);
+    wait_for(
+        &events,
+        Duration::from_secs(20),
+        |e| matches!(e, HostEvent::Refused { reason, .. } if reason.contains("did not return from init")),
+    );
+    // The same content again: not tried (each try would leave another stuck thread behind).
+    dir.replace_atomically("libfixture_stuck.so", &bytes);
+    dir.replace_atomically("libfixture_stuck.so", &bytes);
+    let seen = plughost_tests::events_within(&events, Duration::from_secs(2));
+    assert!(
+        !seen.iter().any(|e| matches!(e, HostEvent::Refused { .. })),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn two_signals_end_run_at_once_while_the_watcher_waits_on_a_stuck_init() {
+    let dir = PluginDir::new();
+    let (_folder, config) =
+        settings("[host]\ninit_timeout = \"60s\"\n\n[plugins.stuck.config]\nstuck_in = \"init\"\n");
+    let mut child = dir
+        .command(&["--config", config.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut child);
+    wait_line(&lines, "watching", Duration::from_secs(30));
+    dir.add("fixture-stuck");
+    // The watcher is now inside the stuck Init, holding the lifecycle lock.
+    std::thread::sleep(Duration::from_millis(1500));
+    terminate(&child);
+    wait_line(&lines, "shutting down", Duration::from_secs(5));
+    terminate(&child);
+    assert_eq!(
+        exits_within(&mut child, Duration::from_secs(5)).code(),
+        Some(130)
     );
 }

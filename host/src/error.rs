@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Location;
-use crate::plugin_info::Requirement;
+use crate::plugin_info::{shown, Requirement};
 
 /// A cause from another crate, kept without making that crate's types part of this API.
 pub(crate) type BoxedCause = Box<dyn std::error::Error + Send + Sync>;
@@ -19,7 +19,7 @@ pub(crate) type BoxedCause = Box<dyn std::error::Error + Send + Sync>;
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("{}: cannot read the file: {source}", path.display())]
+    #[error("{}: cannot read the file: {source}", shown_path(path))]
     Read {
         /// The file.
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The path is not a regular file: a folder, a named pipe, a device...
-    #[error("{}: not a regular file: it is {kind}", path.display())]
+    #[error("{}: not a regular file: it is {kind}", shown_path(path))]
     NotAFile {
         /// The path.
         path: PathBuf,
@@ -35,7 +35,10 @@ pub enum LoadError {
         kind: &'static str,
     },
     /// The file is larger than any plugin the host will read.
-    #[error("{}: the file is too large ({size} bytes; the limit is {limit})", path.display())]
+    #[error(
+        "{}: the file is too large ({size} bytes; the limit is {limit})",
+        shown_path(path)
+    )]
     TooLarge {
         /// The file.
         path: PathBuf,
@@ -46,7 +49,7 @@ pub enum LoadError {
     },
     /// Loading the library in a probe process crashed it, or did not finish: loading it here
     /// would have taken the host down.
-    #[error("{}: refused: {reason}", path.display())]
+    #[error("{}: refused: {reason}", shown_path(path))]
     ProbeRefused {
         /// The file.
         path: PathBuf,
@@ -55,7 +58,10 @@ pub enum LoadError {
     },
     /// Not an error: the plugin, known by name from its probe, is not wanted now (it is
     /// disabled in the settings), so its library was not opened in the host.
-    #[error("{}: plugin {name} is disabled in the settings: not started", path.display())]
+    #[error(
+        "{}: plugin {name} is disabled in the settings: not started",
+        shown_path(path)
+    )]
     Unwanted {
         /// The file.
         path: PathBuf,
@@ -65,7 +71,7 @@ pub enum LoadError {
     /// Checking the library panicked, which only damaged data makes happen.
     #[error(
         "{}: refused: checking it panicked ({message}); the file is probably damaged",
-        path.display()
+        shown_path(path)
     )]
     CheckPanicked {
         /// The file.
@@ -74,13 +80,13 @@ pub enum LoadError {
         message: String,
     },
     /// The file is empty (often a build or copy still in progress).
-    #[error("{}: the file is empty", path.display())]
+    #[error("{}: the file is empty", shown_path(path))]
     Empty {
         /// The file.
         path: PathBuf,
     },
     /// The file is not a shared library this host could load.
-    #[error("{}: not a loadable shared library: {reason}", path.display())]
+    #[error("{}: not a loadable shared library: {reason}", shown_path(path))]
     NotALibrary {
         /// The file.
         path: PathBuf,
@@ -88,7 +94,7 @@ pub enum LoadError {
         reason: String,
     },
     /// A shared library, but not a plughost plugin.
-    #[error("{}: not a plughost plugin: {reason}", path.display())]
+    #[error("{}: not a plughost plugin: {reason}", shown_path(path))]
     NotAPlugin {
         /// The file.
         path: PathBuf,
@@ -99,7 +105,7 @@ pub enum LoadError {
     #[error(
         "{}: plugin-api {found} is incompatible with this host's plugin-api {expected} \
          (rebuild the plugin against plugin-api {}.{})",
-        path.display(), expected.major, expected.minor
+        shown_path(path), expected.major, expected.minor
     )]
     IncompatibleApi {
         /// The file.
@@ -110,7 +116,10 @@ pub enum LoadError {
         expected: semver::Version,
     },
     /// The FFI types the plugin was built with differ from the host's.
-    #[error("{}: FFI layout differs from this host's plugin-api {expected}: {summary}", path.display())]
+    #[error(
+        "{}: FFI layout differs from this host's plugin-api {expected}: {summary}",
+        shown_path(path)
+    )]
     LayoutMismatch {
         /// The file.
         path: PathBuf,
@@ -120,7 +129,7 @@ pub enum LoadError {
         summary: String,
     },
     /// The descriptor's metadata is unusable (empty name, version not semver...).
-    #[error("{}: invalid plugin metadata: {reason}", path.display())]
+    #[error("{}: invalid plugin metadata: {reason}", shown_path(path))]
     Metadata {
         /// The file.
         path: PathBuf,
@@ -128,7 +137,11 @@ pub enum LoadError {
         reason: String,
     },
     /// The private shadow copy could not be written.
-    #[error("{}: cannot write its shadow copy {}: {source}", path.display(), shadow.display())]
+    #[error(
+        "{}: cannot write its shadow copy {}: {source}",
+        shown_path(path),
+        shown_path(shadow)
+    )]
     Shadow {
         /// The file.
         path: PathBuf,
@@ -138,7 +151,11 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The dynamic loader refused the library.
-    #[error("{}: the dynamic loader refused it: {source}", path.display())]
+    #[error(
+        "{}: the dynamic loader refused it: {}",
+        shown_path(path),
+        shown(&source.to_string())
+    )]
     Open {
         /// The file.
         path: PathBuf,
@@ -148,8 +165,8 @@ pub enum LoadError {
     /// Another loaded library already has this plugin's name.
     #[error(
         "{}: plugin {name:?} is already loaded from {}",
-        path.display(),
-        existing.display()
+        shown_path(path),
+        shown_path(existing)
     )]
     DuplicateName {
         /// The file refused.
@@ -160,7 +177,7 @@ pub enum LoadError {
         existing: PathBuf,
     },
     /// The plugin's Init returned an error or panicked.
-    #[error("{}: plugin {name} {}", path.display(), init_failure(cause))]
+    #[error("{}: plugin {name} {}", shown_path(path), init_failure(cause))]
     Init {
         /// The file.
         path: PathBuf,
@@ -171,7 +188,10 @@ pub enum LoadError {
         cause: CallError,
     },
     /// The host has shut down: nothing starts any more.
-    #[error("{}: plugin {name} not started: the host has shut down", path.display())]
+    #[error(
+        "{}: plugin {name} not started: the host has shut down",
+        shown_path(path)
+    )]
     HostClosed {
         /// The file.
         path: PathBuf,
@@ -179,7 +199,7 @@ pub enum LoadError {
         name: String,
     },
     /// The plugin's configuration does not fit its schema (checked before Init).
-    #[error("{}: plugin {name}: {}config key `{key}` {reason}", path.display(), at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
+    #[error("{}: plugin {name}: {}config key `{key}` {reason}", shown_path(path), at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
     Config {
         /// The file.
         path: PathBuf,
@@ -193,7 +213,10 @@ pub enum LoadError {
         at: Option<Box<Location>>,
     },
     /// The plugin does not accept the configuration it was offered (its `validate_config`).
-    #[error("{}: plugin {name} does not accept the configuration: {reason}", path.display())]
+    #[error(
+        "{}: plugin {name} does not accept the configuration: {reason}",
+        shown_path(path)
+    )]
     ConfigRefused {
         /// The file.
         path: PathBuf,
@@ -203,7 +226,10 @@ pub enum LoadError {
         reason: String,
     },
     /// A plugin it requires is not in service.
-    #[error("{}: plugin {name} requires {requirement}, which {why}", path.display())]
+    #[error(
+        "{}: plugin {name} requires {requirement}, which {why}",
+        shown_path(path)
+    )]
     MissingDependency {
         /// The file.
         path: PathBuf,
@@ -215,7 +241,7 @@ pub enum LoadError {
         why: String,
     },
     /// A plugin it requires is in service at a version outside the range.
-    #[error("{}: plugin {name} requires {requirement}, but {} {found} is loaded", path.display(), requirement.name)]
+    #[error("{}: plugin {name} requires {requirement}, but {} {found} is loaded", shown_path(path), requirement.name)]
     DependencyVersion {
         /// The file.
         path: PathBuf,
@@ -227,7 +253,10 @@ pub enum LoadError {
         found: Box<semver::Version>,
     },
     /// This version would break a plugin in service that requires another range of it.
-    #[error("{}: {name} {version} would break {dependent}, which requires {requirement}", path.display())]
+    #[error(
+        "{}: {name} {version} would break {dependent}, which requires {requirement}",
+        shown_path(path)
+    )]
     BreaksDependent {
         /// The file.
         path: PathBuf,
@@ -241,7 +270,7 @@ pub enum LoadError {
         requirement: Box<Requirement>,
     },
     /// The plugin is part of a dependency cycle.
-    #[error("{}: plugin {name} is in a dependency cycle: {}", path.display(), cycle.join(" -> "))]
+    #[error("{}: plugin {name} is in a dependency cycle: {}", shown_path(path), cycle.join(" -> "))]
     DependencyCycle {
         /// The file.
         path: PathBuf,
@@ -256,7 +285,7 @@ pub enum LoadError {
         "{}: plugin {name} not loaded again: {pinned} of its closed versions are still in memory \
          (host.max_pinned); it leaves a thread, or a thread-local with a destructor on a host \
          thread, behind: stop its threads in Shutdown. Restart the host to free them",
-        path.display()
+        shown_path(path)
     )]
     TooManyPinned {
         /// The file.
@@ -267,7 +296,10 @@ pub enum LoadError {
         pinned: usize,
     },
     /// As many plugins as `max_plugins` allows are running already.
-    #[error("{}: plugin {name} not started: max_plugins ({max}) are running", path.display())]
+    #[error(
+        "{}: plugin {name} not started: max_plugins ({max}) are running",
+        shown_path(path)
+    )]
     TooMany {
         /// The file.
         path: PathBuf,
@@ -333,7 +365,7 @@ impl LoadError {
     /// or a message that names the file another way.
     pub fn reason(&self) -> String {
         let text = self.to_string();
-        let prefix = format!("{}: ", self.path().display());
+        let prefix = format!("{}: ", shown_path(self.path()));
         match text.strip_prefix(&prefix) {
             Some(reason) => reason.to_owned(),
             None => text,
@@ -367,6 +399,11 @@ impl From<LoadError> for HostError {
     fn from(error: LoadError) -> Self {
         HostError::Load(Box::new(error))
     }
+}
+
+/// A path as messages show it: characters that would hide in or reorder the line escaped.
+fn shown_path(path: &std::path::Path) -> String {
+    shown(&path.display().to_string()).into_owned()
 }
 
 /// "(2 file(s) refused, e.g. ...)" when files were refused.
@@ -493,7 +530,11 @@ pub enum CallError {
 #[non_exhaustive]
 pub enum HostError {
     /// A plugin asked for by name is in no file of the plugins folder.
-    #[error("no plugin named {name:?} in {}{}", dir.display(), refused_hint(refused))]
+    #[error(
+        "no plugin named {name:?} in {}{}",
+        shown_path(dir),
+        refused_hint(refused)
+    )]
     NoSuchPlugin {
         /// The plugins folder.
         dir: PathBuf,
@@ -514,7 +555,7 @@ pub enum HostError {
         source: Box<LoadError>,
     },
     /// The plugins folder could not be read.
-    #[error("cannot read the plugins folder {}: {source}", path.display())]
+    #[error("cannot read the plugins folder {}: {source}", shown_path(path))]
     PluginsDir {
         /// The folder.
         path: PathBuf,
@@ -522,7 +563,7 @@ pub enum HostError {
         source: std::io::Error,
     },
     /// The plugins folder (or the configuration file's folder) could not be watched.
-    #[error("cannot watch {}: {source}", path.display())]
+    #[error("cannot watch {}: {source}", shown_path(path))]
     Watch {
         /// The folder.
         path: PathBuf,
@@ -530,7 +571,7 @@ pub enum HostError {
         source: BoxedCause,
     },
     /// The shadow folder could not be created.
-    #[error("cannot create the shadow folder {}: {source}", path.display())]
+    #[error("cannot create the shadow folder {}: {source}", shown_path(path))]
     ShadowDir {
         /// The folder.
         path: PathBuf,

@@ -39,7 +39,11 @@ pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
                 "-".into(),
                 "-".into(),
                 table::file_name(error.path()),
-                format!("refused: {}", error.reason()),
+                // A probe's refusal says "refused" itself.
+                format!(
+                    "refused: {}",
+                    error.reason().trim_start_matches("refused: ")
+                ),
             ],
         });
     }

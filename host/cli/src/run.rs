@@ -70,10 +70,13 @@ pub(crate) fn run(
         health.abort();
     }
     tracing::info!("shutting down (Ctrl-C again to exit at once)");
-    drop(watcher);
     // Bounded (each plugin's calls in flight and its Shutdown by host.shutdown_timeout), but
-    // an operator may not want to wait: a second signal exits at once.
-    let stopped = in_background(&host, |host| host.shutdown());
+    // an operator may not want to wait: a second signal exits at once. The watcher stops in
+    // the background too: it may be waiting for a plugin's Init.
+    let stopped = in_background(&host, move |host| {
+        host.shutdown();
+        drop(watcher);
+    });
     runtime.block_on(async {
         tokio::select! {
             _ = stopped => {}

@@ -74,7 +74,7 @@ pub struct Dispatcher {
     metrics: Mutex<HashMap<String, Arc<PluginMetrics>>>,
     health: Mutex<HashMap<String, PluginHealth>>,
     /// Plugins whose health check is running now.
-    checking: Arc<Mutex<std::collections::HashSet<String>>>,
+    checking: Arc<Mutex<std::collections::HashSet<(String, usize)>>>,
 }
 
 /// A plugin's guarded async entry point; cheap to clone.
@@ -236,33 +236,34 @@ impl Dispatcher {
         self.plugin(plugin).ok()?.breaker.state()
     }
 
-    /// Asks `plugin` how it is doing now (on the blocking pool, within its policy's timeout),
-    /// and logs a change from the last answer.
+    /// Asks `plugin` how it is doing now (on a thread of its own, within the host's
+    /// `check_timeout`), and logs a change from the last answer.
     pub async fn check_health(&self, plugin: &str) -> Result<PluginHealth, CallError> {
         let handle = self.host.handle(plugin)?;
-        let timeout = lock(&self.policies)
-            .get(plugin)
-            .map_or(self.default_policy.timeout, |p| p.timeout);
+        // A health check is a quick check, bounded like the host's others.
+        let timeout = self.host.config().host.check_timeout;
         let name: Arc<str> = plugin.into();
-        let health = if !lock(&self.checking).insert(plugin.to_owned()) {
+        // Per version: a check stuck in an old version must not silence the new one's.
+        let key = (plugin.to_owned(), handle.version_id());
+        let health = if !lock(&self.checking).insert(key.clone()) {
             // At most one check per plugin at a time: a plugin stuck in its health check keeps
             // one thread, not one per interval.
             PluginHealth::Unhealthy("its last health check has not returned yet".into())
         } else {
             let (answer, receiver) = tokio::sync::oneshot::channel();
             let checking = Arc::clone(&self.checking);
-            let plugin_name = plugin.to_owned();
+            let running = key.clone();
             // A thread of its own, not tokio's blocking pool: a check that never returns must
             // not keep the runtime (and so the program) from ending.
             let spawned = std::thread::Builder::new()
                 .name("plughost-health".into())
                 .spawn(move || {
                     let _ = answer.send(handle.health());
-                    lock(&checking).remove(&plugin_name);
+                    lock(&checking).remove(&running);
                 });
             match spawned {
                 Err(e) => {
-                    lock(&self.checking).remove(plugin);
+                    lock(&self.checking).remove(&key);
                     PluginHealth::Unhealthy(format!("health check could not start: {e}"))
                 }
                 Ok(_) => match tokio::time::timeout(timeout, receiver).await {

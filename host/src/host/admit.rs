@@ -12,7 +12,7 @@ use super::init_config::{checked_config, scrub_init_error};
 use super::retire::{describe_unload, retire_in_background};
 use super::{Host, Lifecycle, LoadReport};
 use crate::dependencies::{self, DISABLED, NOT_LOADED};
-use crate::error::LoadError;
+use crate::error::{CallError, LoadError};
 use crate::events::HostEvent;
 use crate::plugin_info::PluginInfo;
 use crate::runtime::{Limits, PluginLibrary, RunningPlugin, Slot};
@@ -183,7 +183,16 @@ impl Host {
             check: settings.check_timeout,
         };
         let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref(), limits)
-            .map_err(|e| scrub_init_error(e, &init_config.secrets))?;
+            .map_err(|e| {
+            if let LoadError::Init {
+                cause: CallError::Stuck { .. },
+                ..
+            } = &e
+            {
+                self.shared.stuck_in_init(&info.name);
+            }
+            scrub_init_error(e, &init_config.secrets)
+        })?;
         Ok(Prepared {
             slot,
             running,

@@ -109,6 +109,8 @@ struct Shared {
     events: Subscribers,
     /// Shadow paths of closed versions that were still mapped when checked.
     still_mapped: Mutex<Vec<(String, PathBuf)>>,
+    /// Versions of each plugin whose Init never returned: left loaded for good.
+    stuck: Mutex<HashMap<String, usize>>,
     /// Bumped whenever the settings change, so a dispatcher knows to rebuild its policies.
     settings_generation: AtomicU64,
     /// A copy of `Lifecycle::config`, readable without waiting for a load in progress.

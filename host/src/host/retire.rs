@@ -149,11 +149,21 @@ impl Shared {
         paths.len()
     }
 
-    /// How many closed versions of plugin `name` are still mapped.
+    /// How many versions of plugin `name` are still in memory though out of service: closed
+    /// but still mapped, or left loaded because their Init never returned.
     pub(super) fn pinned(&self, name: &str) -> usize {
         let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
         paths.retain(|(_, p)| residency::is_mapped(p).unwrap_or(false));
-        paths.iter().filter(|(plugin, _)| plugin == name).count()
+        let mapped = paths.iter().filter(|(plugin, _)| plugin == name).count();
+        let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        mapped + stuck.get(name).copied().unwrap_or(0)
+    }
+
+    /// Records that a version of plugin `name` was left loaded because its Init never
+    /// returned.
+    pub(super) fn stuck_in_init(&self, name: &str) {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        *stuck.entry(name.to_owned()).or_default() += 1;
     }
 }
 
@@ -168,7 +178,14 @@ pub(super) struct OldVersion {
 fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
     let status = describe_unload(&old.name, retired, shared, "library");
     match &retired.shutdown {
+        Ok(()) if retired.unload == UnloadStatus::LeftLoaded => warn!(
+            "took {} {} out of service, but its code is still running ({status})",
+            old.name, old.version
+        ),
         Ok(()) => info!("unloaded {} {} ({status})", old.name, old.version),
+        Err(e) if retired.unload == UnloadStatus::LeftLoaded => {
+            warn!("gave up on {} {}: {e}", old.name, old.version)
+        }
         Err(e) => warn!(
             "unloaded {} {} after a failed shutdown: {e} ({status})",
             old.name, old.version

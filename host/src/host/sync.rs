@@ -9,7 +9,7 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::{Host, Lifecycle};
-use crate::error::LoadError;
+use crate::error::{CallError, LoadError};
 use crate::loader;
 
 impl Host {
@@ -18,6 +18,13 @@ impl Host {
     /// refused, unloads the plugin if the file is gone. This is what the watcher calls.
     pub fn sync_file(&self, path: &Path) {
         let noticed = Instant::now();
+        if self
+            .shared
+            .closing
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
         // Read before taking the lock: loads, unloads and edits never wait on a slow disk, and
         // whatever the path holds (a named pipe, a device) is refused without blocking.
         let bytes = loader::read(path);
@@ -127,7 +134,15 @@ impl Host {
                 false
             }
             Err(error) => {
-                if error.depends_on_others() {
+                if let LoadError::Init {
+                    cause: CallError::Stuck { .. },
+                    ..
+                } = &error
+                {
+                    // Its Init never returned, and its library stays loaded: the same content
+                    // is not tried again (each try would leave another), a new build is.
+                    lifecycle.refused.insert(path.to_owned(), hash);
+                } else if error.depends_on_others() {
                     // Tried again when the other plugins change.
                     lifecycle.wait_if_passing(&error);
                 } else if !matches!(

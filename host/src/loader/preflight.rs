@@ -49,6 +49,8 @@ pub(crate) fn check_bytes(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
         )));
     }
 
+    loader_tables(bytes).map_err(|reason| not_a_library(format!("damaged library: {reason}")))?;
+
     let header = read_header(&file).map_err(|reason| LoadError::NotAPlugin {
         path: path.to_owned(),
         reason,
@@ -59,6 +61,74 @@ pub(crate) fn check_bytes(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
         header.header_version,
         header.api_version,
     )
+}
+
+/// Checks the tables the dynamic loader indexes without checking (docs/design.md, "Checking
+/// before loading"): every dynamic symbol's version index must name a version the file defines
+/// or needs (a larger one makes `ld.so` read past its table, and crash or not depending on its
+/// heap), the version tables themselves must hold together, and every relocation must name a
+/// symbol of its table. 64-bit ELF only; other formats pass.
+fn loader_tables(bytes: &[u8]) -> Result<(), String> {
+    use object::read::elf::{ElfFile64, SectionHeader as _};
+    let Ok(elf) = ElfFile64::<object::Endianness>::parse(bytes) else {
+        return Ok(());
+    };
+    let endian = elf.endian();
+    let sections = elf.elf_section_table();
+    let symbols_in = |table: object::SectionIndex| -> Result<usize, String> {
+        if table.0 == 0 {
+            return Ok(0);
+        }
+        sections
+            .symbol_table_by_index(endian, bytes, table)
+            .map(|symbols| symbols.len())
+            .map_err(|e| format!("a relocation section's symbol table is unreadable ({e})"))
+    };
+    let versions = sections
+        .versions(endian, bytes)
+        .map_err(|e| format!("the symbol version tables are inconsistent ({e})"))?;
+    if let Some(versions) = versions {
+        let dynamic = sections
+            .symbols(endian, bytes, object::elf::SHT_DYNSYM)
+            .map_err(|e| format!("the dynamic symbol table is unreadable ({e})"))?;
+        for index in 0..dynamic.len() {
+            let version = versions.version_index(endian, object::SymbolIndex(index));
+            versions.version(version).map_err(|_| {
+                format!(
+                    "symbol {index} has version index {}, which no version table defines",
+                    version.index()
+                )
+            })?;
+        }
+    }
+    for section in sections.iter() {
+        let unreadable = |e| format!("a relocation section is unreadable ({e})");
+        if let Some((relocations, table)) = section.rela(endian, bytes).map_err(unreadable)? {
+            let count = symbols_in(table)?;
+            if let Some(bad) = relocations
+                .iter()
+                .map(|r| r.r_sym(endian, false) as usize)
+                .find(|&symbol| symbol != 0 && symbol >= count)
+            {
+                return Err(format!(
+                    "a relocation names symbol {bad} of a table of {count}"
+                ));
+            }
+        }
+        if let Some((relocations, table)) = section.rel(endian, bytes).map_err(unreadable)? {
+            let count = symbols_in(table)?;
+            if let Some(bad) = relocations
+                .iter()
+                .map(|r| r.r_sym(endian) as usize)
+                .find(|&symbol| symbol != 0 && symbol >= count)
+            {
+                return Err(format!(
+                    "a relocation names symbol {bad} of a table of {count}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The frozen, integer-only start of a `PluginHeader`, as found in the file.

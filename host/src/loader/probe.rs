@@ -16,10 +16,12 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::LoadError;
+use crate::plugin_info::shown;
 
 /// The argument that starts a program in the probe role.
 pub const PROBE_ARG: &str = "__probe";
@@ -90,26 +92,31 @@ impl Probe {
         if let Some(name) = self.lock().get(&hash) {
             return Ok(name.clone());
         }
-        if let Ok(name) = std::fs::read_to_string(&marker) {
-            let name = (!name.is_empty()).then_some(name);
-            self.lock().insert(hash, name.clone());
-            return Ok(name);
+        // A marker is written whole (renamed into place); anything else in it is ignored.
+        if let Ok(verdict) = std::fs::read_to_string(&marker) {
+            if let Some(name) = Answer::parse(&verdict).map(Answer::name) {
+                self.lock().insert(hash, name.clone());
+                return Ok(name);
+            }
         }
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .arg(PROBE_ARG)
             .arg(copy)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                refused(format!(
-                    "the probe program {} could not be started ({e}); install the plughost \
-                     executable there, set host.probe to it, or host.probe = \"off\" to load \
-                     files unchecked",
-                    program.display()
-                ))
-            })?;
+            .stderr(Stdio::piped());
+        // A group of its own, so that whatever the library's constructors start goes with it.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command.spawn().map_err(|e| {
+            refused(format!(
+                "the probe program {} could not be started ({e}); install the plughost \
+                 executable there, set host.probe to it, or host.probe = \"off\" to load \
+                 files unchecked",
+                program.display()
+            ))
+        })?;
         // Drained on threads of their own, so a chatty loader cannot fill a pipe and stall.
         let stdout = child.stdout.take().map(drain);
         let stderr = child.stderr.take().map(drain);
@@ -128,12 +135,20 @@ impl Probe {
                     // Short steps: a probe takes about a millisecond, and a reload waits on it.
                     pause = (pause * 2).min(Duration::from_micros(250));
                 }
-                Err(e) => return Err(refused(format!("waiting for its probe failed: {e}"))),
+                Err(e) => {
+                    kill_group(&child);
+                    return Err(refused(format!("waiting for its probe failed: {e}")));
+                }
             }
         };
-        let said = stderr
-            .and_then(|thread| thread.join().ok())
-            .unwrap_or_default();
+        // Anything the probe left running (a process a constructor started) holds the pipes
+        // open: it goes now, and the pipes are read for a short while at most.
+        kill_group(&child);
+        let read = |pipe: Option<Receiver<String>>| {
+            pipe.and_then(|pipe| pipe.recv_timeout(Duration::from_millis(200)).ok())
+                .unwrap_or_default()
+        };
+        let (answer, said) = (read(stdout), read(stderr));
         let said = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
         let Some(status) = status else {
             return Err(refused(format!(
@@ -142,18 +157,25 @@ impl Probe {
             )));
         };
         if status.success() {
-            // `ok NAME` when the load went through; a refusal is left to the host to find.
-            let name = stdout
-                .and_then(|thread| thread.join().ok())
-                .and_then(|said| {
-                    said.lines()
-                        .find_map(|l| l.strip_prefix("ok ").map(str::to_owned))
-                });
+            let Some(answer) = answer.lines().find_map(Answer::parse) else {
+                return Err(refused(format!(
+                    "the probe program {} did not answer as a plughost probe does; set \
+                     host.probe to the plughost executable (or a program that calls \
+                     plughost::probe_main)",
+                    program.display()
+                )));
+            };
+            let name = answer.clone().name();
             self.lock().insert(hash, name.clone());
             // Best effort: without the marker the next run probes again. The folder is inside
-            // the private shadow folder.
+            // the private shadow folder; the marker is renamed into place whole.
             let _ = std::fs::create_dir(&self.markers);
-            let _ = std::fs::write(&marker, name.as_deref().unwrap_or(""));
+            let temporary = self
+                .markers
+                .join(format!(".probed-{hash:032x}-{}", std::process::id()));
+            if std::fs::write(&temporary, answer.to_string()).is_ok() {
+                let _ = std::fs::rename(&temporary, &marker);
+            }
             return Ok(name);
         }
         let how = match crashed_by(&status) {
@@ -166,7 +188,7 @@ impl Probe {
         Err(refused(if said.is_empty() {
             format!("{how} while being checked")
         } else {
-            format!("{how} while being checked: {said}")
+            format!("{how} while being checked: {}", shown(said))
         }))
     }
 
@@ -176,13 +198,63 @@ impl Probe {
     }
 }
 
-/// Reads a child's pipe to its end (64 KiB at most) on a thread of its own.
-fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+/// Reads a child's pipe to its end (64 KiB at most) on a thread of its own; the text arrives
+/// on the receiver.
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (sender, text) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = (&mut pipe).take(64 * 1024).read_to_end(&mut text);
-        String::from_utf8_lossy(&text).into_owned()
-    })
+        let mut bytes = Vec::new();
+        let _ = (&mut pipe).take(64 * 1024).read_to_end(&mut bytes);
+        let _ = sender.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    text
+}
+
+/// Ends every process left in the probe's group.
+fn kill_group(child: &std::process::Child) {
+    #[cfg(unix)]
+    if let Ok(group) = i32::try_from(child.id()) {
+        // SAFETY: `kill` has no memory-safety preconditions; the group is the probe's own,
+        // created for it (`process_group(0)`), so nothing else is in it.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+    #[cfg(not(unix))]
+    let _ = child;
+}
+
+/// What a probe says on its standard output when it ran to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// `ok NAME`: the library loaded; its plugin is NAME.
+    Loaded(String),
+    /// `refused: ...`: the load ended with a refusal, which the host reproduces itself.
+    Refused,
+}
+
+impl Answer {
+    fn parse(line: &str) -> Option<Answer> {
+        let line = line.trim_end();
+        if let Some(name) = line.strip_prefix("ok ") {
+            return (!name.is_empty()).then(|| Answer::Loaded(name.to_owned()));
+        }
+        line.starts_with("refused").then_some(Answer::Refused)
+    }
+
+    fn name(self) -> Option<String> {
+        match self {
+            Answer::Loaded(name) => Some(name),
+            Answer::Refused => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Loaded(name) => write!(f, "ok {name}"),
+            Answer::Refused => write!(f, "refused"),
+        }
+    }
 }
 
 /// The signal that ended a process, by name.

@@ -123,6 +123,15 @@ impl PluginHandle {
         }
     }
 
+    /// Which version serves now, as a number that differs between versions in service at the
+    /// same time (0: none).
+    pub(crate) fn version_id(&self) -> usize {
+        self.slot
+            .load()
+            .as_ref()
+            .map_or(0, |version| Arc::as_ptr(version) as usize)
+    }
+
     /// The name, shared.
     pub(crate) fn shared_name(&self) -> &Arc<str> {
         self.slot.shared_name()
