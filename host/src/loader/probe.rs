@@ -94,9 +94,8 @@ impl Probe {
         }
         // A marker is written whole (renamed into place); anything else in it is ignored.
         if let Ok(verdict) = std::fs::read_to_string(&marker) {
-            if let Some(name) = Answer::parse(&verdict).map(Answer::name) {
-                self.lock().insert(hash, name.clone());
-                return Ok(name);
+            if let Some(answer) = Answer::parse(&verdict) {
+                return self.remember(hash, answer, file);
             }
         }
         let mut command = Command::new(program);
@@ -165,8 +164,6 @@ impl Probe {
                     program.display()
                 )));
             };
-            let name = answer.clone().name();
-            self.lock().insert(hash, name.clone());
             // Best effort: without the marker the next run probes again. The folder is inside
             // the private shadow folder; the marker is renamed into place whole.
             let _ = std::fs::create_dir(&self.markers);
@@ -176,7 +173,7 @@ impl Probe {
             if std::fs::write(&temporary, answer.to_string()).is_ok() {
                 let _ = std::fs::rename(&temporary, &marker);
             }
-            return Ok(name);
+            return self.remember(hash, answer, file);
         }
         let how = match crashed_by(&status) {
             Some(signal) => format!("the library crashed the loader ({signal})"),
@@ -190,6 +187,28 @@ impl Probe {
         } else {
             format!("{how} while being checked: {}", shown(said))
         }))
+    }
+
+    /// What a clean `answer` for content `hash` means for `file`, remembered for next time.
+    /// The dynamic loader's own refusal stands: its outcome can depend on where the process
+    /// maps things, so the host does not try the same bytes itself.
+    fn remember(
+        &self,
+        hash: u128,
+        answer: Answer,
+        file: &Path,
+    ) -> Result<Option<String>, LoadError> {
+        match answer {
+            Answer::LoaderRefused(message) => Err(LoadError::Open {
+                path: file.to_owned(),
+                source: message.into(),
+            }),
+            answer => {
+                let name = answer.name();
+                self.lock().insert(hash, name.clone());
+                Ok(name)
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Option<String>>> {
@@ -229,6 +248,8 @@ enum Answer {
     Loaded(String),
     /// `refused: ...`: the load ended with a refusal, which the host reproduces itself.
     Refused,
+    /// `loader-refused: MESSAGE`: the dynamic loader refused the library; that stands.
+    LoaderRefused(String),
 }
 
 impl Answer {
@@ -237,13 +258,16 @@ impl Answer {
         if let Some(name) = line.strip_prefix("ok ") {
             return (!name.is_empty()).then(|| Answer::Loaded(name.to_owned()));
         }
+        if let Some(message) = line.strip_prefix("loader-refused: ") {
+            return Some(Answer::LoaderRefused(message.to_owned()));
+        }
         line.starts_with("refused").then_some(Answer::Refused)
     }
 
     fn name(self) -> Option<String> {
         match self {
             Answer::Loaded(name) => Some(name),
-            Answer::Refused => None,
+            Answer::Refused | Answer::LoaderRefused(_) => None,
         }
     }
 }
@@ -253,6 +277,7 @@ impl std::fmt::Display for Answer {
         match self {
             Answer::Loaded(name) => write!(f, "ok {name}"),
             Answer::Refused => write!(f, "refused"),
+            Answer::LoaderRefused(message) => write!(f, "loader-refused: {message}"),
         }
     }
 }
@@ -320,6 +345,10 @@ pub(crate) fn run(copy: &Path) -> ExitCode {
     }
     match super::Library::probe_copy(copy) {
         Ok(name) => println!("ok {name}"),
+        // One line: the loader's message may hold anything.
+        Err(LoadError::Open { source, .. }) => {
+            println!("loader-refused: {}", source.to_string().replace('\n', " "))
+        }
         Err(error) => println!("refused: {error}"),
     }
     ExitCode::SUCCESS
