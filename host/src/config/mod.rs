@@ -77,9 +77,10 @@ pub struct HostSettings {
     pub max_plugins: usize,
     /// `human` or `json` log lines. Default `human`.
     pub log_format: LogFormat,
-    /// How long taking a plugin out of service at shutdown waits for its calls in flight, and
-    /// how long its Shutdown may take, before the host leaves it loaded and goes on (unloading
-    /// code that runs would crash the process). Default 10 s.
+    /// How long a plugin's Shutdown may take, and how long shutting the host down waits, for
+    /// all plugins together, for calls in flight and Shutdowns, before it leaves what still
+    /// runs loaded and goes on (unloading code that runs would crash the process). Default
+    /// 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// How long a plugin's Init may take before the host gives up on it (it is then left

@@ -80,10 +80,10 @@ impl Host {
     }
 
     /// Shuts every plugin down, each before the plugins it requires, otherwise newest first,
-    /// and unloads them; waits for versions still being retired after reloads. Waits for a
-    /// plugin's calls in flight up to `host.shutdown_timeout` (10 s by default); a plugin still
-    /// running after that is logged and left loaded without Shutdown, since unloading code
-    /// that runs would crash the process.
+    /// and unloads them; waits for versions still being retired after reloads. Waits for calls
+    /// in flight and Shutdowns up to `host.shutdown_timeout` (10 s by default) for all plugins
+    /// together (each Shutdown gets a moment even past it); a plugin still running after that
+    /// is logged and left loaded, since unloading code that runs would crash the process.
     pub fn shutdown(&self) {
         self.shared
             .closing
@@ -108,9 +108,16 @@ impl Host {
                 .collect();
             (versions, std::mem::take(&mut lifecycle.retiring))
         };
-        // One at a time: a later plugin may still be using an earlier one.
+        // One at a time: a later plugin may still be using an earlier one. One deadline for
+        // them all, so that many stuck plugins do not add up; each still gets a moment for its
+        // Shutdown, past it.
+        let deadline = Instant::now() + timeout;
         for version in versions {
-            match retire_within(version, Some(timeout)) {
+            // Whole milliseconds (rounded up), for the messages that name it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = Duration::from_millis(left.as_nanos().div_ceil(1_000_000) as u64)
+                .max(Duration::from_millis(100));
+            match retire_within_limits(version, Some(left), left) {
                 Ok((old, retired)) => report_unload(old, &retired, &self.shared),
                 Err((old, version)) => {
                     error!(
@@ -231,6 +238,16 @@ fn retire_within(
     version: Arc<RunningPlugin>,
     limit: Option<Duration>,
 ) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
+    let shutdown = version.shutdown_limit();
+    retire_within_limits(version, limit, shutdown)
+}
+
+/// [`retire_within`], giving Shutdown `shutdown`.
+fn retire_within_limits(
+    version: Arc<RunningPlugin>,
+    limit: Option<Duration>,
+    shutdown: Duration,
+) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
     let info = version.library().info();
     let old = OldVersion {
         name: info.name.clone(),
@@ -266,7 +283,7 @@ fn retire_within(
             }
         }
     };
-    Ok((old, running.retire()))
+    Ok((old, running.retire_within(shutdown)))
 }
 
 /// [`retire_now`] on a thread of its own, then `report`.

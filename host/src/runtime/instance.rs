@@ -163,11 +163,17 @@ impl RunningPlugin {
         Ok((!bytes.is_empty()).then_some(bytes))
     }
 
+    /// How long its Shutdown may take.
+    pub(crate) fn shutdown_limit(&self) -> Duration {
+        self.limits.shutdown
+    }
+
     /// Shuts the instance down, closes the library, deletes its shadow copy and checks whether
     /// it left the address space. The instance is freed whatever Shutdown says. A version with
     /// plugin code still running ([`PluginLibrary::mark_stuck`]), or whose Shutdown does not
-    /// return within its limit, is left loaded instead.
-    pub(crate) fn retire(mut self) -> Retired {
+    /// return within `limit`, is left loaded instead.
+    pub(crate) fn retire_within(mut self, limit: Duration) -> Retired {
+        self.limits.shutdown = limit;
         let shutdown = self.shutdown_instance();
         let library = self.library.take().expect("retired once");
         let shadow = library.shadow_path().to_owned();
