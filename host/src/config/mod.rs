@@ -94,7 +94,8 @@ pub struct HostSettings {
     /// Whether, and with which program, bytes the host has not seen load are first loaded in a
     /// short-lived probe process, so that a damaged library crashes the probe instead of the
     /// host: `"auto"` (default: the `plughost` executable beside this program, or on `PATH`),
-    /// `"off"` (load files unchecked, for those who trust them), or the probe program's path.
+    /// `"off"` (load files unchecked, for those who trust them), or the probe program: a path
+    /// (relative ones from the file's folder) or a bare name looked up on `PATH`.
     pub probe: ProbeSetting,
     /// How long a probe may take. Default 10 s.
     #[serde(with = "humantime_serde")]

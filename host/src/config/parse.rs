@@ -102,6 +102,13 @@ pub(super) fn read(
     let base = path.parent().unwrap_or(Path::new(""));
     host.plugins_dir = base.join(&host.plugins_dir);
     host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
+    if let super::ProbeSetting::Program(program) = &mut host.probe {
+        // A path with a folder in it is taken from the file's folder; a bare name is looked up
+        // on PATH, as a shell would.
+        if program.components().count() > 1 {
+            *program = base.join(&*program);
+        }
+    }
     Ok(HostConfig {
         file: Some(path.to_owned()),
         file_host: host.clone(),
@@ -530,5 +537,30 @@ config = { mode = "lower", nested = { list = [1, 2] } }
             });
             assert!(outcome.is_ok(), "round {round}: reading {text:?} panicked");
         }
+    }
+
+    #[test]
+    fn a_probe_program_path_is_taken_from_the_files_folder() {
+        let read = |text: &str| {
+            HostConfig::parse(Path::new("/etc/plughost/plughost.toml"), text)
+                .unwrap()
+                .host
+                .probe
+        };
+        use crate::config::ProbeSetting;
+        assert_eq!(read(""), ProbeSetting::Auto);
+        assert_eq!(read("[host]\nprobe = \"off\"\n"), ProbeSetting::Off);
+        assert_eq!(
+            read("[host]\nprobe = \"bin/plughost\"\n"),
+            ProbeSetting::Program(PathBuf::from("/etc/plughost/bin/plughost"))
+        );
+        assert_eq!(
+            read("[host]\nprobe = \"/usr/bin/plughost\"\n"),
+            ProbeSetting::Program(PathBuf::from("/usr/bin/plughost"))
+        );
+        assert_eq!(
+            read("[host]\nprobe = \"plughost\"\n"),
+            ProbeSetting::Program(PathBuf::from("plughost"))
+        );
     }
 }
