@@ -154,6 +154,15 @@ fn main() -> ExitCode {
         .as_ref()
         .map_or(LogFormat::Human, |c| c.host.log_format);
     init_logging(matches!(cli.command, Command::Run { .. }), format);
+    // New files are probed by this very program, whatever it is called and wherever it is.
+    let config = config.map(|mut config| {
+        if config.host.probe == plughost::ProbeSetting::Auto {
+            if let Ok(program) = std::env::current_exe() {
+                config.host.probe = plughost::ProbeSetting::Program(program);
+            }
+        }
+        config
+    });
     let outcome = config
         .map_err(anyhow::Error::from)
         .and_then(|config| dispatch(cli.command, config, cli.config.as_deref()));

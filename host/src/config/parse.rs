@@ -99,6 +99,30 @@ pub(super) fn read(
             located(span, message)
         })?;
     let mut host = raw.host;
+    // Values that parse but cannot work: every call would be "stuck", every load refused.
+    let unworkable = [
+        (
+            "init_timeout",
+            host.init_timeout.is_zero(),
+            "must be longer than 0",
+        ),
+        (
+            "check_timeout",
+            host.check_timeout.is_zero(),
+            "must be longer than 0",
+        ),
+        (
+            "probe_timeout",
+            host.probe_timeout.is_zero(),
+            "must be longer than 0",
+        ),
+        ("max_pinned", host.max_pinned == 0, "must be at least 1"),
+    ];
+    if let Some((key, _, rule)) = unworkable.iter().find(|(_, bad, _)| *bad) {
+        let keys = ["host".to_owned(), (*key).to_owned()];
+        let span = spans.get(&keys[..]).map(|s| s.value.clone());
+        return Err(located(span, format!("host.{key}: {rule}")));
+    }
     let base = path.parent().unwrap_or(Path::new(""));
     host.plugins_dir = base.join(&host.plugins_dir);
     host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
@@ -562,5 +586,21 @@ config = { mode = "lower", nested = { list = [1, 2] } }
             read("[host]\nprobe = \"plughost\"\n"),
             ProbeSetting::Program(PathBuf::from("plughost"))
         );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_at_their_place() {
+        for (text, expected) in [
+            (
+                "[host]\ninit_timeout = \"0s\"\n",
+                "plughost.toml:2:16: host.init_timeout: must be longer than 0",
+            ),
+            (
+                "[host]\nmax_pinned = 0\n",
+                "plughost.toml:2:14: host.max_pinned: must be at least 1",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err(), expected);
+        }
     }
 }

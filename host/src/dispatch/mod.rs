@@ -258,8 +258,10 @@ impl Dispatcher {
             let spawned = std::thread::Builder::new()
                 .name("plughost-health".into())
                 .spawn(move || {
-                    let _ = answer.send(handle.health());
+                    let health = handle.health();
+                    // Done before the answer is out: the next check must not find it running.
                     lock(&checking).remove(&running);
+                    let _ = answer.send(health);
                 });
             match spawned {
                 Err(e) => {

@@ -74,11 +74,22 @@ impl Host {
                 continue;
             };
             let config = config_for(library.info());
+            let (file, hash) = (library.file().to_owned(), library.content_hash());
             match self.install(lifecycle, library, config.as_deref(), Instant::now()) {
                 Ok(slot) => report
                     .loaded
                     .extend(slot.current().map(|v| v.library().info().clone())),
-                Err(error) => refuse(lifecycle, error),
+                Err(error) => {
+                    if let LoadError::Init {
+                        cause: CallError::Stuck { .. },
+                        ..
+                    } = &error
+                    {
+                        // Left loaded: the same content is not tried again on its next event.
+                        lifecycle.refused.insert(file, hash);
+                    }
+                    refuse(lifecycle, error)
+                }
             }
         }
     }

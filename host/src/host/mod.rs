@@ -188,6 +188,13 @@ impl Host {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether shutting down has begun.
+    fn is_closing(&self) -> bool {
+        self.shared
+            .closing
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The plugins folder.
     pub fn plugins_dir(&self) -> &Path {
         &self.plugins_dir

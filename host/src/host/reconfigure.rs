@@ -25,6 +25,13 @@ impl Host {
     /// plugin requires it. The choice stands through edits of the configuration file until an
     /// edit changes this plugin's `enabled`.
     pub fn disable(&self, name: &str) -> Result<(), ConfigError> {
+        if self.is_closing() {
+            return Err(refusal(
+                &self.config(),
+                name,
+                "the host is shutting down".into(),
+            ));
+        }
         let version = {
             let mut lifecycle = self.lifecycle();
             let dependents = self.dependents_of(name);
@@ -65,6 +72,13 @@ impl Host {
     /// [`disable`](Self::disable), the choice stands through edits of the file that leave this
     /// plugin's `enabled` as it was.
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
+        if self.is_closing() {
+            return Err(refusal(
+                &self.config(),
+                name,
+                "the host is shutting down".into(),
+            ));
+        }
         let mut lifecycle = self.lifecycle();
         let before = (
             lifecycle.config.plugin(name).enabled,
@@ -124,13 +138,20 @@ impl Host {
             if loaded.contains(&file) {
                 continue;
             }
-            if let Ok(library) = self.open(&file) {
-                lifecycle
-                    .known
-                    .insert(library.info().name.clone(), file.clone());
-                if library.info().name == name {
-                    return Ok(library);
+            // Only `name`'s library is opened here (when its probe tells names).
+            match self.open_wanted(&file, &|found| found == name) {
+                Ok(library) => {
+                    lifecycle
+                        .known
+                        .insert(library.info().name.clone(), file.clone());
+                    if library.info().name == name {
+                        return Ok(library);
+                    }
                 }
+                Err(LoadError::Unwanted { name: other, .. }) => {
+                    lifecycle.known.insert(other, file.clone());
+                }
+                Err(_) => {}
             }
         }
         Err(HostError::NoSuchPlugin {
@@ -145,6 +166,9 @@ impl Host {
     /// refused, is logged and announced, and the running state stays. This is what the
     /// watcher calls when the file changes.
     pub fn reload_config(&self) {
+        if self.is_closing() {
+            return;
+        }
         let Some(file) = self.lifecycle().config.file.clone() else {
             return;
         };
@@ -168,6 +192,9 @@ impl Host {
     /// refused by the plugin (its Init included), or a running plugin would lose what it
     /// requires, nothing changes. Returns the plugins changed.
     pub fn reconfigure(&self, mut new: HostConfig) -> Result<Vec<String>, ConfigError> {
+        if self.is_closing() {
+            return Err(refusal(&new, "", "the host is shutting down".into()));
+        }
         let mut lifecycle = self.lifecycle();
         // Folders, watching and logging were set up at start (possibly by command-line
         // flags, which the file does not know about): they stay.
@@ -178,6 +205,8 @@ impl Host {
         new.host.watch = running_host.watch;
         new.host.debounce = running_host.debounce;
         new.host.log_format = running_host.log_format;
+        new.host.probe = running_host.probe.clone();
+        new.host.probe_timeout = running_host.probe_timeout;
         let switched = lifecycle.keep_switches(&mut new);
         let new = new;
 
@@ -455,6 +484,12 @@ fn warn_restart_only(a: &HostSettings, b: &HostSettings) {
     }
     if a.log_format != b.log_format {
         changed.push("log_format");
+    }
+    if a.probe != b.probe {
+        changed.push("probe");
+    }
+    if a.probe_timeout != b.probe_timeout {
+        changed.push("probe_timeout");
     }
     if !changed.is_empty() {
         warn!(

@@ -113,28 +113,23 @@ impl Host {
         // Shutdown, past it.
         let deadline = Instant::now() + timeout;
         for version in versions {
-            // Whole milliseconds (rounded up), for the messages that name it.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let left = Duration::from_millis(left.as_nanos().div_ceil(1_000_000) as u64)
-                .max(Duration::from_millis(100));
-            match retire_within_limits(version, Some(left), left) {
+            match retire_by(version, deadline) {
                 Ok((old, retired)) => report_unload(old, &retired, &self.shared),
                 Err((old, version)) => {
                     error!(
-                        "{} {} still has calls running {} s after shutdown began; left loaded \
+                        "{} {} still has calls running {} after shutdown began; left loaded \
                          without Shutdown (unloading code that runs would crash)",
                         old.name,
                         old.version,
-                        timeout.as_secs()
+                        humantime::format_duration(timeout)
                     );
                     // Never dropped: dropping would shut it down under the running calls.
                     std::mem::forget(version);
                 }
             }
         }
-        // Old versions still retiring after reloads: wait for them within the same bound; a
+        // Old versions still retiring after reloads: wait for them within the same deadline; a
         // thread still waiting on a stuck call is left to finish on its own.
-        let deadline = Instant::now() + timeout;
         for thread in threads {
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
@@ -214,7 +209,8 @@ pub(super) fn describe_unload(
     subject: &str,
 ) -> String {
     match retired.unload {
-        UnloadStatus::StillMapped => format!(
+        // Either way its copy stays in memory, and counts toward `max_pinned`.
+        UnloadStatus::StillMapped | UnloadStatus::LeftLoaded => format!(
             "{}; {} closed version(s) still mapped in all",
             retired.unload.describe(subject),
             shared.still_mapped(Some((name.to_owned(), retired.shadow.clone())))
@@ -239,14 +235,33 @@ fn retire_within(
     limit: Option<Duration>,
 ) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
     let shutdown = version.shutdown_limit();
-    retire_within_limits(version, limit, shutdown)
+    retire_within_limits(version, limit, Shutdown::Within(shutdown))
+}
+
+/// [`retire_within`] by `deadline`: for the calls in flight, then for Shutdown (which gets a
+/// moment even past it).
+fn retire_by(
+    version: Arc<RunningPlugin>,
+    deadline: Instant,
+) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    retire_within_limits(version, Some(left), Shutdown::By(deadline))
+}
+
+/// How long Shutdown may take.
+#[derive(Clone, Copy)]
+enum Shutdown {
+    /// This long.
+    Within(Duration),
+    /// Until then, and a moment at least.
+    By(Instant),
 }
 
 /// [`retire_within`], giving Shutdown `shutdown`.
 fn retire_within_limits(
     version: Arc<RunningPlugin>,
     limit: Option<Duration>,
-    shutdown: Duration,
+    shutdown: Shutdown,
 ) -> Result<(OldVersion, Retired), (OldVersion, Arc<RunningPlugin>)> {
     let info = version.library().info();
     let old = OldVersion {
@@ -281,6 +296,15 @@ fn retire_within_limits(
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
+        }
+    };
+    let shutdown = match shutdown {
+        Shutdown::Within(limit) => limit,
+        Shutdown::By(deadline) => {
+            // Whole milliseconds (rounded up), for the messages that name it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            Duration::from_millis(left.as_nanos().div_ceil(1_000_000) as u64)
+                .max(Duration::from_millis(100))
         }
     };
     Ok((old, running.retire_within(shutdown)))

@@ -156,7 +156,8 @@ impl Probe {
             )));
         };
         if status.success() {
-            let Some(answer) = answer.lines().find_map(Answer::parse) else {
+            // The probe's own answer is its last line (a constructor may print before it).
+            let Some(answer) = answer.lines().rev().find_map(Answer::parse) else {
                 return Err(refused(format!(
                     "the probe program {} did not answer as a plughost probe does; set \
                      host.probe to the plughost executable (or a program that calls \
@@ -165,21 +166,32 @@ impl Probe {
                 )));
             };
             // Best effort: without the marker the next run probes again. The folder is inside
-            // the private shadow folder; the marker is renamed into place whole.
-            let _ = std::fs::create_dir(&self.markers);
-            let temporary = self
-                .markers
-                .join(format!(".probed-{hash:032x}-{}", std::process::id()));
-            if std::fs::write(&temporary, answer.to_string()).is_ok() {
-                let _ = std::fs::rename(&temporary, &marker);
+            // the private shadow folder; the marker is renamed into place whole. The loader's
+            // refusal is not kept across runs: it may depend on the machine (a library it
+            // needs, installed later), not only on the bytes.
+            if !matches!(answer, Answer::LoaderRefused(_)) {
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = std::fs::create_dir(&self.markers);
+                let temporary = self
+                    .markers
+                    .join(format!(".probed-{hash:032x}-{}-{n}", std::process::id()));
+                if std::fs::write(&temporary, answer.to_string()).is_ok() {
+                    let _ = std::fs::rename(&temporary, &marker);
+                }
             }
             return self.remember(hash, answer, file);
         }
         let how = match crashed_by(&status) {
             Some(signal) => format!("the library crashed the loader ({signal})"),
             None => match status.code() {
-                Some(code) => format!("the loader gave up on it (exit code {code})"),
-                None => "the loader gave up on it".to_owned(),
+                // `ld.so`'s own exit ("Inconsistency detected by ld.so").
+                Some(127) => "the loader gave up on it (exit code 127)".to_owned(),
+                Some(code) => format!(
+                    "the probe program {} exited with code {code}",
+                    program.display()
+                ),
+                None => "the probe ended without an exit code".to_owned(),
             },
         };
         Err(refused(if said.is_empty() {

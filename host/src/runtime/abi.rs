@@ -123,28 +123,38 @@ pub(crate) fn on_own_thread<R: Send + 'static>(
 ) -> Option<R> {
     let deadline = Instant::now() + limit;
     let (sender, answer) = std::sync::mpsc::sync_channel(1);
-    let thread = std::thread::Builder::new()
+    let (ended, thread_end) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
         .name("plughost-plugin".into())
         .spawn(move || {
+            // Registered before any plugin code runs, so destroyed after every thread-local the
+            // plugin registers: its message says the plugin's destructors have all run.
+            THREAD_END.with(|end| *end.borrow_mut() = Some(ThreadEnd(ended)));
             let _ = sender.send(plugin_code());
         })
         .expect("spawn a thread for plugin code");
-    let result = answer
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .ok()?;
-    // The thread-local destructors run as the thread ends: wait for that too, within the same
-    // bound, before anyone may close the library.
-    let mut pause = Duration::from_micros(10);
-    while !thread.is_finished() {
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(1));
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let result = answer.recv_timeout(left()).ok()?;
+    // The thread-local destructors run as the thread ends: wait for them too, within the same
+    // bound, before anyone may close the library. (A destructor that never returns leaves the
+    // thread running; the caller then treats the library as stuck.)
+    match thread_end.recv_timeout(left()) {
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(result),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
     }
-    // Only plugin entry points ran there, and they catch their own panics.
-    let _ = thread.join();
-    Some(result)
+}
+
+/// Says, when dropped as its thread ends, that the thread's other thread-locals are gone.
+struct ThreadEnd(std::sync::mpsc::SyncSender<()>);
+
+impl Drop for ThreadEnd {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+thread_local! {
+    static THREAD_END: std::cell::RefCell<Option<ThreadEnd>> = const { std::cell::RefCell::new(None) };
 }
 
 #[cfg(test)]
