@@ -50,8 +50,11 @@ impl Setup {
     fn config(&self, text: &str) -> HostConfig {
         let path = self.write_config(text);
         let mut config = HostConfig::load(&path).unwrap();
-        config.host.plugins_dir = self.dir.path().to_owned();
-        config.host.shadow_dir = Some(self.dir.shadow().to_owned());
+        // The folders and the probe program of the test's own folder.
+        let own = self.dir.config();
+        config.host.plugins_dir = own.host.plugins_dir;
+        config.host.shadow_dir = own.host.shadow_dir;
+        config.host.probe = own.host.probe;
         config
     }
 
@@ -625,8 +628,10 @@ fn secrets_never_appear_in_logs_or_cli_output() {
     // Init failures quoting it, through the library.
     setup.write_config(&format!("{STORAGE}token = \"bad-{SECRET}\"\n"));
     let mut config = HostConfig::load(&setup.config_path()).unwrap();
-    config.host.plugins_dir = setup.dir.path().to_owned();
-    config.host.shadow_dir = Some(setup.dir.shadow().to_owned());
+    let own = setup.dir.config();
+    config.host.plugins_dir = own.host.plugins_dir;
+    config.host.shadow_dir = own.host.shadow_dir;
+    config.host.probe = own.host.probe;
     let host = Host::new(config).unwrap();
     let report = host.load_all().unwrap();
     let messages: Vec<String> = report.refused.iter().map(LoadError::to_string).collect();
