@@ -37,6 +37,9 @@ pub(crate) struct Probe {
     markers: PathBuf,
     /// Content hashes known to load without harm, with the plugin's name where known.
     clean: Mutex<HashMap<u128, Option<String>>>,
+    /// Content hashes that crashed their probe, with the reason: not probed again by this
+    /// host (a file's every event would otherwise crash another probe).
+    crashed: Mutex<HashMap<u128, String>>,
 }
 
 /// Which program probes, if any.
@@ -58,6 +61,7 @@ impl Probe {
             timeout,
             markers,
             clean: Mutex::default(),
+            crashed: Mutex::default(),
         }
     }
 
@@ -89,6 +93,14 @@ impl Probe {
             }
         };
         let marker = self.markers.join(format!("probed-{hash:032x}"));
+        if let Some(reason) = self
+            .crashed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
+            return Err(refused(reason.clone()));
+        }
         if let Some(name) = self.lock().get(&hash) {
             return Ok(name.clone());
         }
@@ -194,11 +206,18 @@ impl Probe {
                 None => "the probe ended without an exit code".to_owned(),
             },
         };
-        Err(refused(if said.is_empty() {
+        let reason = if said.is_empty() {
             format!("{how} while being checked")
         } else {
             format!("{how} while being checked: {}", shown(said))
-        }))
+        };
+        if crashed_by(&status).is_some() || status.code() == Some(127) {
+            self.crashed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(hash, reason.clone());
+        }
+        Err(refused(reason))
     }
 
     /// What a clean `answer` for content `hash` means for `file`, remembered for next time.
