@@ -28,11 +28,6 @@ impl Host {
         // Read before taking the lock: loads, unloads and edits never wait on a slow disk, and
         // whatever the path holds (a named pipe, a device) is refused without blocking.
         let bytes = loader::read(path);
-        // New content is probed before the lock too (up to `probe_timeout`); the load under
-        // the lock then finds the verdict.
-        if let Ok(bytes) = &bytes {
-            loader::Library::probe_ahead(path, bytes, &self.shadow, &self.probe);
-        }
         let mut lifecycle = self.lifecycle();
         if lifecycle.closed {
             return;

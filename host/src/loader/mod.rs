@@ -114,17 +114,6 @@ impl Library {
         })
     }
 
-    /// Probes `bytes`, the content of `path`, ahead of opening them (which then finds the
-    /// verdict cached): the same preflight, a private copy, the probe, nothing loaded here.
-    /// Errors are left for the open to report.
-    pub(crate) fn probe_ahead(path: &Path, bytes: &[u8], shadow: &ShadowDir, probe: &Probe) {
-        let _ = guarded(path, || {
-            preflight::check_bytes(path, bytes)?;
-            let copy = shadow.write(path, bytes)?;
-            probe.check(path, copy.path(), content_hash(bytes))
-        });
-    }
-
     /// What a probe process does with the copy `copy`: load and validate it as
     /// [`open_bytes`](Self::open_bytes) would, then close it. The file is left in place: it
     /// belongs to the host that asked.
