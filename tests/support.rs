@@ -3,9 +3,10 @@
 //! shadow folders.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -255,4 +256,67 @@ pub fn terminate(child: &Child) {
     let pid = i32::try_from(child.id()).expect("pid fits in i32");
     // SAFETY: `kill` has no memory-safety preconditions; the pid is our own child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill failed");
+}
+
+// Helpers for tests that watch `plughost` run: its log lines as they come, its exit within a
+// bound, and the files it is given.
+
+/// The lines a child writes to stderr, as they come.
+pub fn lines_of(child: &mut Child) -> Receiver<String> {
+    let (sender, lines) = channel();
+    let stderr = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Waits up to `within` for a line containing `needle`; panics with what was seen.
+pub fn wait_line(lines: &Receiver<String>, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(needle) {
+            return line;
+        }
+        seen.push(line);
+    }
+    panic!(
+        "no line with {needle:?} within {within:?}; saw:\n{}",
+        seen.join("\n")
+    );
+}
+
+/// Waits up to `within` for the child to end (killing it if it does not, and failing).
+pub fn exits_within(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("still running {within:?} later");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes a named pipe at `path`.
+pub fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid, NUL-terminated path; `mkfifo` has no other precondition.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// A `plughost.toml` in its own folder with `text`.
+pub fn settings(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plughost.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
 }

@@ -175,11 +175,7 @@ impl Host {
                             }
                         }));
                         if let Err(payload) = handled {
-                            let message = payload
-                                .downcast_ref::<&str>()
-                                .map(|s| (*s).to_owned())
-                                .or_else(|| payload.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
+                            let message = crate::loader::panic_message(payload.as_ref());
                             // Only the host's own code runs here (plugins catch their own
                             // panics), so its payload can be dropped.
                             drop(payload);

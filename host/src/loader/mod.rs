@@ -338,7 +338,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 }
 
 /// What a path that is not a regular file is, for messages.
-pub(crate) fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
     let kind = metadata.file_type();
     if kind.is_dir() {
         return "a folder";
@@ -374,7 +374,7 @@ fn guarded<T>(path: &Path, check: impl FnOnce() -> Result<T, LoadError>) -> Resu
 }
 
 /// The text of a panic's payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {
