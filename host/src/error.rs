@@ -187,6 +187,15 @@ pub enum LoadError {
         #[source]
         cause: CallError,
     },
+    /// The plugin is to run in a worker process, and the worker could not load it, or no
+    /// worker could be started.
+    #[error("{}: cannot run it in a worker process: {reason}", shown_path(path))]
+    Worker {
+        /// The file.
+        path: PathBuf,
+        /// Why, in the worker's words where it gave any (they may name the file again).
+        reason: String,
+    },
     /// The host has shut down: nothing starts any more.
     #[error(
         "{}: plugin {name} not started: the host has shut down",
@@ -331,6 +340,7 @@ impl LoadError {
             | LoadError::DuplicateName { path, .. }
             | LoadError::Init { path, .. }
             | LoadError::HostClosed { path, .. }
+            | LoadError::Worker { path, .. }
             | LoadError::Config { path, .. }
             | LoadError::ConfigRefused { path, .. }
             | LoadError::MissingDependency { path, .. }
@@ -422,6 +432,9 @@ fn init_failure(cause: &CallError) -> String {
             "did not return from {entry} within {}; left loaded, not serving",
             humantime::format_duration(*limit)
         ),
+        CallError::Crashed { cause, during, .. } => {
+            format!("its worker process crashed {during}: {cause}")
+        }
         other => format!("failed to initialise: {other}"),
     }
 }
@@ -515,6 +528,58 @@ pub enum CallError {
     NotFound {
         /// The name asked for.
         plugin: String,
+    },
+    /// The worker process of an isolated plugin died before the call was answered: a crash,
+    /// an abort, an exit, a limit hit, or the host killing it for a call it gave up on. The
+    /// worker is restarted.
+    #[error("{plugin} crashed: {cause}{}{during}", if during.is_empty() { "" } else { " " })]
+    Crashed {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The cause in words: "segmentation fault (SIGSEGV)", "memory limit 64 MiB exceeded".
+        cause: String,
+        /// What it was doing: "during execute", "during init".
+        during: &'static str,
+    },
+    /// The isolated plugin's worker is being restarted after a crash, and the call had no
+    /// deadline to wait within (or it passed).
+    #[error("plugin {plugin} is restarting after a crash ({cause}); try again shortly")]
+    Restarting {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The crash.
+        cause: String,
+    },
+    /// The isolated plugin crashed too often and is not restarted until its file changes or
+    /// it is enabled again.
+    #[error(
+        "plugin {plugin} failed: it crashed {crashes} times within {}, last: {cause}; not \
+         restarted until its file changes or it is enabled again",
+        humantime::format_duration(*window)
+    )]
+    GaveUp {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// Crashes counted.
+        crashes: usize,
+        /// Within this long.
+        window: std::time::Duration,
+        /// The last crash.
+        cause: String,
+    },
+    /// The input is larger than an isolated plugin accepts.
+    #[error(
+        "plugin {plugin}: an input of {size} bytes is more than the {} MiB an isolated plugin \
+         accepts",
+        limit >> 20
+    )]
+    TooLarge {
+        /// The plugin.
+        plugin: Arc<str>,
+        /// The input's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The plugin this handle calls was unloaded (its file was deleted, or the host shut
     /// down); calls work again if a plugin of that name is loaded again.

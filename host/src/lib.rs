@@ -11,7 +11,8 @@
 //!
 //! - [`HostConfig`]: the settings, from `plughost.toml` ([`HostConfig::load`]) or built in code
 //!   ([`HostConfig::with_plugins_dir`]): where plugins live, which are enabled, each one's
-//!   configuration, priority and call timeout.
+//!   configuration, priority, call timeout, and whether it runs in a worker process of its
+//!   own ([`Isolation`]).
 //! - [`Host`]: owns every plugin. [`Host::load_all`] starts everything in the plugins folder
 //!   in dependency order; [`Host::load`] starts one plugin of the folder by name, the plugins
 //!   it requires first; [`Host::load_file`] starts one library file from anywhere;
@@ -49,7 +50,7 @@
 //!
 //! The modules are private; each is one noun of the data path, and every edge between them
 //! points one way (`dispatch` uses `host` and `runtime`; `host` uses every other module;
-//! `runtime` uses `loader`; nothing uses `dispatch`):
+//! `runtime` uses `loader`, and `config` for isolation settings; nothing uses `dispatch`):
 //!
 //! 1. `loader`: a file becomes a validated library in memory: found, read once, checked
 //!    before any loader sees it (preflight), copied to a private shadow path, `dlopen`ed,
@@ -57,7 +58,8 @@
 //! 2. `config`: `plughost.toml`, the schema check of a plugin's config, and edits of the file;
 //! 3. `dependencies`: the rules about requirements between plugins, start and stop order;
 //! 4. `runtime`: the FFI call boundary after loading: running instances, the registry of
-//!    names, handles, the callbacks plugins call back through;
+//!    names, handles, the callbacks plugins call back through, and isolation: a library run in
+//!    a worker process of its own (`runtime/worker`, Linux), called through shared memory;
 //! 5. `host`: the lifecycle that uses them all: admit, sync with the folder, retire,
 //!    reconfigure, watch;
 //! 6. `dispatch`: the guarded async path over handles.
@@ -80,7 +82,8 @@ mod plugin_info;
 mod runtime;
 
 pub use config::{
-    ConfigError, HostConfig, HostSettings, Location, LogFormat, PluginSettings, ProbeSetting,
+    ByteSize, ConfigError, CpuLimit, HostConfig, HostSettings, Isolation, Location, LogFormat,
+    PluginSettings, ProbeSetting,
 };
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
@@ -92,10 +95,10 @@ pub use loader::residency::UnloadStatus;
 pub use plugin_info::{ConfigKey, PluginInfo, Requirement};
 pub use runtime::{PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
 
-/// Serves the probe role if this process was started as one (`PROGRAM __probe FILE`) and
-/// returns its exit code; otherwise `None`. The `plughost` executable calls it first thing;
-/// a program of your own that should serve as the probe program (host setting `probe`) must
-/// do the same:
+/// Serves the probe or the worker role if this process was started as one (`PROGRAM __probe
+/// FILE`, `PROGRAM __worker ...`) and returns its exit code; otherwise `None`. The `plughost`
+/// executable calls it first thing; a program of your own that should serve as the probe and
+/// worker program (host setting `probe`) must do the same:
 ///
 /// ```no_run
 /// fn main() -> std::process::ExitCode {
@@ -108,11 +111,17 @@ pub use runtime::{PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
 /// ```
 pub fn probe_main() -> Option<std::process::ExitCode> {
     let mut args = std::env::args_os().skip(1);
-    if args.next()? != loader::probe::PROBE_ARG {
-        return None;
+    let role = args.next()?;
+    if role == loader::probe::PROBE_ARG {
+        let copy = std::path::PathBuf::from(args.next()?);
+        return Some(loader::probe::run(&copy));
     }
-    let copy = std::path::PathBuf::from(args.next()?);
-    Some(loader::probe::run(&copy))
+    #[cfg(target_os = "linux")]
+    if role == runtime::WORKER_ARG {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        return Some(runtime::serve_worker(&rest));
+    }
+    None
 }
 
 /// The plugin-api version this host speaks. A plugin built against plugin-api `X.Y.Z` is

@@ -4,10 +4,10 @@
 
 #![forbid(unsafe_code)]
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Who a plugin is and what it accepts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginInfo {
     /// Unique name.
     pub name: String,
@@ -32,7 +32,7 @@ pub struct PluginInfo {
 }
 
 /// A plugin this one requires, at a range of versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirement {
     /// The required plugin's name.
     pub name: String,
@@ -62,6 +62,55 @@ pub struct ConfigKey {
     pub default: Option<String>,
     /// What it means.
     pub description: String,
+}
+
+/// A [`ConfigKey`] as text (from a worker's description of its plugin), its type a name
+/// still to be matched with the contract's.
+#[derive(Deserialize)]
+struct ConfigKeyText {
+    key: String,
+    #[serde(rename = "type")]
+    ty: String,
+    required: bool,
+    sensitive: bool,
+    default: Option<String>,
+    description: String,
+}
+
+impl<'de> Deserialize<'de> for ConfigKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ConfigKeyText::deserialize(d)?
+            .try_into()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<ConfigKeyText> for ConfigKey {
+    type Error = String;
+    fn try_from(text: ConfigKeyText) -> Result<Self, String> {
+        use plugin_api::ConfigType;
+        let ty = [
+            ConfigType::String,
+            ConfigType::Integer,
+            ConfigType::Float,
+            ConfigType::Bool,
+            ConfigType::Array,
+            ConfigType::Object,
+            ConfigType::Any,
+        ]
+        .into_iter()
+        .map(ConfigType::as_str)
+        .find(|known| *known == text.ty)
+        .ok_or_else(|| format!("unknown config type {:?}", text.ty))?;
+        Ok(ConfigKey {
+            key: text.key,
+            ty,
+            required: text.required,
+            sensitive: text.sensitive,
+            default: text.default,
+            description: text.description,
+        })
+    }
 }
 
 /// Whether `c` would hide in, or reorder, the text of a message or listing that shows it:

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use plughost::{CallError, CallPolicy, Dispatcher, Host, HostConfig, HostError};
+use plughost::{CallError, CallPolicy, Dispatcher, Host, HostConfig, HostError, Isolation};
 
 pub(crate) fn exec(
     name: &str,
@@ -15,8 +15,12 @@ pub(crate) fn exec(
     init: Option<&str>,
     timeout: Option<Duration>,
     verbose: bool,
-    config: HostConfig,
+    isolated: bool,
+    mut config: HostConfig,
 ) -> anyhow::Result<ExitCode> {
+    if isolated {
+        config.plugins.entry(name.to_owned()).or_default().isolation = Some(Isolation::Process);
+    }
     if let Some(init) = init {
         if let Err(e) = serde_json::from_str::<serde_json::Value>(init) {
             bail!("--init is not valid JSON: {e}");

@@ -10,7 +10,7 @@ use crate::table;
 pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
     let host = Host::new(config)?;
     let settings = host.config();
-    let mut rows = vec![["NAME", "VERSION", "API", "FILE", "STATUS"].map(str::to_owned)];
+    let mut rows = vec![["NAME", "VERSION", "API", "MODE", "FILE", "STATUS"].map(str::to_owned)];
     let mut names: Vec<(String, PathBuf)> = Vec::new();
     for path in host.discover()? {
         rows.push(match host.open(&path) {
@@ -30,11 +30,13 @@ pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
                     info.name.clone(),
                     info.version.to_string(),
                     info.api_version.to_string(),
+                    mode(library.is_isolated()),
                     table::file_name(library.file()),
                     status,
                 ]
             }
             Err(error) => [
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -49,4 +51,9 @@ pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
     }
     table::print(&rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a plugin runs, as the settings' `isolation` says it.
+fn mode(isolated: bool) -> String {
+    if isolated { "process" } else { "in-process" }.to_owned()
 }

@@ -87,6 +87,10 @@ enum Command {
         /// Print where the time went (load, init, execute, shutdown) to stderr.
         #[arg(long, short)]
         verbose: bool,
+        /// Run the plugin in a worker process of its own, as `isolation = "process"` would
+        /// (Linux): a crash or a hang costs the call, not this command.
+        #[arg(long)]
+        isolated: bool,
         #[command(flatten)]
         dir: DirArgs,
     },
@@ -240,6 +244,7 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             init,
             timeout,
             verbose,
+            isolated,
             dir,
         } => exec::exec(
             &name,
@@ -247,6 +252,7 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             init.as_deref(),
             timeout.map(Duration::from_millis),
             verbose,
+            isolated,
             dir.apply(config),
         ),
         Command::Config(ConfigCommand::Check(dir)) => config::check(dir.apply(config)),

@@ -20,6 +20,7 @@
 pub(crate) mod edit;
 mod env;
 mod error;
+mod isolation;
 mod parse;
 pub(crate) mod schema;
 
@@ -31,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Location};
+pub use isolation::{ByteSize, CpuLimit, Isolation};
 use parse::{Source, Spans};
 
 /// The host's whole configuration: settings for the host, and a table per plugin.
@@ -103,6 +105,24 @@ pub struct HostSettings {
     /// How many closed versions of one plugin may stay in memory (pinned by a thread or a
     /// thread-local destructor it left behind) before loading it again is refused. Default 8.
     pub max_pinned: usize,
+    /// Where plugins run unless their own table says: `"in-process"` (default) or `"process"`,
+    /// a worker process each (Linux).
+    pub isolation: Isolation,
+    /// How many crashes of an isolated plugin within `crash_window` mark it failed (not
+    /// restarted until its file changes or it is enabled again). Default 5.
+    pub max_crashes: usize,
+    /// See `max_crashes`. Default 1 minute.
+    #[serde(with = "humantime_serde")]
+    pub crash_window: Duration,
+    /// How long an isolated plugin's call may run past its deadline before its worker is
+    /// killed and restarted (the only way to stop code that never returns). Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// A cgroup v2 folder the host may create cgroups in, one per worker, to enforce the
+    /// plugins' resource limits (e.g. a systemd unit's delegated cgroup). Default: the host's
+    /// own cgroup if it is the root of a writable hierarchy, else none (resource limits of the
+    /// process instead).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The `probe` setting: see [`HostSettings::probe`].
@@ -153,6 +173,11 @@ impl Default for HostSettings {
             probe: ProbeSetting::Auto,
             probe_timeout: Duration::from_secs(10),
             max_pinned: 8,
+            isolation: Isolation::InProcess,
+            max_crashes: 5,
+            crash_window: Duration::from_secs(60),
+            kill_grace: Duration::from_secs(1),
+            cgroup: None,
         }
     }
 }
@@ -180,6 +205,17 @@ pub struct PluginSettings {
     pub timeout: Option<Duration>,
     /// Handed to the plugin's Init, as JSON, after checking it against the plugin's schema.
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// Where it runs, overriding `host.isolation`: `"in-process"` or `"process"`.
+    pub isolation: Option<Isolation>,
+    /// Isolated only: the memory its worker may use (`"256MiB"`).
+    pub memory: Option<ByteSize>,
+    /// Isolated only: CPU, as a share of one CPU (`"50%"`, needs a cgroup) or CPU time in all
+    /// (`"10m"`).
+    pub cpu: Option<CpuLimit>,
+    /// Isolated only: files its worker may have open at once.
+    pub max_open_files: Option<u64>,
+    /// Isolated only: processes and threads its worker may have (needs a cgroup).
+    pub max_processes: Option<u64>,
 }
 
 impl Default for PluginSettings {
@@ -189,6 +225,11 @@ impl Default for PluginSettings {
             priority: 0,
             timeout: None,
             config: serde_json::Map::new(),
+            isolation: None,
+            memory: None,
+            cpu: None,
+            max_open_files: None,
+            max_processes: None,
         }
     }
 }
@@ -283,6 +324,14 @@ impl HostConfig {
         let variables = self.env_variables(&["plugins", plugin, "config", key])?;
         let variables: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
         Some(format!("value from {}", variables.join(", ")))
+    }
+
+    /// Where plugin `name` runs: its own `isolation`, else the host's.
+    pub fn isolation_of(&self, name: &str) -> Isolation {
+        self.plugins
+            .get(name)
+            .and_then(|p| p.isolation)
+            .unwrap_or(self.host.isolation)
     }
 
     /// The settings of plugin `name` (the defaults if the file has no table for it).

@@ -15,7 +15,7 @@ use crate::dependencies::{self, DISABLED, NOT_LOADED};
 use crate::error::{CallError, LoadError};
 use crate::events::HostEvent;
 use crate::plugin_info::PluginInfo;
-use crate::runtime::{Limits, PluginLibrary, RunningPlugin, Slot};
+use crate::runtime::{has_limits, Limits, PluginLibrary, RunningPlugin, Slot};
 
 /// A version whose Init succeeded, waiting to be put in service by [`Host::commit`].
 pub(super) struct Prepared {
@@ -185,6 +185,14 @@ impl Host {
             Some(Ok(state)) => state,
             None => None,
         };
+        if !library.is_isolated() && has_limits(&lifecycle.config.plugin(&info.name)) {
+            warn!(
+                "the resource limits in plugins.{} (memory, cpu, max_open_files, \
+                 max_processes) apply to isolated plugins only: not enforced; set isolation = \
+                 \"process\" to enforce them",
+                info.name
+            );
+        }
         let load_time = library.load_time();
         library.bind_dependencies(required);
         let settings = &lifecycle.config.host;
@@ -241,12 +249,13 @@ impl Host {
             None => {
                 self.registry.mark_loaded(&slot);
                 info!(
-                    "loaded {} {} from {} in {:.1} ms (plugin-api {})",
+                    "loaded {} {} from {} in {:.1} ms (plugin-api {}){}",
                     info.name,
                     info.version,
                     file.display(),
                     (load_time + took).as_secs_f64() * 1e3,
                     info.api_version,
+                    isolation(&slot),
                 );
                 self.shared.events.emit(HostEvent::Loaded {
                     name: info.name,
@@ -255,6 +264,7 @@ impl Host {
                 });
             }
             Some(previous) => {
+                let worker = isolation(&slot);
                 let thread = retire_in_background(
                     previous,
                     self.shared.clone(),
@@ -264,11 +274,12 @@ impl Host {
                             warn!("old version {}: {e}", old.version);
                         }
                         info!(
-                            "reloaded {} {} -> {} in {:.1} ms{} ({status})",
+                            "reloaded {} {} -> {} in {:.1} ms{}{} ({status})",
                             info.name,
                             old.version,
                             info.version,
                             took.as_secs_f64() * 1e3,
+                            worker,
                             if handed_over {
                                 ", state handed over"
                             } else {
@@ -337,5 +348,13 @@ impl Host {
             .iter()
             .filter_map(|requirement| self.registry.slot(&requirement.name))
             .collect())
+    }
+}
+
+/// `, in worker process 1234` for an isolated plugin, for the log.
+fn isolation(slot: &Slot) -> String {
+    match slot.current().and_then(|v| v.worker_pid()) {
+        Some(pid) => format!(", in worker process {pid}"),
+        None => String::new(),
     }
 }

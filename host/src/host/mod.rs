@@ -37,16 +37,16 @@ use std::time::Instant;
 pub use check::ConfigReport;
 pub use watch::{WatchOptions, Watcher};
 
-use crate::config::{HostConfig, ProbeSetting};
+use crate::config::{HostConfig, Isolation, ProbeSetting};
 use crate::dependencies::Candidate;
 use crate::error::{CallError, HostError, LoadError};
 use crate::events::{HostEvent, Subscribers};
 use crate::loader::discovery;
 use crate::loader::probe::{self, Probe, Program};
 use crate::loader::shadow::{self, ShadowDir};
-use crate::loader::Library;
+use crate::loader::{Library, Opened, Placement};
 use crate::plugin_info::PluginInfo;
-use crate::runtime::{PluginHandle, PluginLibrary, Registry};
+use crate::runtime::{PluginHandle, PluginLibrary, Registry, Workers};
 
 /// What [`Host::load_all`] did: the plugins it started and the files it refused.
 #[derive(Debug, Default)]
@@ -62,6 +62,8 @@ pub struct Host {
     plugins_dir: PathBuf,
     shadow: ShadowDir,
     probe: Probe,
+    /// How isolated plugins' workers are started.
+    workers: Workers,
     registry: Registry,
     lifecycle: Mutex<Lifecycle>,
     shared: Arc<Shared>,
@@ -140,12 +142,20 @@ impl Host {
             ProbeSetting::Program(path) => Program::At(path.clone()),
             ProbeSetting::Auto => probe::find_program().map_or(Program::Missing, Program::At),
         };
+        let workers = Workers::new(
+            match &program {
+                Program::At(program) => Some(program.clone()),
+                Program::Off | Program::Missing => probe::find_program(),
+            },
+            &config,
+        );
         let verdicts = shadow.path().join("verdicts");
         let probe = Probe::new(program, config.host.probe_timeout, verdicts);
         let host = Host {
             plugins_dir: config.host.plugins_dir.clone(),
             shadow,
             probe,
+            workers,
             registry: Registry::default(),
             lifecycle: Mutex::default(),
             shared: Arc::default(),
@@ -211,17 +221,21 @@ impl Host {
     /// Checks, copies, loads and validates one library without starting it: to read its
     /// metadata, or ask its plugin about a configuration.
     pub fn open(&self, path: &Path) -> Result<PluginLibrary, LoadError> {
-        self.open_wanted(path, &|_| true)
+        self.open_wanted(path, &|_| true, &self.config())
     }
 
     /// Like [`open`](Self::open), leaving unopened a plugin `wanted` says no to, when its probe
-    /// told its name ([`LoadError::Unwanted`]).
+    /// told its name ([`LoadError::Unwanted`]); placed in this process or a worker as
+    /// `settings` say.
     fn open_wanted(
         &self,
         path: &Path,
         wanted: &dyn Fn(&str) -> bool,
+        settings: &HostConfig,
     ) -> Result<PluginLibrary, LoadError> {
-        Library::open(path, &self.shadow, &self.probe, wanted).map(PluginLibrary::new)
+        let started = Instant::now();
+        let bytes = crate::loader::read(path)?;
+        self.open_from(path, &bytes, wanted, settings, started)
     }
 
     /// Opens `bytes`, the content of `path` already read; see [`open_wanted`](Self::open_wanted).
@@ -230,8 +244,50 @@ impl Host {
         path: &Path,
         bytes: &[u8],
         wanted: &dyn Fn(&str) -> bool,
+        settings: &HostConfig,
     ) -> Result<PluginLibrary, LoadError> {
-        Library::open_bytes(path, bytes, &self.shadow, &self.probe, wanted).map(PluginLibrary::new)
+        self.open_from(path, bytes, wanted, settings, Instant::now())
+    }
+
+    /// Checks `bytes` and loads them here, or in a worker process if the settings isolate the
+    /// plugin. The name decides, so it is known from the probe; when nothing probes, the
+    /// host's default decides, and a plugin loaded here that its own settings isolate is
+    /// loaded again, from the same bytes, in a worker.
+    fn open_from(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        wanted: &dyn Fn(&str) -> bool,
+        settings: &HostConfig,
+        started: Instant,
+    ) -> Result<PluginLibrary, LoadError> {
+        let place_by = |isolation| match isolation {
+            Isolation::Process => Placement::Worker,
+            Isolation::InProcess => Placement::Here,
+        };
+        let place = |name: Option<&str>| match name {
+            Some(name) if !wanted(name) => Placement::Unwanted,
+            Some(name) => place_by(settings.isolation_of(name)),
+            None => place_by(settings.host.isolation),
+        };
+        let opened = Library::open_bytes(path, bytes, &self.shadow, &self.probe, &place)?;
+        let checked = match opened {
+            Opened::Here(library) => {
+                if settings.isolation_of(&library.info().name) == Isolation::InProcess {
+                    let mut library = PluginLibrary::new(*library);
+                    library.set_load_time(started.elapsed());
+                    return Ok(library);
+                }
+                drop(library);
+                let worker = |_: Option<&str>| Placement::Worker;
+                match Library::open_bytes(path, bytes, &self.shadow, &self.probe, &worker)? {
+                    Opened::Checked(checked) => checked,
+                    Opened::Here(_) => unreachable!("placed in a worker"),
+                }
+            }
+            Opened::Checked(checked) => checked,
+        };
+        self.workers.isolate(checked, settings, started)
     }
 
     /// Loads every enabled library in the plugins folder, in dependency order (then by
@@ -245,7 +301,7 @@ impl Host {
         // A disabled plugin's library is not opened here, when its probe told its name.
         let enabled = |name: &str| settings.plugin(name).enabled;
         for path in self.discover()? {
-            match self.open_wanted(&path, &enabled) {
+            match self.open_wanted(&path, &enabled, &settings) {
                 Ok(library) => libraries.push(library),
                 Err(LoadError::Unwanted { name, path }) => unwanted.push((name, path)),
                 Err(error) => {

@@ -87,7 +87,7 @@ impl Host {
         lifecycle.switch(name, true);
         if self.registry.slot(name).and_then(|s| s.current()).is_none() {
             let started = self
-                .find_in_folder(&mut lifecycle, name)
+                .find_in_folder(&mut lifecycle, name, None)
                 .map_err(|e| e.to_string())
                 .and_then(|library| {
                     self.install(&mut lifecycle, library, None, Instant::now())
@@ -121,13 +121,17 @@ impl Host {
 
     /// Opens the library of plugin `name`: from the file it was last seen in, or else by
     /// looking through the plugins folder.
+    /// `settings`: those it is to run with, if not the ones in force.
     fn find_in_folder(
         &self,
         lifecycle: &mut Lifecycle,
         name: &str,
+        settings: Option<&HostConfig>,
     ) -> Result<PluginLibrary, HostError> {
+        let in_force = lifecycle.config.clone();
+        let settings = settings.unwrap_or(&in_force);
         if let Some(file) = lifecycle.known.get(name).cloned() {
-            if let Ok(library) = self.open(&file) {
+            if let Ok(library) = self.open_wanted(&file, &|_| true, settings) {
                 if library.info().name == name {
                     return Ok(library);
                 }
@@ -139,7 +143,7 @@ impl Host {
                 continue;
             }
             // Only `name`'s library is opened here (when its probe tells names).
-            match self.open_wanted(&file, &|found| found == name) {
+            match self.open_wanted(&file, &|found| found == name, settings) {
                 Ok(library) => {
                     lifecycle
                         .known
@@ -237,7 +241,9 @@ impl Host {
                 .map_err(|e| load_refusal(&new, e))?;
             if checked.bytes != version.config() {
                 ask_plugin(&new, library, &checked, "its new config")?;
-                reinit.push(name.clone());
+                reinit.push((name.clone(), "config changed"));
+            } else if runs_elsewhere(&lifecycle.config, &new, name) {
+                reinit.push((name.clone(), "isolation or limits changed"));
             }
         }
         // Plugins the edit switches on, opened to read their descriptors.
@@ -266,7 +272,7 @@ impl Host {
             .collect();
         for name in switched_on {
             // Where it was last seen, else wherever it is now: files move and get replaced.
-            let library = match self.find_in_folder(&mut lifecycle, &name) {
+            let library = match self.find_in_folder(&mut lifecycle, &name, Some(&new)) {
                 Ok(library) => library,
                 Err(reason) => {
                     info!("{name} is enabled but does not start: {reason}");
@@ -335,17 +341,20 @@ impl Host {
         } = &mut *lifecycle;
         configs.retain(|name, _| config.plugin(name).config.is_empty());
         let mut prepared = Vec::new();
-        for name in &reinit {
+        for (name, why) in &reinit {
             let version = running
                 .iter()
                 .find(|v| v.name() == name.as_str())
                 .expect("re-initialised plugins are running");
-            info!("{name}: config changed, re-initialising");
+            info!("{name}: {why}, re-initialising");
             // From the bytes that run now (its shadow copy), not the file, which may hold a
             // newer build that is refused or not yet reloaded: a config edit is not a reload.
             let (file, shadow) = (version.library().file(), version.library().shadow_path());
             match crate::loader::read(shadow)
-                .and_then(|bytes| self.open_bytes(file, &bytes, &|_| true))
+                .and_then(|bytes| {
+                    let settings = lifecycle.config.clone();
+                    self.open_bytes(file, &bytes, &|_| true, &settings)
+                })
                 .and_then(|library| self.prepare(&mut lifecycle, library, None))
             {
                 Ok(version) => prepared.push(version),
@@ -467,6 +476,23 @@ fn load_refusal(config: &HostConfig, error: LoadError) -> ConfigError {
     }
 }
 
+/// Whether plugin `name` must be started again to run as `new` says: in a worker instead of
+/// in this process or the other way round, or in a worker with other resource limits.
+fn runs_elsewhere(old: &HostConfig, new: &HostConfig, name: &str) -> bool {
+    let limits = |config: &HostConfig| {
+        let settings = config.plugin(name);
+        (
+            settings.memory,
+            settings.cpu,
+            settings.max_open_files,
+            settings.max_processes,
+        )
+    };
+    old.isolation_of(name) != new.isolation_of(name)
+        || (new.isolation_of(name) == crate::config::Isolation::Process
+            && limits(old) != limits(new))
+}
+
 /// Settings a running host cannot change: say so instead of ignoring the edit silently.
 fn warn_restart_only(a: &HostSettings, b: &HostSettings) {
     let mut changed = Vec::new();
@@ -490,6 +516,9 @@ fn warn_restart_only(a: &HostSettings, b: &HostSettings) {
     }
     if a.probe_timeout != b.probe_timeout {
         changed.push("probe_timeout");
+    }
+    if a.cgroup != b.cgroup {
+        changed.push("cgroup");
     }
     if !changed.is_empty() {
         warn!(

@@ -108,7 +108,8 @@ impl Host {
         }
         // A plugin disabled in the settings is not opened here, if the probe told its name.
         let enabled = |name: &str| lifecycle.config.plugin(name).enabled;
-        let opened = self.open_bytes(path, &bytes, &enabled);
+        let settings = lifecycle.config.clone();
+        let opened = self.open_bytes(path, &bytes, &enabled, &settings);
         let outcome = opened.and_then(|library| {
             if !lifecycle.admit(&library) {
                 return Ok(None);

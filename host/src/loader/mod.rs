@@ -40,6 +40,40 @@ use probe::Probe;
 use residency::UnloadStatus;
 use shadow::{ShadowCopy, ShadowDir};
 
+/// Where a library is to be loaded, decided once its plugin's name is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Not at all: the settings disable it ([`LoadError::Unwanted`]; only when the name is
+    /// known).
+    Unwanted,
+    /// In this process.
+    Here,
+    /// In a worker process: the bytes are checked and copied, not loaded here.
+    Worker,
+}
+
+/// What opening a file gave.
+pub(crate) enum Opened {
+    /// The library, loaded and validated in this process.
+    Here(Box<Library>),
+    /// The bytes, checked and copied, for a worker process to load.
+    Checked(CheckedCopy),
+}
+
+/// A library file read once, checked, and written to a private copy that a worker process
+/// loads ([`Library::open_copy`]). Dropping it deletes the copy.
+#[derive(Debug)]
+pub(crate) struct CheckedCopy {
+    /// The user's file.
+    pub(crate) file: PathBuf,
+    /// The private copy.
+    pub(crate) copy: ShadowCopy,
+    /// The content's hash.
+    pub(crate) hash: u128,
+    /// The plugin's name, if the probe read it.
+    pub(crate) name: Option<String>,
+}
+
 /// A loaded, validated plugin library whose entry points have not been called. Dropping it
 /// closes the library, then deletes its shadow copy.
 pub(crate) struct Library {
@@ -58,48 +92,46 @@ pub(crate) struct Library {
 }
 
 impl Library {
-    /// Reads the file at `path` and opens it ([`open_bytes`](Self::open_bytes)).
-    pub(crate) fn open(
-        path: &Path,
-        shadow: &ShadowDir,
-        probe: &Probe,
-        wanted: &dyn Fn(&str) -> bool,
-    ) -> Result<Self, LoadError> {
-        let started = Instant::now();
-        let bytes = read(path)?;
-        let mut library = Self::open_bytes(path, &bytes, shadow, probe, wanted)?;
-        library.load_time = started.elapsed();
-        Ok(library)
-    }
-
     /// Checks, copies, probes, loads and validates `bytes`, the content of `path`. A panic in
     /// any of it (abi_stable's layout checker indexes damaged tables without bounds checks) is
     /// a refusal of the file, not the host's end.
     ///
-    /// `wanted(name)` is asked once the probe has read the plugin's name, before the host
-    /// loads anything: `false` leaves the library unopened here ([`LoadError::Unwanted`]).
+    /// `place(name)` is asked once the probe has read the plugin's name (with `None` when
+    /// nothing probes), before the host loads anything: it may leave the library unopened
+    /// ([`LoadError::Unwanted`]), or checked and copied for a worker process to load
+    /// ([`Opened::Checked`]).
     pub(crate) fn open_bytes(
         path: &Path,
         bytes: &[u8],
         shadow: &ShadowDir,
         probe: &Probe,
-        wanted: &dyn Fn(&str) -> bool,
-    ) -> Result<Self, LoadError> {
+        place: &dyn Fn(Option<&str>) -> Placement,
+    ) -> Result<Opened, LoadError> {
         guarded(path, || {
             let started = Instant::now();
             preflight::check_bytes(path, bytes)?;
             let content_hash = content_hash(bytes);
             let copy = shadow.write(path, bytes)?;
-            if let Some(name) = probe.check(path, copy.path(), content_hash)? {
-                if !wanted(&name) {
+            let name = probe.check(path, copy.path(), content_hash)?;
+            match (place(name.as_deref()), name) {
+                (Placement::Unwanted, Some(name)) => {
                     return Err(LoadError::Unwanted {
                         path: path.to_owned(),
                         name,
-                    });
+                    })
                 }
+                (Placement::Worker, name) => {
+                    return Ok(Opened::Checked(CheckedCopy {
+                        file: path.to_owned(),
+                        copy,
+                        hash: content_hash,
+                        name,
+                    }))
+                }
+                _ => {}
             }
             let loaded = Loaded::load(path, copy.path())?;
-            Ok(Library {
+            Ok(Opened::Here(Box::new(Library {
                 info: loaded.info,
                 file: path.to_owned(),
                 vtable: loaded.vtable,
@@ -110,6 +142,41 @@ impl Library {
                 load_time: started.elapsed(),
                 library: Some(loaded.library),
                 shadow: Some(copy),
+            })))
+        })
+    }
+
+    /// What a worker process does with the private copy `copy` of `path` (named in messages),
+    /// which the host wrote from bytes it had checked and hashed to `hash`: the copy is read
+    /// once, its hash compared, the bytes checked again ([`preflight`]), then loaded and
+    /// validated as [`open_bytes`](Self::open_bytes) would. The copy belongs to the host: this
+    /// library never deletes it, and is never closed (the worker's exit unloads it).
+    pub(crate) fn open_copy(path: &Path, copy: &Path, hash: u128) -> Result<Self, LoadError> {
+        guarded(path, || {
+            let started = Instant::now();
+            let bytes = read(copy)?;
+            if content_hash(&bytes) != hash {
+                return Err(LoadError::NotAPlugin {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "its private copy {} changed after the host checked it",
+                        copy.display()
+                    ),
+                });
+            }
+            preflight::check_bytes(path, &bytes)?;
+            let loaded = Loaded::load(path, copy)?;
+            Ok(Library {
+                info: loaded.info,
+                file: path.to_owned(),
+                vtable: loaded.vtable,
+                state: loaded.state,
+                install_host: loaded.install_host,
+                install_calls: loaded.install_calls,
+                content_hash: hash,
+                load_time: started.elapsed(),
+                library: Some(loaded.library),
+                shadow: None,
             })
         })
     }

@@ -21,6 +21,8 @@ pub enum UnloadStatus {
     /// Not closed at all: plugin code the host gave up on (a stuck Init, Shutdown or check)
     /// may still be running in it, and unmapping running code would crash the process.
     LeftLoaded,
+    /// It ran in a worker process, which exited: nothing of it was ever in the host.
+    Exited,
     /// This platform gives no way to tell (only Linux is checked; macOS never unloads Rust
     /// libraries with thread-locals, and musl never unloads at all).
     Unknown,
@@ -38,6 +40,7 @@ impl UnloadStatus {
             UnloadStatus::LeftLoaded => format!(
                 "{subject} left loaded: code of it the host gave up on may still be running"
             ),
+            UnloadStatus::Exited => format!("{subject}'s worker process exited"),
             UnloadStatus::Unknown => {
                 format!("{subject} closed; this platform cannot tell whether it left memory")
             }

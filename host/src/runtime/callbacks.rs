@@ -16,6 +16,7 @@ use plugin_api::ffi::{
 use tracing::Span;
 
 use super::abi::{written, FreeFn, Written};
+use super::instance::Callee;
 use super::registry::Slot;
 
 /// Who is calling back: one per loaded plugin version, handed to the plugin as an opaque
@@ -77,14 +78,27 @@ unsafe extern "C" fn call_plugin(
         let Some(version) = version.as_ref() else {
             return reply(out, Status::ERROR, b"not loaded");
         };
+        let Callee::Here {
+            instance,
+            execute,
+            free_buffer,
+        } = &version.callee
+        else {
+            // An isolated callee answers through its worker, into a buffer of ours.
+            let mut answer = Vec::new();
+            return match version.call_into_with(ctx, input.as_slice(), &mut answer) {
+                Ok(()) => reply(out, Status::OK, &answer),
+                Err(e) => reply(out, Status::ERROR, e.to_string().as_bytes()),
+            };
+        };
         // The callee writes straight into the caller's lent buffer.
         let mut inner = OutBuffer::host(out.ptr, out.cap);
         // SAFETY: `version` is held for the call; its instance is live until it retires,
         // which waits for this guard. `input` and `inner` are valid for the call.
-        let status = unsafe { (version.execute)(version.instance(), ctx, input, &mut inner) };
+        let status = unsafe { execute(*instance, ctx, input, &mut inner) };
         // SAFETY: `inner` is what the callee left after being lent `out.ptr[..out.cap]`, and
         // `free_buffer` is its library's, loaded while `version` is held.
-        unsafe { settle(out, &inner, status, version.free_buffer, slot.name()) }
+        unsafe { settle(out, &inner, status, *free_buffer, slot.name()) }
     }));
     outcome.unwrap_or_else(|_| reply(out, Status::ERROR, b"the host failed to make the call"))
 }
@@ -133,7 +147,7 @@ unsafe fn settle(
 }
 
 /// Writes `message` into the caller's buffer, or a host allocation if it does not fit.
-fn reply(out: &mut OutBuffer, status: Status, message: &[u8]) -> Status {
+pub(crate) fn reply(out: &mut OutBuffer, status: Status, message: &[u8]) -> Status {
     if message.len() <= out.cap {
         // SAFETY: `out` lends `ptr[..cap]` of writable memory.
         unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), out.ptr, message.len()) };
@@ -156,7 +170,7 @@ fn hand_over(out: &mut OutBuffer, bytes: Vec<u8>) {
 /// # Safety
 ///
 /// `(ptr, len, cap)` is an output [`hand_over`] gave out, returned once.
-unsafe extern "C" fn free_host_buffer(ptr: *mut u8, len: usize, cap: usize) {
+pub(crate) unsafe extern "C" fn free_host_buffer(ptr: *mut u8, len: usize, cap: usize) {
     // SAFETY: as documented: a `Vec<u8>` of this host's allocator, leaked by `hand_over`.
     drop(unsafe { Vec::from_raw_parts(ptr, len, cap) });
 }

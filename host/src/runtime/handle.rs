@@ -12,7 +12,7 @@ use arc_swap::Guard;
 use plugin_api::ffi::{BufferOwner, CallContext, OutBuffer, Status};
 
 use super::abi::{call_error, written, Written, BROKEN_PROTOCOL};
-use super::instance::RunningPlugin;
+use super::instance::{Callee, RunningPlugin};
 use super::registry::Slot;
 use crate::error::CallError;
 use crate::plugin_info::PluginInfo;
@@ -92,18 +92,29 @@ impl PluginHandle {
             return Err(self.not_loaded());
         };
         let ctx = CallContext::none();
+        let (instance, execute) = match &running.callee {
+            Callee::Here {
+                instance, execute, ..
+            } => (*instance, *execute),
+            Callee::Worker(worker) => {
+                // The answer comes out of shared memory: it is the host's own allocation.
+                let mut owned = Vec::new();
+                worker.call(&ctx, input, &mut owned)?;
+                let mut owned = std::mem::ManuallyDrop::new(owned);
+                let buf = OutBuffer {
+                    ptr: owned.as_mut_ptr(),
+                    len: owned.len(),
+                    cap: owned.capacity(),
+                    owner: BufferOwner::HOST,
+                };
+                return Ok(PluginOutput { buf, version });
+            }
+        };
         let lent = std::ptr::NonNull::dangling().as_ptr();
         let mut buf = OutBuffer::host(lent, 0);
         // SAFETY: the guard keeps the version, hence its library and instance, alive; a
         // zero-capacity host buffer makes the plugin allocate.
-        let status = unsafe {
-            (running.execute)(
-                running.instance(),
-                &ctx,
-                RSlice::from_slice(input),
-                &mut buf,
-            )
-        };
+        let status = unsafe { execute(instance, &ctx, RSlice::from_slice(input), &mut buf) };
         // Not trusted, and not freed (the owner is not the plugin's), if it broke the protocol.
         let broken = written(&buf, lent, 0) == Written::Broken;
         let error = (status != Status::OK || broken).then(|| running.shared_name().clone());
@@ -113,6 +124,24 @@ impl PluginHandle {
             Some(name) if broken => Err(call_error(&name, Status::ERROR, BROKEN_PROTOCOL)),
             Some(name) => Err(call_error(&name, status, &output)),
         }
+    }
+
+    /// Whether the version in service runs in a worker process of its own (isolation
+    /// `"process"`).
+    pub fn is_isolated(&self) -> bool {
+        self.slot
+            .load()
+            .as_ref()
+            .is_some_and(|version| version.worker().is_some())
+    }
+
+    /// The process id of the isolated plugin's worker, while one runs (not while it is being
+    /// restarted after a crash, nor once the plugin failed).
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.slot
+            .load()
+            .as_ref()
+            .and_then(|version| version.worker_pid())
     }
 
     /// Asks the plugin how it is doing.
@@ -171,7 +200,7 @@ impl std::ops::Deref for PluginOutput {
         if self.buf.len == 0 {
             return &[];
         }
-        let len = if self.buf.owner == BufferOwner::PLUGIN {
+        let len = if self.buf.owner == BufferOwner::PLUGIN || self.is_hosts() {
             self.buf.len
         } else {
             // Lent zero bytes: a plugin claiming to have written into them wrote nothing.
@@ -182,12 +211,33 @@ impl std::ops::Deref for PluginOutput {
     }
 }
 
+impl PluginOutput {
+    /// Whether the bytes are the host's own allocation (an isolated plugin's answer).
+    fn is_hosts(&self) -> bool {
+        self.buf.owner == BufferOwner::HOST
+            && self
+                .version
+                .as_ref()
+                .is_some_and(|version| version.worker().is_some())
+    }
+}
+
 impl Drop for PluginOutput {
     fn drop(&mut self) {
-        if let (BufferOwner::PLUGIN, Some(version)) = (self.buf.owner, self.version.as_ref()) {
+        if self.is_hosts() {
+            // SAFETY: the `Vec` `call` leaked into `buf`, rebuilt once.
+            drop(unsafe { Vec::from_raw_parts(self.buf.ptr, self.buf.len, self.buf.cap) });
+            return;
+        }
+        let Some(version) = self.version.as_ref() else {
+            return;
+        };
+        if let (BufferOwner::PLUGIN, Callee::Here { free_buffer, .. }) =
+            (self.buf.owner, &version.callee)
+        {
             // SAFETY: the plugin's allocation, freed once by its own allocator, which the
             // guard keeps loaded.
-            unsafe { (version.free_buffer)(self.buf.ptr, self.buf.len, self.buf.cap) };
+            unsafe { free_buffer(self.buf.ptr, self.buf.len, self.buf.cap) };
         }
     }
 }

@@ -11,6 +11,7 @@ use plugin_api::ffi::{health_level, CallContext, OutBuffer, Status};
 use super::abi::{call_error, on_own_thread, with_output, FreeFn};
 use super::handle::PluginHealth;
 use super::library::PluginLibrary;
+use super::worker::Supervisor;
 use crate::error::{CallError, LoadError};
 use crate::loader::residency::UnloadStatus;
 
@@ -21,13 +22,23 @@ pub(crate) type ExecuteFn =
 /// library; [`RunningPlugin::retire`] does the same and reports how it went.
 pub(crate) struct RunningPlugin {
     name: Arc<str>,
-    instance: *mut c_void,
-    // Copied out of the vtable so a call reads them from the version it already holds.
-    pub(crate) execute: ExecuteFn,
-    pub(crate) free_buffer: FreeFn,
+    pub(crate) callee: Callee,
     config: Vec<u8>,
     library: Option<PluginLibrary>,
     limits: Limits,
+}
+
+/// Where a version's calls go.
+pub(crate) enum Callee {
+    /// Into the library loaded in this process. Copied out of the vtable so a call reads
+    /// them from the version it already holds.
+    Here {
+        instance: *mut c_void,
+        execute: ExecuteFn,
+        free_buffer: FreeFn,
+    },
+    /// Into the library loaded in a worker process.
+    Worker(Arc<Supervisor>),
 }
 
 /// How long the host waits for the entry points it runs itself before giving up on them.
@@ -72,6 +83,23 @@ impl RunningPlugin {
         limits: Limits,
     ) -> Result<Self, LoadError> {
         let name: Arc<str> = library.info().name.as_str().into();
+        if let Some(worker) = library.worker() {
+            let worker = worker.clone();
+            worker
+                .init(config, state)
+                .map_err(|cause| LoadError::Init {
+                    path: library.file().to_owned(),
+                    name: name.to_string(),
+                    cause,
+                })?;
+            return Ok(RunningPlugin {
+                name,
+                callee: Callee::Worker(worker),
+                config: config.to_vec(),
+                library: Some(library),
+                limits,
+            });
+        }
         let init = init_call(&library, config, state);
         let Some((instance, status, message)) = on_own_thread(limits.init, init) else {
             return Err(LoadError::Init {
@@ -100,9 +128,11 @@ impl RunningPlugin {
         let vtable = *library.vtable();
         Ok(RunningPlugin {
             name,
-            instance: instance.0,
-            execute: vtable.execute,
-            free_buffer: vtable.free_buffer,
+            callee: Callee::Here {
+                instance: instance.0,
+                execute: vtable.execute,
+                free_buffer: vtable.free_buffer,
+            },
             config: config.to_vec(),
             library: Some(library),
             limits,
@@ -118,8 +148,17 @@ impl RunningPlugin {
         &self.name
     }
 
-    pub(crate) fn instance(&self) -> *const c_void {
-        self.instance
+    /// The process id of its worker, if it is isolated and a worker runs.
+    pub(crate) fn worker_pid(&self) -> Option<u32> {
+        self.worker().and_then(|worker| worker.status().pid)
+    }
+
+    /// The supervisor of its worker process, if it is isolated.
+    pub(crate) fn worker(&self) -> Option<&Arc<Supervisor>> {
+        match &self.callee {
+            Callee::Worker(worker) => Some(worker),
+            Callee::Here { .. } => None,
+        }
     }
 
     /// The configuration its Init received (JSON); a reload Inits the next version with it.
@@ -137,12 +176,19 @@ impl RunningPlugin {
     /// The state to hand to the next version: `None` if the plugin does not take part in state
     /// hand-over or has nothing to hand over.
     pub(crate) fn save_state(&self) -> Result<Option<Vec<u8>>, CallError> {
+        let (instance, free) = match &self.callee {
+            Callee::Worker(worker) => return worker.save_state(),
+            Callee::Here {
+                instance,
+                free_buffer,
+                ..
+            } => (*instance, *free_buffer),
+        };
         let Some(state) = self.library().state_vtable() else {
             return Ok(None);
         };
         let save = state.save;
-        let free = self.free_buffer;
-        let instance = InstancePtr(self.instance);
+        let instance = InstancePtr(instance);
         // On a thread of its own, like Init and Shutdown: the watcher thread that reloads is
         // long-lived, and a thread-local destructor registered on it would pin the old library.
         let answer = on_own_thread(self.limits.check, move || {
@@ -185,12 +231,16 @@ impl RunningPlugin {
     }
 
     fn shutdown_instance(&mut self) -> Result<(), CallError> {
-        if self.library().is_stuck() {
+        let instance = match &mut self.callee {
+            Callee::Worker(worker) => return worker.shutdown(self.limits.shutdown),
+            Callee::Here { instance, .. } => instance,
+        };
+        if self.library.as_ref().is_some_and(PluginLibrary::is_stuck) {
             // A thread is still inside the instance: freeing it would pull the floor from
             // under that code.
             return Ok(());
         }
-        let instance = std::mem::replace(&mut self.instance, std::ptr::null_mut());
+        let instance = std::mem::replace(instance, std::ptr::null_mut());
         if instance.is_null() {
             return Ok(());
         }
@@ -224,6 +274,14 @@ impl RunningPlugin {
     /// Asks the instance how it is doing; [`PluginHealth::Unknown`] if the plugin does not
     /// report health.
     pub(crate) fn health(&self) -> Result<PluginHealth, CallError> {
+        let (instance, free_buffer) = match &self.callee {
+            Callee::Worker(worker) => return worker.health(),
+            Callee::Here {
+                instance,
+                free_buffer,
+                ..
+            } => (*instance, *free_buffer),
+        };
         let Some(health) = self.library().vtable().health else {
             return Ok(PluginHealth::Unknown);
         };
@@ -231,8 +289,8 @@ impl RunningPlugin {
         let mut message = Vec::new();
         // SAFETY: `health` and the instance belong to this live version.
         let status = unsafe {
-            with_output(&mut message, self.free_buffer, |buf| {
-                health(self.instance(), &mut level, buf)
+            with_output(&mut message, free_buffer, |buf| {
+                health(instance, &mut level, buf)
             })
         };
         if status != Status::OK {
@@ -261,11 +319,19 @@ impl RunningPlugin {
         input: &[u8],
         output: &mut Vec<u8>,
     ) -> Result<(), CallError> {
+        let Callee::Here {
+            instance,
+            execute,
+            free_buffer,
+        } = &self.callee
+        else {
+            return self.call_worker(ctx, input, output);
+        };
         // SAFETY: `execute`, `free_buffer` and the instance belong to this live version; the
         // caller keeps `ctx.cancelled` (if not null) alive for the call.
         let status = unsafe {
-            with_output(output, self.free_buffer, |buf| {
-                (self.execute)(self.instance(), ctx, RSlice::from_slice(input), buf)
+            with_output(output, *free_buffer, |buf| {
+                execute(*instance, ctx, RSlice::from_slice(input), buf)
             })
         };
         if status == Status::OK {
@@ -274,6 +340,22 @@ impl RunningPlugin {
             let error = call_error(self.shared_name(), status, output);
             output.clear();
             Err(error)
+        }
+    }
+}
+
+impl RunningPlugin {
+    #[cold]
+    #[inline(never)]
+    fn call_worker(
+        &self,
+        ctx: &CallContext,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
+        match &self.callee {
+            Callee::Worker(worker) => worker.call(ctx, input, output),
+            Callee::Here { .. } => unreachable!("called for isolated versions only"),
         }
     }
 }

@@ -12,6 +12,7 @@ use plugin_api::ffi::{PluginVTable, StateVTable, Status};
 use super::abi::{call_error, on_own_thread, with_output};
 use super::callbacks::{PluginIdentity, HOST_API, PLUGIN_CALLS};
 use super::registry::Slot;
+use super::worker::Supervisor;
 use crate::error::CallError;
 use crate::loader::residency::UnloadStatus;
 use crate::loader::Library;
@@ -22,12 +23,17 @@ use crate::plugin_info::PluginInfo;
 /// whether it would accept a configuration, without creating an instance. Dropping it closes
 /// the library and deletes its private copy.
 pub struct PluginLibrary {
+    /// Set for a plugin isolated in a worker process: then `library` and `identity` are
+    /// `None` (nothing of it is loaded here).
+    worker: Option<Arc<Supervisor>>,
     // Declared first, so dropped first: the library is closed before the identity its
     // callbacks refer to is freed (`close` decides whether that is safe).
     library: Option<Library>,
     identity: Option<Box<PluginIdentity>>,
     /// Set when plugin code was given up on while still running.
     stuck: AtomicBool,
+    /// How long checking and loading an isolated library took.
+    load_time: Duration,
 }
 
 impl std::fmt::Debug for PluginLibrary {
@@ -53,10 +59,34 @@ impl PluginLibrary {
         // library unmapped (forgotten otherwise), so it outlives the library's code.
         unsafe { library.install_callbacks(&HOST_API, &PLUGIN_CALLS, pointer) };
         PluginLibrary {
+            worker: None,
             library: Some(library),
             identity: Some(identity),
             stuck: AtomicBool::new(false),
+            load_time: Duration::ZERO,
         }
+    }
+
+    /// A library loaded in the worker process `worker` supervises; `load_time`: how long
+    /// checking and loading it took.
+    pub(crate) fn isolated(worker: Arc<Supervisor>, load_time: Duration) -> Self {
+        PluginLibrary {
+            worker: Some(worker),
+            library: None,
+            identity: None,
+            stuck: AtomicBool::new(false),
+            load_time,
+        }
+    }
+
+    /// Records how long checking and loading it took, reading the file included.
+    pub(crate) fn set_load_time(&mut self, took: Duration) {
+        self.load_time = took;
+    }
+
+    /// The supervisor of its worker process, if the plugin is isolated.
+    pub(crate) fn worker(&self) -> Option<&Arc<Supervisor>> {
+        self.worker.as_ref()
     }
 
     fn library(&self) -> &Library {
@@ -67,27 +97,48 @@ impl PluginLibrary {
 
     /// Who the plugin is.
     pub fn info(&self) -> &PluginInfo {
-        self.library().info()
+        match &self.worker {
+            Some(worker) => worker.info(),
+            None => self.library().info(),
+        }
     }
 
     /// The file it was loaded from.
     pub fn file(&self) -> &Path {
-        self.library().file()
+        match &self.worker {
+            Some(worker) => worker.file(),
+            None => self.library().file(),
+        }
+    }
+
+    /// Whether it runs in a worker process of its own (isolation `"process"`).
+    pub fn is_isolated(&self) -> bool {
+        self.worker.is_some()
     }
 
     /// The private copy actually loaded.
     pub(crate) fn shadow_path(&self) -> &Path {
-        self.library().shadow_path()
+        match &self.worker {
+            Some(worker) => worker.copy(),
+            None => self.library().shadow_path(),
+        }
     }
 
     /// How long reading, checking, copying and loading took.
     pub(crate) fn load_time(&self) -> Duration {
-        self.library().load_time()
+        if self.load_time.is_zero() {
+            self.library().load_time()
+        } else {
+            self.load_time
+        }
     }
 
     /// A hash of the file's content as loaded.
     pub(crate) fn content_hash(&self) -> u128 {
-        self.library().content_hash()
+        match &self.worker {
+            Some(worker) => worker.content_hash(),
+            None => self.library().content_hash(),
+        }
     }
 
     /// The entry points. Valid while `self` lives.
@@ -103,7 +154,9 @@ impl PluginLibrary {
     /// Lets the plugin call its dependencies, whose slots are `slots` (in service now). The
     /// host binds them once, before Init.
     pub(crate) fn bind_dependencies(&self, slots: Vec<Arc<Slot>>) {
-        if let Some(identity) = &self.identity {
+        if let Some(worker) = &self.worker {
+            worker.bind_dependencies(slots);
+        } else if let Some(identity) = &self.identity {
             identity.bind_dependencies(slots);
         }
     }
@@ -115,6 +168,10 @@ impl PluginLibrary {
     ///
     /// [`mark_stuck`]: Self::mark_stuck
     pub(crate) fn validate_config(&self, config: &[u8], limit: Duration) -> Result<(), CallError> {
+        if let Some(worker) = &self.worker {
+            // Bounded by the worker's own check limit; a worker that overruns it is killed.
+            return worker.validate(config);
+        }
         let vtable = self.vtable();
         let Some(validate) = vtable.validate_config else {
             return Ok(());
@@ -177,6 +234,11 @@ impl PluginLibrary {
     }
 
     fn close_now(&mut self) -> UnloadStatus {
+        if let Some(worker) = self.worker.take() {
+            // Never started here, or shut down already: its process goes.
+            worker.kill();
+            return UnloadStatus::Exited;
+        }
         let Some(library) = self.library.take() else {
             return UnloadStatus::Unknown; // closed already
         };

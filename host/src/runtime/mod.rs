@@ -6,16 +6,23 @@
 //! - [`instance`]: `RunningPlugin`, a library plus the instance its Init created;
 //! - [`registry`]: one `Slot` per plugin name, holding the version that serves it;
 //! - [`handle`]: [`PluginHandle`], the cheap way callers reach a slot's version;
-//! - [`callbacks`]: what the host offers plugins (logging, calls to their dependencies).
+//! - [`callbacks`]: what the host offers plugins (logging, calls to their dependencies);
+//! - [`worker`]: isolation: the same library run in a worker process of its own (Linux).
 
 mod abi;
 mod callbacks;
 mod handle;
 mod instance;
+mod isolation;
 mod library;
 mod registry;
+#[cfg(target_os = "linux")]
+pub(crate) mod worker;
 
 pub use handle::{PluginHandle, PluginHealth, PluginOutput};
 pub(crate) use instance::{Limits, Retired, RunningPlugin};
+pub(crate) use isolation::{has_limits, Workers};
 pub use library::PluginLibrary;
 pub(crate) use registry::{Registry, Slot};
+#[cfg(target_os = "linux")]
+pub(crate) use worker::serve::{run as serve_worker, WORKER_ARG};

@@ -117,6 +117,12 @@ pub(super) fn read(
             "must be longer than 0",
         ),
         ("max_pinned", host.max_pinned == 0, "must be at least 1"),
+        ("max_crashes", host.max_crashes == 0, "must be at least 1"),
+        (
+            "crash_window",
+            host.crash_window.is_zero(),
+            "must be longer than 0",
+        ),
     ];
     if let Some((key, _, rule)) = unworkable.iter().find(|(_, bad, _)| *bad) {
         let keys = ["host".to_owned(), (*key).to_owned()];
@@ -126,6 +132,7 @@ pub(super) fn read(
     let base = path.parent().unwrap_or(Path::new(""));
     host.plugins_dir = base.join(&host.plugins_dir);
     host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
+    host.cgroup = host.cgroup.map(|dir| base.join(dir));
     if let super::ProbeSetting::Program(program) = &mut host.probe {
         // A path with a folder in it is taken from the file's folder; a bare name is looked up
         // on PATH, as a shell would.

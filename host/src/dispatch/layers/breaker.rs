@@ -111,8 +111,25 @@ impl Circuit {
                 CallError::Failed { .. }
                 | CallError::Panicked { .. }
                 | CallError::Timeout { .. }
-                | CallError::UnknownStatus { .. },
+                | CallError::UnknownStatus { .. }
+                | CallError::Crashed { .. }
+                | CallError::Restarting { .. },
             ) => true,
+            // Failed for good: no call can succeed until it is loaded again.
+            Err(CallError::GaveUp { .. }) => {
+                let mut state = self.lock();
+                if !matches!(*state, CircuitState::Open { .. }) {
+                    warn!(
+                        "circuit of plugin {} open: it crashed too often and is not restarted",
+                        self.plugin
+                    );
+                }
+                *state = CircuitState::Open {
+                    until: Instant::now() + self.policy.cool_down,
+                    failures: self.policy.failures,
+                };
+                return;
+            }
             // Not the plugin's fault (limits, unloaded): no verdict, but a trial must end.
             Err(_) => {
                 if trial {

@@ -110,7 +110,12 @@ impl PluginMetrics {
                 if let Some(counter) = counter {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                matches!(error, CallError::Failed { .. } | CallError::Panicked { .. })
+                matches!(
+                    error,
+                    CallError::Failed { .. }
+                        | CallError::Panicked { .. }
+                        | CallError::Crashed { .. }
+                )
             }
         };
         if reached_plugin {

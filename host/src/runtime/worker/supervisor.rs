@@ -1,0 +1,674 @@
+//! An isolated plugin, seen from the host: the [`Supervisor`] of its worker processes. It
+//! starts the first one, Inits it, serves calls through it, and when it dies replaces it, Init-ed
+//! with the same configuration and the state the plugin was last handed: at once after the
+//! first crash, then after pauses that double from 100 ms to 30 s (a healthy minute starts the
+//! count again). A plugin
+//! that crashes `max_crashes` times within `crash_window` is marked failed and not restarted
+//! until it is loaded again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use plugin_api::ffi::{health_level, CallContext, Status};
+use tracing::{error, info, warn};
+
+use super::frame::{Frame, Kind};
+use super::lanes::MESSAGE_LIMIT;
+use super::limits::Limits;
+use super::process::{lines, Death, Identity, Phase, Process, Spec, Stop};
+use crate::error::CallError;
+use crate::loader::shadow::ShadowCopy;
+use crate::plugin_info::PluginInfo;
+use crate::runtime::abi::call_error;
+use crate::runtime::handle::PluginHealth;
+use crate::runtime::registry::Slot;
+
+/// How a supervisor restarts its worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Restarts {
+    /// Crashes within `window` after which the plugin is marked failed.
+    pub(crate) max_crashes: usize,
+    /// See `max_crashes`.
+    pub(crate) window: Duration,
+    /// How long past its deadline a call may run before its worker is killed.
+    pub(crate) kill_grace: Duration,
+    /// How long Init may take (also on restart).
+    pub(crate) init_timeout: Duration,
+    /// How long health, validate_config and save_state may take.
+    pub(crate) check_timeout: Duration,
+}
+
+/// The pause before the second restart in a row; the first is at once.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// One isolated plugin version and its worker processes.
+pub(crate) struct Supervisor {
+    identity: Arc<Identity>,
+    info: PluginInfo,
+    spec: Spec,
+    restarts: Restarts,
+    current: ArcSwap<Process>,
+    life: Mutex<Life>,
+    changed: Condvar,
+    // Last: the copy is deleted once nothing can start a worker from it any more.
+    _copy: ShadowCopy,
+}
+
+struct Life {
+    state: State,
+    /// Init's configuration, again on restart.
+    config: Vec<u8>,
+    /// The state handed over at Init, again on restart.
+    handed: Option<Vec<u8>>,
+    crashes: VecDeque<Instant>,
+    pause: Duration,
+    serving_since: Instant,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// Loaded, not initialised.
+    Loaded,
+    Serving,
+    Restarting {
+        cause: String,
+    },
+    Failed {
+        cause: String,
+        crashes: usize,
+    },
+    Retired,
+}
+
+/// What `plughost list` shows of an isolated plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WorkerStatus {
+    /// The worker's process id, while one runs.
+    pub(crate) pid: Option<u32>,
+    /// `serving`, `restarting`, `failed`.
+    pub(crate) state: &'static str,
+}
+
+impl Supervisor {
+    /// Starts a worker for the checked copy `copy` and waits until it has loaded the library.
+    /// `limits_for(name)` gives the plugin's resource limits once its name is known; `name` is
+    /// the one the probe read, if any (a worker that reports another is refused).
+    pub(crate) fn start(
+        mut spec: Spec,
+        copy: ShadowCopy,
+        name: Option<&str>,
+        limits_for: &dyn Fn(&str) -> Limits,
+        restarts: Restarts,
+    ) -> Result<Arc<Supervisor>, String> {
+        let identity = Arc::new(Identity {
+            name: OnceLock::new(),
+            span: OnceLock::new(),
+            dependencies: OnceLock::new(),
+            supervisor: OnceLock::new(),
+        });
+        if let Some(name) = name {
+            spec.limits = limits_for(name);
+            let _ = identity.name.set(name.into());
+            let _ = identity
+                .span
+                .set(tracing::info_span!(parent: None, "plugin", name = %name));
+        }
+        let (mut process, mut info) = Process::start(&spec, &identity, on_end(&identity))?;
+        if let Some(expected) = name {
+            if info.name != expected {
+                process.kill("it named another plugin");
+                return Err(format!(
+                    "the worker loaded plugin {:?}, but the probe read {expected:?}",
+                    info.name
+                ));
+            }
+        } else {
+            let limits = limits_for(&info.name);
+            if limits != spec.limits {
+                // Only now is the name known: start again, within its limits.
+                process.kill("restarted within its limits");
+                spec.limits = limits;
+                (process, info) = Process::start(&spec, &identity, on_end(&identity))?;
+            }
+        }
+        let _ = identity.name.set(info.name.as_str().into());
+        let _ = identity.span.set(tracing::info_span!(
+            parent: None,
+            "plugin",
+            name = %info.name,
+            version = %info.version
+        ));
+        let supervisor = Arc::new(Supervisor {
+            identity: identity.clone(),
+            info,
+            spec,
+            restarts,
+            current: ArcSwap::new(process),
+            life: Mutex::new(Life {
+                state: State::Loaded,
+                config: Vec::new(),
+                handed: None,
+                crashes: VecDeque::new(),
+                pause: Duration::ZERO,
+                serving_since: Instant::now(),
+            }),
+            changed: Condvar::new(),
+            _copy: copy,
+        });
+        let _ = identity.supervisor.set(Arc::downgrade(&supervisor));
+        Ok(supervisor)
+    }
+
+    /// Who the plugin is, as its worker said.
+    pub(crate) fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The user's file.
+    pub(crate) fn file(&self) -> &std::path::Path {
+        &self.spec.file
+    }
+
+    /// The private copy workers load.
+    pub(crate) fn copy(&self) -> &std::path::Path {
+        &self.spec.copy
+    }
+
+    /// The hash of the checked bytes.
+    pub(crate) fn content_hash(&self) -> u128 {
+        self.spec.hash
+    }
+
+    /// Lets the plugin call the plugins in `slots`, and no others (first binding counts).
+    pub(crate) fn bind_dependencies(&self, slots: Vec<Arc<Slot>>) {
+        let _ = self.identity.dependencies.set(slots);
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.identity
+            .name
+            .get()
+            .cloned()
+            .unwrap_or_else(|| self.info.name.as_str().into())
+    }
+
+    fn life(&self) -> MutexGuard<'_, Life> {
+        self.life.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What `list` shows.
+    pub(crate) fn status(&self) -> WorkerStatus {
+        let process = self.current.load();
+        let state = match self.life().state {
+            State::Loaded => "loaded",
+            State::Serving if !process.is_dead() => "serving",
+            State::Serving | State::Restarting { .. } => "restarting",
+            State::Failed { .. } => "failed",
+            State::Retired => "retired",
+        };
+        WorkerStatus {
+            pid: (!process.is_dead()).then(|| process.pid()),
+            state,
+        }
+    }
+
+    /// Sends a request to the current worker.
+    fn request(&self, frame: Frame, phase: Phase, limit: Duration) -> Result<Frame, CallError> {
+        let process = self.current.load_full();
+        process
+            .request(frame, phase, limit)
+            .map_err(|stop| self.stopped(&process, stop, limit))
+    }
+
+    /// The error of a request or call that got no answer.
+    fn stopped(&self, process: &Process, stop: Stop, limit: Duration) -> CallError {
+        let plugin = self.name();
+        match stop {
+            Stop::TimedOut => CallError::Timeout {
+                plugin,
+                timeout: limit,
+            },
+            Stop::Died | Stop::NotServing => {
+                let death = process.wait_ended(Duration::from_secs(1));
+                self.crashed(plugin, death.as_ref())
+            }
+        }
+    }
+
+    fn crashed(&self, plugin: Arc<str>, death: Option<&Death>) -> CallError {
+        match death {
+            Some(death) => CallError::Crashed {
+                plugin,
+                cause: death.cause.clone(),
+                during: death.during,
+            },
+            None => CallError::Crashed {
+                plugin,
+                cause: "its worker stopped answering".into(),
+                during: "",
+            },
+        }
+    }
+
+    /// validate_config in the worker.
+    pub(crate) fn validate(&self, config: &[u8]) -> Result<(), CallError> {
+        let mut frame = Frame::new(Kind::Validate);
+        frame.first = config.to_vec();
+        let limit = self.restarts.check_timeout;
+        let reply = self.request(frame, Phase::Validate, limit)?;
+        self.status_of(&reply).map(|_| ())
+    }
+
+    fn status_of<'a>(&self, reply: &'a Frame) -> Result<&'a [u8], CallError> {
+        match Status(reply.status) {
+            Status::OK => Ok(&reply.first),
+            status => Err(call_error(&self.name(), status, &reply.first)),
+        }
+    }
+
+    /// Init in the worker, with `state` from the previous version if there is one.
+    pub(crate) fn init(&self, config: &[u8], state: Option<&[u8]>) -> Result<(), CallError> {
+        let process = self.current.load_full();
+        self.init_in(&process, config, state)?;
+        let mut life = self.life();
+        life.state = State::Serving;
+        life.config = config.to_vec();
+        life.handed = state.map(<[u8]>::to_vec);
+        life.serving_since = Instant::now();
+        Ok(())
+    }
+
+    fn init_in(
+        &self,
+        process: &Process,
+        config: &[u8],
+        state: Option<&[u8]>,
+    ) -> Result<(), CallError> {
+        let mut frame = Frame::new(Kind::Init);
+        frame.first = config.to_vec();
+        frame.second = state.map(<[u8]>::to_vec);
+        let limit = self.restarts.init_timeout;
+        let reply = process
+            .request(frame, Phase::Init, limit)
+            .map_err(|stop| self.stopped(process, stop, limit))?;
+        self.status_of(&reply)?;
+        if reply.second.is_none() {
+            return Err(CallError::Failed {
+                plugin: self.name(),
+                message: "init reported success but created no instance".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One Execute: see [`PluginHandle::call_into`](crate::PluginHandle::call_into).
+    pub(crate) fn call(
+        &self,
+        ctx: &CallContext,
+        input: &[u8],
+        output: &mut Vec<u8>,
+    ) -> Result<(), CallError> {
+        if input.len() > MESSAGE_LIMIT {
+            return Err(CallError::TooLarge {
+                plugin: self.name(),
+                size: input.len(),
+                limit: MESSAGE_LIMIT,
+            });
+        }
+        let started = Instant::now();
+        let until = instant_of(ctx.deadline_unix_nanos);
+        let kill_at = until.map(|until| until + self.restarts.kill_grace);
+        loop {
+            let process = self.current.load();
+            match process.execute(ctx, input, output, kill_at) {
+                Ok(Status::OK) => return Ok(()),
+                Ok(status) => {
+                    let error = call_error(&self.name(), status, output);
+                    output.clear();
+                    return Err(error);
+                }
+                Err(Stop::TimedOut) => {
+                    return Err(CallError::Timeout {
+                        plugin: self.name(),
+                        timeout: until.map_or(Duration::ZERO, |until| until - started),
+                    })
+                }
+                Err(Stop::Died) => {
+                    let death = process.wait_ended(Duration::from_secs(1));
+                    return Err(self.crashed(self.name(), death.as_ref()));
+                }
+                Err(Stop::NotServing) => self.wait_for_worker(&process, until)?,
+            }
+        }
+    }
+
+    /// Waits for a worker to replace `dead`, until `until`; without a deadline, or past it,
+    /// fails with what is going on.
+    fn wait_for_worker(
+        &self,
+        dead: &Arc<Process>,
+        until: Option<Instant>,
+    ) -> Result<(), CallError> {
+        let mut life = self.life();
+        loop {
+            if !Arc::ptr_eq(&self.current.load(), dead) {
+                return Ok(());
+            }
+            let cause = match &life.state {
+                State::Failed { cause, crashes } => {
+                    return Err(CallError::GaveUp {
+                        plugin: self.name(),
+                        crashes: *crashes,
+                        window: self.restarts.window,
+                        cause: cause.clone(),
+                    })
+                }
+                State::Retired | State::Loaded => {
+                    return Err(CallError::NotLoaded {
+                        plugin: self.name(),
+                    })
+                }
+                State::Restarting { cause } => cause.clone(),
+                State::Serving => dead
+                    .death()
+                    .map_or_else(|| "its worker ended".into(), |d| d.cause.clone()),
+            };
+            let left = until.map(|until| until.saturating_duration_since(Instant::now()));
+            match left {
+                Some(left) if !left.is_zero() => {
+                    life = self
+                        .changed
+                        .wait_timeout(life, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                _ => {
+                    return Err(CallError::Restarting {
+                        plugin: self.name(),
+                        cause,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Health, from the worker; a failed or restarting plugin is unhealthy, saying why.
+    pub(crate) fn health(&self) -> Result<PluginHealth, CallError> {
+        match &self.life().state {
+            State::Failed { cause, crashes } => {
+                return Ok(PluginHealth::Unhealthy(format!(
+                    "failed: crashed {crashes} times within {}, last: {cause}",
+                    humantime::format_duration(self.restarts.window)
+                )))
+            }
+            State::Restarting { cause } => {
+                return Ok(PluginHealth::Unhealthy(format!(
+                    "restarting after a crash: {cause}"
+                )))
+            }
+            _ => {}
+        }
+        let limit = self.restarts.check_timeout;
+        let reply = self.request(Frame::new(Kind::Health), Phase::Health, limit)?;
+        let message = String::from_utf8_lossy(self.status_of(&reply)?).into_owned();
+        Ok(match reply.number {
+            u64::MAX => PluginHealth::Unknown,
+            level if level == u64::from(health_level::HEALTHY) => PluginHealth::Healthy,
+            level if level == u64::from(health_level::DEGRADED) => PluginHealth::Degraded(message),
+            _ => PluginHealth::Unhealthy(message),
+        })
+    }
+
+    /// The state to hand to the next version, from the worker.
+    pub(crate) fn save_state(&self) -> Result<Option<Vec<u8>>, CallError> {
+        let limit = self.restarts.check_timeout;
+        let reply = self.request(Frame::new(Kind::SaveState), Phase::SaveState, limit)?;
+        let state = self.status_of(&reply)?;
+        Ok((!state.is_empty()).then(|| state.to_vec()))
+    }
+
+    /// Stops restarting, runs Shutdown in the worker within `limit` and waits for it to exit;
+    /// kills it if it does not. No call may be in flight.
+    pub(crate) fn shutdown(&self, limit: Duration) -> Result<(), CallError> {
+        let was = std::mem::replace(&mut self.life().state, State::Retired);
+        self.changed.notify_all();
+        let process = self.current.load_full();
+        let deadline = Instant::now() + limit;
+        let answer = if matches!(was, State::Serving) && !process.is_dead() {
+            process.quit_lanes();
+            Some(
+                process
+                    .request(Frame::new(Kind::Shutdown), Phase::Shutdown, limit)
+                    .map_err(|stop| self.stopped(&process, stop, limit)),
+            )
+        } else {
+            None
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if process
+            .wait_ended(left.max(Duration::from_millis(100)))
+            .is_none()
+        {
+            process.kill("it did not exit after shutdown");
+            process.wait_ended(Duration::from_secs(5));
+        }
+        match answer {
+            Some(Ok(reply)) => self.status_of(&reply).map(|_| ()),
+            Some(Err(e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Kills the worker now, without Shutdown (a library never started, or given up on).
+    pub(crate) fn kill(&self) {
+        self.life().state = State::Retired;
+        self.changed.notify_all();
+        let process = self.current.load_full();
+        if !process.is_dead() {
+            process.kill("the host closed it");
+            process.wait_ended(Duration::from_secs(5));
+        }
+    }
+
+    /// The current worker ended: restart it unless the host meant it.
+    fn ended(self: &Arc<Self>, process: &Arc<Process>) {
+        if !Arc::ptr_eq(&self.current.load(), process) {
+            return;
+        }
+        let Some(death) = process.death().cloned() else {
+            return;
+        };
+        let mut life = self.life();
+        if !matches!(life.state, State::Serving) {
+            return;
+        }
+        let name = self.name();
+        let span = self
+            .identity
+            .span
+            .get()
+            .cloned()
+            .unwrap_or_else(tracing::Span::none);
+        let _entered = span.enter();
+        if !self.note_crash(&mut life, &death) {
+            return;
+        }
+        warn!(
+            "{name} crashed: {} {}; restarting in {} ms{}",
+            death.cause,
+            death.during,
+            life.pause.as_millis(),
+            lines(&death.last_lines)
+        );
+        drop(life);
+        let supervisor = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("plughost-restart".into())
+            .spawn(move || supervisor.restart());
+        if spawned.is_err() {
+            self.life().state = State::Failed {
+                cause: "no thread to restart it on".into(),
+                crashes: 0,
+            };
+        }
+    }
+
+    /// Counts a crash; `false` when it is one too many (the plugin is then failed).
+    fn note_crash(&self, life: &mut Life, death: &Death) -> bool {
+        let now = Instant::now();
+        if life.serving_since.elapsed() >= HEALTHY_AFTER {
+            life.pause = Duration::ZERO;
+        }
+        life.crashes.push_back(now);
+        while life
+            .crashes
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > self.restarts.window)
+        {
+            life.crashes.pop_front();
+        }
+        let cause = format!("{} {}", death.cause, death.during);
+        if life.crashes.len() >= self.restarts.max_crashes {
+            error!(
+                "{} failed: crashed {} times within {}, last: {cause}{}; not restarted until \
+                 its file changes or it is enabled again",
+                self.name(),
+                life.crashes.len(),
+                humantime::format_duration(self.restarts.window),
+                lines(&death.last_lines)
+            );
+            life.state = State::Failed {
+                cause,
+                crashes: life.crashes.len(),
+            };
+            self.changed.notify_all();
+            return false;
+        }
+        life.state = State::Restarting { cause };
+        self.changed.notify_all();
+        true
+    }
+
+    /// Waits out the pause, starts a new worker and Inits it; again while that fails.
+    fn restart(self: Arc<Self>) {
+        loop {
+            let mut life = self.life();
+            let pause = life.pause;
+            life.pause = (life.pause * 2).clamp(FIRST_PAUSE, LONGEST_PAUSE);
+            let until = Instant::now() + pause;
+            while matches!(life.state, State::Restarting { .. }) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                life = self
+                    .changed
+                    .wait_timeout(life, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if !matches!(life.state, State::Restarting { .. }) {
+                return; // retired meanwhile
+            }
+            let (config, handed) = (life.config.clone(), life.handed.clone());
+            drop(life);
+            let span = self
+                .identity
+                .span
+                .get()
+                .cloned()
+                .unwrap_or_else(tracing::Span::none);
+            let _entered = span.enter();
+            let started = Process::start(&self.spec, &self.identity, on_end(&self.identity))
+                .map_err(|reason| Death {
+                    cause: reason,
+                    during: "while restarting",
+                    last_lines: Vec::new(),
+                })
+                .and_then(|(process, _)| {
+                    match self.init_in(&process, &config, handed.as_deref()) {
+                        Ok(()) => Ok(process),
+                        Err(e) => {
+                            process.kill("its init failed");
+                            Err(Death {
+                                cause: e.to_string(),
+                                during: "during init",
+                                last_lines: process
+                                    .wait_ended(Duration::from_secs(1))
+                                    .map(|d| d.last_lines)
+                                    .unwrap_or_default(),
+                            })
+                        }
+                    }
+                });
+            let mut life = self.life();
+            match started {
+                Ok(process) => {
+                    if !matches!(life.state, State::Restarting { .. }) {
+                        drop(life);
+                        process.kill("the host closed it");
+                        return;
+                    }
+                    let pid = process.pid();
+                    self.current.store(process);
+                    life.state = State::Serving;
+                    life.serving_since = Instant::now();
+                    self.changed.notify_all();
+                    info!("{} restarted (worker pid {pid})", self.name());
+                    return;
+                }
+                Err(death) => {
+                    if !self.note_crash(&mut life, &death) {
+                        return;
+                    }
+                    warn!(
+                        "{} did not restart: {} {}; trying again in {} ms",
+                        self.name(),
+                        death.cause,
+                        death.during,
+                        life.pause.as_millis()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let process = self.current.load_full();
+        if !process.is_dead() {
+            process.kill("the host closed it");
+        }
+    }
+}
+
+/// What a worker's end calls: its supervisor, if it still has one.
+fn on_end(identity: &Arc<Identity>) -> impl FnOnce(&Arc<Process>) + Send + 'static {
+    let identity = Arc::downgrade(identity);
+    move |process| {
+        let supervisor = identity
+            .upgrade()
+            .and_then(|identity| identity.supervisor.get().and_then(Weak::upgrade));
+        if let Some(supervisor) = supervisor {
+            supervisor.ended(process);
+        }
+    }
+}
+
+/// The `Instant` of a deadline in nanoseconds since the Unix epoch (0: none).
+fn instant_of(deadline_unix_nanos: u64) -> Option<Instant> {
+    if deadline_unix_nanos == 0 {
+        return None;
+    }
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_nanos(deadline_unix_nanos);
+    let now = (Instant::now(), SystemTime::now());
+    Some(match deadline.duration_since(now.1) {
+        Ok(left) => now.0 + left,
+        Err(_) => now.0,
+    })
+}
