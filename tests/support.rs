@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use plughost::{Host, HostConfig, HostEvent, ProbeSetting, WatchOptions, Watcher};
 use tempfile::TempDir;
 
+#[path = "isolated.rs"]
+pub mod isolated;
+
 /// The built library of a workspace package (an example under `plugins/` or a fixture under
 /// `tests/fixtures/`), e.g. `"transform"` or `"fixture-panicky"`.
 pub fn library(package: &str) -> &'static Path {

@@ -250,9 +250,10 @@ impl Host {
     }
 
     /// Checks `bytes` and loads them here, or in a worker process if the settings isolate the
-    /// plugin. The name decides, so it is known from the probe; when nothing probes, the
-    /// host's default decides, and a plugin loaded here that its own settings isolate is
-    /// loaded again, from the same bytes, in a worker.
+    /// plugin. Its name decides, so it is known from the probe. When nothing probes, a library
+    /// whose name is not known yet goes to a worker if any plugin may be isolated (so that an
+    /// isolated plugin's library is never loaded here), and comes back here, from the same
+    /// bytes, if it turns out to be a plugin that runs in process.
     fn open_from(
         &self,
         path: &Path,
@@ -265,29 +266,40 @@ impl Host {
             Isolation::Process => Placement::Worker,
             Isolation::InProcess => Placement::Here,
         };
+        let any_isolated = settings.host.isolation == Isolation::Process
+            || settings
+                .plugins
+                .values()
+                .any(|p| p.isolation == Some(Isolation::Process));
         let place = |name: Option<&str>| match name {
             Some(name) if !wanted(name) => Placement::Unwanted,
             Some(name) => place_by(settings.isolation_of(name)),
-            None => place_by(settings.host.isolation),
+            None if any_isolated => Placement::Worker,
+            None => Placement::Here,
+        };
+        let here = |library| {
+            let mut library = PluginLibrary::new(library);
+            library.set_load_time(started.elapsed());
+            library
         };
         let opened = Library::open_bytes(path, bytes, &self.shadow, &self.probe, &place)?;
         let checked = match opened {
-            Opened::Here(library) => {
-                if settings.isolation_of(&library.info().name) == Isolation::InProcess {
-                    let mut library = PluginLibrary::new(*library);
-                    library.set_load_time(started.elapsed());
-                    return Ok(library);
-                }
-                drop(library);
-                let worker = |_: Option<&str>| Placement::Worker;
-                match Library::open_bytes(path, bytes, &self.shadow, &self.probe, &worker)? {
-                    Opened::Checked(checked) => checked,
-                    Opened::Here(_) => unreachable!("placed in a worker"),
-                }
-            }
+            Opened::Here(library) => return Ok(here(*library)),
             Opened::Checked(checked) => checked,
         };
-        self.workers.isolate(checked, settings, started)
+        let named = checked.name.is_some();
+        let isolated = self.workers.isolate(checked, settings, started)?;
+        let name = &isolated.info().name;
+        if named || settings.isolation_of(name) == Isolation::Process {
+            return Ok(isolated);
+        }
+        // Only the worker could tell its name: it runs here after all.
+        drop(isolated);
+        let here_only = |_: Option<&str>| Placement::Here;
+        match Library::open_bytes(path, bytes, &self.shadow, &self.probe, &here_only)? {
+            Opened::Here(library) => Ok(here(*library)),
+            Opened::Checked(_) => unreachable!("placed here"),
+        }
     }
 
     /// Loads every enabled library in the plugins folder, in dependency order (then by

@@ -106,6 +106,17 @@ pub(crate) fn call_error(plugin: &Arc<str>, status: Status, message: &[u8]) -> C
     }
 }
 
+/// What a plugin that called another gets for `error`, the inverse of [`call_error`]: the
+/// callee's status and own message when it returned an error or panicked (as an in-process
+/// callee's come through), the host's words otherwise (the callee crashed, timed out...).
+pub(crate) fn status_of(error: &CallError) -> (Status, std::borrow::Cow<'_, str>) {
+    match error {
+        CallError::Failed { message, .. } => (Status::ERROR, message.into()),
+        CallError::Panicked { message, .. } => (Status::PANIC, message.into()),
+        other => (Status::ERROR, other.to_string().into()),
+    }
+}
+
 /// Runs plugin code on a short-lived thread of its own, and waits for it at most `limit`.
 ///
 /// Its own thread, because whatever thread-local destructors the plugin registers there run

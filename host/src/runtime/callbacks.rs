@@ -15,7 +15,7 @@ use plugin_api::ffi::{
 };
 use tracing::Span;
 
-use super::abi::{written, FreeFn, Written};
+use super::abi::{status_of, written, FreeFn, Written};
 use super::instance::Callee;
 use super::registry::Slot;
 
@@ -88,7 +88,10 @@ unsafe extern "C" fn call_plugin(
             let mut answer = Vec::new();
             return match version.call_into_with(ctx, input.as_slice(), &mut answer) {
                 Ok(()) => reply(out, Status::OK, &answer),
-                Err(e) => reply(out, Status::ERROR, e.to_string().as_bytes()),
+                Err(e) => {
+                    let (status, message) = status_of(&e);
+                    reply(out, status, message.as_bytes())
+                }
             };
         };
         // The callee writes straight into the caller's lent buffer.

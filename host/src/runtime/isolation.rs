@@ -25,6 +25,10 @@ impl Workers {
     pub(crate) fn new(program: Option<PathBuf>, config: &HostConfig) -> Self {
         #[cfg(target_os = "linux")]
         let cgroup_root = super::worker::limits::cgroup_root(config.host.cgroup.as_deref());
+        #[cfg(target_os = "linux")]
+        if let Some(root) = &cgroup_root {
+            super::worker::limits::remove_stale(root);
+        }
         #[cfg(not(target_os = "linux"))]
         let cgroup_root = {
             let _ = config;

@@ -169,8 +169,8 @@ impl PluginLibrary {
     /// [`mark_stuck`]: Self::mark_stuck
     pub(crate) fn validate_config(&self, config: &[u8], limit: Duration) -> Result<(), CallError> {
         if let Some(worker) = &self.worker {
-            // Bounded by the worker's own check limit; a worker that overruns it is killed.
-            return worker.validate(config);
+            // A worker that overruns the limit is killed, not left running.
+            return worker.validate(config, limit);
         }
         let vtable = self.vtable();
         let Some(validate) = vtable.validate_config else {

@@ -90,11 +90,21 @@ impl Frame {
         }
     }
 
+    /// Its length on the wire, after the length word.
+    pub(crate) fn len(&self) -> usize {
+        1 + 1 + 8 + 8 + 4 + self.first.len() + 4 + self.second.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Whether it is small enough to be sent ([`write_to`](Self::write_to) refuses it
+    /// otherwise, and the other side would refuse to read it).
+    pub(crate) fn fits(&self) -> bool {
+        self.len() <= FRAME_LIMIT
+    }
+
     /// Writes the frame with one `write_all`, so that frames from several threads sharing a
     /// locked writer never interleave.
     pub(crate) fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let second_len = self.second.as_ref().map_or(0, Vec::len);
-        let len = 1 + 1 + 8 + 8 + 4 + self.first.len() + 4 + second_len;
+        let len = self.len();
         if len > FRAME_LIMIT {
             return Err(std::io::Error::other(format!(
                 "a message of {len} bytes is more than the limit of {FRAME_LIMIT}"

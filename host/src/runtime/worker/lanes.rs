@@ -8,7 +8,7 @@
 //! (docs/design.md, "Calls into a worker").
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 /// Calls a worker serves at once; a caller beyond them waits for a lane.
@@ -31,6 +31,9 @@ const REGION_LEN: usize = HEADERS + LANES * 2 * MESSAGE_LIMIT;
 
 /// A lane's control words. Everything in it is atomic: the two sides are separate processes,
 /// and the data areas are ordered by `request` and `response` (release, then acquire).
+///
+/// The worker runs code the host does not trust, which can write anything here: the host
+/// reads only integers, every value of which is valid, and clamps the lengths.
 #[repr(C, align(64))]
 pub(crate) struct Header {
     /// Bumped by the host to hand the lane to the worker.
@@ -45,8 +48,9 @@ pub(crate) struct Header {
     pub(crate) op: AtomicU32,
     /// The plugin's status byte.
     pub(crate) status: AtomicU32,
-    /// The call's cancellation flag, which the plugin reads through its `Context`.
-    pub(crate) cancelled: AtomicBool,
+    /// The call's cancellation flag (0 or 1), which the plugin reads through its `Context`
+    /// as an `AtomicBool` (in the worker: see [`Lane::cancel_flag`]).
+    pub(crate) cancelled: AtomicU8,
     /// Bytes of input.
     pub(crate) input_len: AtomicU64,
     /// Bytes of output (or of the error message).
@@ -137,7 +141,7 @@ impl Region {
     /// Which lane a call context's cancellation flag belongs to, if it is one of this
     /// region's: how a worker tells which call a plugin's nested call comes from.
     pub(crate) fn lane_of(&self, flag: *const AtomicBool) -> Option<usize> {
-        (0..LANES).find(|&i| std::ptr::eq(&self.lane(i).header.cancelled, flag))
+        (0..LANES).find(|&i| std::ptr::eq(self.lane(i).cancel_flag(), flag))
     }
 }
 
@@ -176,6 +180,15 @@ pub(crate) enum Answered {
 }
 
 impl Lane<'_> {
+    /// The call's cancellation flag as the plugin's `Context` reads it, for the worker.
+    ///
+    /// An `AtomicBool` has the size and alignment of the `AtomicU8` it points at, and the host
+    /// writes only 0 and 1 there. A plugin that writes anything else harms only its own
+    /// process: the host reads the byte as an integer.
+    pub(crate) fn cancel_flag(&self) -> *const AtomicBool {
+        (&self.header.cancelled as *const AtomicU8).cast()
+    }
+
     /// The host hands the lane to the worker with sequence number `seq`.
     pub(crate) fn post(&self, seq: u32) {
         self.header.request.store(seq, Ordering::SeqCst);
@@ -187,12 +200,14 @@ impl Lane<'_> {
     }
 
     /// The host waits for the answer to `seq` until `until` (for ever if `None`), copying the
-    /// caller's cancellation into the lane while it waits.
+    /// caller's cancellation into the lane, and into `mirror` (the host's own copy, for the
+    /// plugin's calls to other plugins), while it waits.
     pub(crate) fn wait_answer(
         &self,
         seq: u32,
         until: Option<Instant>,
         cancelled: Option<&AtomicBool>,
+        mirror: &AtomicBool,
     ) -> Answered {
         let h = self.header;
         let check = |r: u32| match r {
@@ -212,7 +227,8 @@ impl Lane<'_> {
         loop {
             if let Some(flag) = cancelled {
                 if flag.load(Ordering::Relaxed) {
-                    h.cancelled.store(true, Ordering::Relaxed);
+                    h.cancelled.store(1, Ordering::Relaxed);
+                    mirror.store(true, Ordering::Relaxed);
                 }
             }
             let now = Instant::now();
@@ -374,7 +390,8 @@ mod tests {
             if i % 10 == 0 {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            assert_eq!(lane.wait_answer(seq, None, None), Answered::Yes);
+            let mirror = AtomicBool::new(false);
+            assert_eq!(lane.wait_answer(seq, None, None, &mirror), Answered::Yes);
             let len = lane.header.output_len.load(Ordering::Relaxed) as usize;
             // SAFETY: the worker wrote `len` bytes before answering.
             let output = unsafe { std::slice::from_raw_parts(lane.output, len) };
@@ -390,7 +407,15 @@ mod tests {
         lane.post(1);
         let started = Instant::now();
         let until = Some(started + Duration::from_millis(50));
-        assert_eq!(lane.wait_answer(1, until, None), Answered::TimedOut);
+        let mirror = AtomicBool::new(false);
+        let cancelled = AtomicBool::new(true);
+        let answer = lane.wait_answer(1, until, Some(&cancelled), &mirror);
+        assert_eq!(answer, Answered::TimedOut);
+        assert_eq!(lane.header.cancelled.load(Ordering::Relaxed), 1);
+        assert!(
+            mirror.load(Ordering::Relaxed),
+            "the caller's cancellation is passed on"
+        );
         assert!(started.elapsed() >= Duration::from_millis(50));
         let region = std::sync::Arc::new(host);
         let marking = region.clone();
@@ -398,7 +423,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             marking.lane(0).mark_dead();
         });
-        assert_eq!(region.lane(0).wait_answer(1, None, None), Answered::Dead);
+        assert_eq!(
+            region.lane(0).wait_answer(1, None, None, &mirror),
+            Answered::Dead
+        );
         killer.join().unwrap();
         assert_eq!(next_seq(DEAD - 1), 1);
         assert_eq!(next_seq(u32::MAX), 1);

@@ -72,10 +72,14 @@ pub(crate) fn plan(limits: &Limits, root: Option<&Path>, id: &str) -> Plan {
                 plan.child.join = CString::new(procs.as_os_str().as_encoded_bytes()).ok();
                 plan.cgroup = Some(dir);
                 plan.summary = format!("cgroup v2: {summary}");
+                // What a cgroup does not cover is still a resource limit of the process.
+                if let Some(seconds) = limits.cpu_seconds {
+                    plan.child.rlimits.push((libc::RLIMIT_CPU as _, seconds));
+                }
                 if let Some(files) = limits.open_files {
                     plan.child.rlimits.push((libc::RLIMIT_NOFILE as _, files));
                     plan.summary
-                        .push_str(&format!(", open files {files} (rlimit)"));
+                        .push_str(&format!(", open files {files} (RLIMIT_NOFILE)"));
                 }
                 return plan;
             }
@@ -120,6 +124,9 @@ pub(crate) fn plan(limits: &Limits, root: Option<&Path>, id: &str) -> Plan {
 
 /// Creates the worker's cgroup under `root` and writes its limits.
 fn cgroup(limits: &Limits, root: &Path, id: &str) -> std::io::Result<(PathBuf, String)> {
+    // The controllers must be on for the children of `root`; a delegated cgroup may not have
+    // them yet. Best effort: if this fails, writing the limits below says why.
+    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu +pids");
     let dir = root.join(id);
     std::fs::create_dir(&dir)?;
     let mut summary = Vec::new();
@@ -149,6 +156,27 @@ fn cgroup(limits: &Limits, root: &Path, id: &str) -> std::io::Result<(PathBuf, S
         summary.push(format!("CPU {seconds} s in all (RLIMIT_CPU)"));
     }
     Ok((dir, summary.join(", ")))
+}
+
+/// Removes the (empty) cgroups of workers whose host no longer runs: a host killed with
+/// `kill -9` cannot remove its own. Names are `plughost-<file>-<host pid>-<n>`.
+pub(crate) fn remove_stale(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with("plughost-")) else {
+            continue;
+        };
+        let host = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(host) = host {
+            if host != std::process::id() && !Path::new(&format!("/proc/{host}")).exists() {
+                // Fails, harmlessly, while a process is still in it.
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
 }
 
 /// The part of a [`Plan`] the child carries out itself, between `fork` and `exec`.
@@ -194,12 +222,14 @@ impl Plan {
 }
 
 impl InChild {
-    /// Applies the plan in the child between `fork` and `exec`.
+    /// Applies the plan in the child between `fork` and `exec`. It makes only
+    /// async-signal-safe calls (`setrlimit`, `open`, `write`, `close`), on memory allocated
+    /// before the fork, and allocates nothing.
     ///
     /// # Safety
     ///
-    /// Only async-signal-safe calls are made (`setrlimit`, `open`, `write`, `close`), on
-    /// memory allocated before the fork, as `pre_exec` requires.
+    /// Call it only in a child between `fork` and `exec` (from `Command::pre_exec`): it
+    /// changes the limits and the cgroup of the calling process.
     pub(crate) unsafe fn apply_in_child(&self) -> std::io::Result<()> {
         for &(resource, value) in &self.rlimits {
             // RLIMIT_CPU: SIGXCPU at the soft limit, SIGKILL a few seconds later.

@@ -16,7 +16,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Mutex, OnceLock};
 
@@ -96,6 +96,12 @@ pub(crate) fn run(args: &[std::ffi::OsString]) -> ExitCode {
         .and_then(|h| u128::from_str_radix(h, 16).ok())
         .unwrap_or(0);
     let max_level = level.to_str().and_then(|l| l.parse().ok()).unwrap_or(0);
+    // Not to be inherited by whatever the plugin starts: a child holding the channel would keep
+    // it open after this process dies, and could speak on it.
+    for fd in [CONTROL_FD, LANES_FD] {
+        // SAFETY: `fcntl(F_SETFD)` on descriptors this process was given; no memory involved.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: the host passes these two descriptors, open, to this process alone; nothing
     // else in this process uses them.
     let (control, lanes) = unsafe {
@@ -197,7 +203,7 @@ fn serve_lane(side: &'static Side, served: &'static Served, index: usize) {
         // acquire in `wait_request`) and does not touch the lane until it is answered.
         let input = unsafe { std::slice::from_raw_parts(lane.input, len) };
         let ctx = CallContext {
-            cancelled: &header.cancelled as *const AtomicBool,
+            cancelled: lane.cancel_flag(),
             deadline_unix_nanos: header.deadline.load(Ordering::Relaxed),
         };
         let instance = served.instance.load(Ordering::Acquire);
@@ -333,6 +339,7 @@ fn serve_request(side: &Side, served: &Served, request: Frame) {
             };
             answer.status = status.0;
             answer.first = bytes;
+            answer.first.truncate(64 * 1024);
             side.send(&answer);
             exit_now(0);
         }
@@ -340,6 +347,12 @@ fn serve_request(side: &Side, served: &Served, request: Frame) {
     };
     answer.status = status.0;
     answer.first = bytes;
+    if !answer.fits() {
+        let size = answer.len();
+        answer.status = Status::ERROR.0;
+        answer.first =
+            format!("an answer of {size} bytes is more than the channel carries").into_bytes();
+    }
     side.send(&answer);
 }
 
@@ -405,6 +418,13 @@ unsafe extern "C" fn worker_call(
     frame.status = side.region.lane_of(ctx.cancelled).map_or(255, |i| i as u8);
     frame.first = name.as_rslice().as_slice().to_vec();
     frame.second = Some(input.as_slice().to_vec());
+    if !frame.fits() {
+        side.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        return reply(out, Status::ERROR, b"the call is too large for the channel");
+    }
     side.send(&frame);
     // The host answers every call, within its deadline; if it died, so does this process.
     match answer.recv() {

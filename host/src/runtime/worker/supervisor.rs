@@ -1,23 +1,21 @@
 //! An isolated plugin, seen from the host: the [`Supervisor`] of its worker processes. It
-//! starts the first one, Inits it, serves calls through it, and when it dies replaces it, Init-ed
-//! with the same configuration and the state the plugin was last handed: at once after the
-//! first crash, then after pauses that double from 100 ms to 30 s (a healthy minute starts the
-//! count again). A plugin
-//! that crashes `max_crashes` times within `crash_window` is marked failed and not restarted
-//! until it is loaded again.
+//! starts the first one, Inits it, serves calls, health checks and state hand-over through it,
+//! shuts it down, and when it dies replaces it ([`restart`](super::restart)).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use plugin_api::ffi::{health_level, CallContext, Status};
-use tracing::{error, info, warn};
 
+use super::death::{Death, Phase};
 use super::frame::{Frame, Kind};
+use super::inbox::Identity;
 use super::lanes::MESSAGE_LIMIT;
 use super::limits::Limits;
-use super::process::{lines, Death, Identity, Phase, Process, Spec, Stop};
+use super::process::{Process, Spec, Stop};
+use super::restart::on_end;
 use crate::error::CallError;
 use crate::loader::shadow::ShadowCopy;
 use crate::plugin_info::PluginInfo;
@@ -40,37 +38,34 @@ pub(crate) struct Restarts {
     pub(crate) check_timeout: Duration,
 }
 
-/// The pause before the second restart in a row; the first is at once.
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const LONGEST_PAUSE: Duration = Duration::from_secs(30);
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-
 /// One isolated plugin version and its worker processes.
 pub(crate) struct Supervisor {
-    identity: Arc<Identity>,
+    pub(super) identity: Arc<Identity>,
     info: PluginInfo,
-    spec: Spec,
-    restarts: Restarts,
-    current: ArcSwap<Process>,
+    pub(super) spec: Spec,
+    pub(super) restarts: Restarts,
+    pub(super) current: ArcSwap<Process>,
     life: Mutex<Life>,
-    changed: Condvar,
+    pub(super) changed: Condvar,
     // Last: the copy is deleted once nothing can start a worker from it any more.
     _copy: ShadowCopy,
 }
 
-struct Life {
-    state: State,
+pub(super) struct Life {
+    pub(super) state: State,
     /// Init's configuration, again on restart.
-    config: Vec<u8>,
+    pub(super) config: Vec<u8>,
     /// The state handed over at Init, again on restart.
-    handed: Option<Vec<u8>>,
-    crashes: VecDeque<Instant>,
-    pause: Duration,
-    serving_since: Instant,
+    pub(super) handed: Option<Vec<u8>>,
+    /// When it crashed, within the window.
+    pub(super) crashes: VecDeque<Instant>,
+    /// The pause before the next restart.
+    pub(super) pause: Duration,
+    pub(super) serving_since: Instant,
 }
 
 #[derive(Debug, Clone)]
-enum State {
+pub(super) enum State {
     /// Loaded, not initialised.
     Loaded,
     Serving,
@@ -188,7 +183,7 @@ impl Supervisor {
         let _ = self.identity.dependencies.set(slots);
     }
 
-    fn name(&self) -> Arc<str> {
+    pub(super) fn name(&self) -> Arc<str> {
         self.identity
             .name
             .get()
@@ -196,7 +191,7 @@ impl Supervisor {
             .unwrap_or_else(|| self.info.name.as_str().into())
     }
 
-    fn life(&self) -> MutexGuard<'_, Life> {
+    pub(super) fn life(&self) -> MutexGuard<'_, Life> {
         self.life.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -236,6 +231,11 @@ impl Supervisor {
                 let death = process.wait_ended(Duration::from_secs(1));
                 self.crashed(plugin, death.as_ref())
             }
+            Stop::TooLarge(size) => CallError::TooLarge {
+                plugin,
+                size,
+                limit: 2 * MESSAGE_LIMIT,
+            },
         }
     }
 
@@ -254,11 +254,10 @@ impl Supervisor {
         }
     }
 
-    /// validate_config in the worker.
-    pub(crate) fn validate(&self, config: &[u8]) -> Result<(), CallError> {
+    /// validate_config in the worker, within `limit` (past it, the worker is killed).
+    pub(crate) fn validate(&self, config: &[u8], limit: Duration) -> Result<(), CallError> {
         let mut frame = Frame::new(Kind::Validate);
         frame.first = config.to_vec();
-        let limit = self.restarts.check_timeout;
         let reply = self.request(frame, Phase::Validate, limit)?;
         self.status_of(&reply).map(|_| ())
     }
@@ -271,18 +270,39 @@ impl Supervisor {
     }
 
     /// Init in the worker, with `state` from the previous version if there is one.
-    pub(crate) fn init(&self, config: &[u8], state: Option<&[u8]>) -> Result<(), CallError> {
+    pub(crate) fn init(
+        self: &Arc<Self>,
+        config: &[u8],
+        state: Option<&[u8]>,
+    ) -> Result<(), CallError> {
         let process = self.current.load_full();
         self.init_in(&process, config, state)?;
         let mut life = self.life();
-        life.state = State::Serving;
         life.config = config.to_vec();
         life.handed = state.map(<[u8]>::to_vec);
-        life.serving_since = Instant::now();
+        self.serve_with(life, process);
         Ok(())
     }
 
-    fn init_in(
+    /// Puts `process`, just Init-ed, in service. A worker that died between its Init's answer
+    /// and now went unnoticed by [`ended`](Self::ended) (it was not serving yet): its crash is
+    /// handled here instead.
+    pub(super) fn serve_with(
+        self: &Arc<Self>,
+        mut life: MutexGuard<'_, Life>,
+        process: Arc<Process>,
+    ) {
+        self.current.store(process.clone());
+        life.state = State::Serving;
+        life.serving_since = Instant::now();
+        self.changed.notify_all();
+        drop(life);
+        if process.is_dead() {
+            self.ended(&process);
+        }
+    }
+
+    pub(super) fn init_in(
         &self,
         process: &Process,
         config: &[u8],
@@ -337,7 +357,7 @@ impl Supervisor {
                         timeout: until.map_or(Duration::ZERO, |until| until - started),
                     })
                 }
-                Err(Stop::Died) => {
+                Err(Stop::Died | Stop::TooLarge(_)) => {
                     let death = process.wait_ended(Duration::from_secs(1));
                     return Err(self.crashed(self.name(), death.as_ref()));
                 }
@@ -474,167 +494,12 @@ impl Supervisor {
         }
     }
 
-    /// The current worker ended: restart it unless the host meant it.
-    fn ended(self: &Arc<Self>, process: &Arc<Process>) {
-        if !Arc::ptr_eq(&self.current.load(), process) {
-            return;
-        }
-        let Some(death) = process.death().cloned() else {
-            return;
-        };
-        let mut life = self.life();
-        if !matches!(life.state, State::Serving) {
-            return;
-        }
-        let name = self.name();
-        let span = self
-            .identity
+    pub(super) fn span(&self) -> tracing::Span {
+        self.identity
             .span
             .get()
             .cloned()
-            .unwrap_or_else(tracing::Span::none);
-        let _entered = span.enter();
-        if !self.note_crash(&mut life, &death) {
-            return;
-        }
-        warn!(
-            "{name} crashed: {} {}; restarting in {} ms{}",
-            death.cause,
-            death.during,
-            life.pause.as_millis(),
-            lines(&death.last_lines)
-        );
-        drop(life);
-        let supervisor = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("plughost-restart".into())
-            .spawn(move || supervisor.restart());
-        if spawned.is_err() {
-            self.life().state = State::Failed {
-                cause: "no thread to restart it on".into(),
-                crashes: 0,
-            };
-        }
-    }
-
-    /// Counts a crash; `false` when it is one too many (the plugin is then failed).
-    fn note_crash(&self, life: &mut Life, death: &Death) -> bool {
-        let now = Instant::now();
-        if life.serving_since.elapsed() >= HEALTHY_AFTER {
-            life.pause = Duration::ZERO;
-        }
-        life.crashes.push_back(now);
-        while life
-            .crashes
-            .front()
-            .is_some_and(|&at| now.duration_since(at) > self.restarts.window)
-        {
-            life.crashes.pop_front();
-        }
-        let cause = format!("{} {}", death.cause, death.during);
-        if life.crashes.len() >= self.restarts.max_crashes {
-            error!(
-                "{} failed: crashed {} times within {}, last: {cause}{}; not restarted until \
-                 its file changes or it is enabled again",
-                self.name(),
-                life.crashes.len(),
-                humantime::format_duration(self.restarts.window),
-                lines(&death.last_lines)
-            );
-            life.state = State::Failed {
-                cause,
-                crashes: life.crashes.len(),
-            };
-            self.changed.notify_all();
-            return false;
-        }
-        life.state = State::Restarting { cause };
-        self.changed.notify_all();
-        true
-    }
-
-    /// Waits out the pause, starts a new worker and Inits it; again while that fails.
-    fn restart(self: Arc<Self>) {
-        loop {
-            let mut life = self.life();
-            let pause = life.pause;
-            life.pause = (life.pause * 2).clamp(FIRST_PAUSE, LONGEST_PAUSE);
-            let until = Instant::now() + pause;
-            while matches!(life.state, State::Restarting { .. }) {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                life = self
-                    .changed
-                    .wait_timeout(life, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            if !matches!(life.state, State::Restarting { .. }) {
-                return; // retired meanwhile
-            }
-            let (config, handed) = (life.config.clone(), life.handed.clone());
-            drop(life);
-            let span = self
-                .identity
-                .span
-                .get()
-                .cloned()
-                .unwrap_or_else(tracing::Span::none);
-            let _entered = span.enter();
-            let started = Process::start(&self.spec, &self.identity, on_end(&self.identity))
-                .map_err(|reason| Death {
-                    cause: reason,
-                    during: "while restarting",
-                    last_lines: Vec::new(),
-                })
-                .and_then(|(process, _)| {
-                    match self.init_in(&process, &config, handed.as_deref()) {
-                        Ok(()) => Ok(process),
-                        Err(e) => {
-                            process.kill("its init failed");
-                            Err(Death {
-                                cause: e.to_string(),
-                                during: "during init",
-                                last_lines: process
-                                    .wait_ended(Duration::from_secs(1))
-                                    .map(|d| d.last_lines)
-                                    .unwrap_or_default(),
-                            })
-                        }
-                    }
-                });
-            let mut life = self.life();
-            match started {
-                Ok(process) => {
-                    if !matches!(life.state, State::Restarting { .. }) {
-                        drop(life);
-                        process.kill("the host closed it");
-                        return;
-                    }
-                    let pid = process.pid();
-                    self.current.store(process);
-                    life.state = State::Serving;
-                    life.serving_since = Instant::now();
-                    self.changed.notify_all();
-                    info!("{} restarted (worker pid {pid})", self.name());
-                    return;
-                }
-                Err(death) => {
-                    if !self.note_crash(&mut life, &death) {
-                        return;
-                    }
-                    warn!(
-                        "{} did not restart: {} {}; trying again in {} ms",
-                        self.name(),
-                        death.cause,
-                        death.during,
-                        life.pause.as_millis()
-                    );
-                }
-            }
-        }
+            .unwrap_or_else(tracing::Span::none)
     }
 }
 
@@ -643,19 +508,6 @@ impl Drop for Supervisor {
         let process = self.current.load_full();
         if !process.is_dead() {
             process.kill("the host closed it");
-        }
-    }
-}
-
-/// What a worker's end calls: its supervisor, if it still has one.
-fn on_end(identity: &Arc<Identity>) -> impl FnOnce(&Arc<Process>) + Send + 'static {
-    let identity = Arc::downgrade(identity);
-    move |process| {
-        let supervisor = identity
-            .upgrade()
-            .and_then(|identity| identity.supervisor.get().and_then(Weak::upgrade));
-        if let Some(supervisor) = supervisor {
-            supervisor.ended(process);
         }
     }
 }

@@ -1,0 +1,239 @@
+//! What a worker sends the host, and what the host does with it: replies to its requests,
+//! the plugin's log lines and its calls to other plugins (from the control channel), and what
+//! the worker writes on stdout and stderr. All of it is logged under the plugin's span.
+//!
+//! The worker runs code the host does not trust, so nothing it sends can cost the host more
+//! than bounded memory and threads: a line longer than 4 KiB is cut, at most [`MAX_NESTED`]
+//! calls to other plugins run for it at once, and a garbled channel gets the worker killed.
+
+use std::collections::VecDeque;
+use std::io::BufRead as _;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use plugin_api::ffi::{log_level, CallContext, Status};
+use tracing::Span;
+
+use super::frame::{Frame, Kind};
+use super::lanes::LANES;
+use super::process::{Process, TAIL_LINES};
+use crate::runtime::abi::status_of;
+use crate::runtime::registry::Slot;
+
+/// What a worker's threads share with the supervisor: the plugin's identity in the host.
+pub(crate) struct Identity {
+    /// The plugin's name (from the file's probe, or the worker's report).
+    pub(crate) name: OnceLock<Arc<str>>,
+    /// The span its lines are logged in.
+    pub(crate) span: OnceLock<Span>,
+    /// The slots of the plugins it may call, bound before Init.
+    pub(crate) dependencies: OnceLock<Vec<Arc<Slot>>>,
+    /// Who restarts its workers.
+    pub(crate) supervisor: OnceLock<std::sync::Weak<super::supervisor::Supervisor>>,
+}
+
+/// Reads the worker's pipe line by line, logging each under the plugin's span and keeping the
+/// last few; the receiver hears when the pipe ends.
+pub(super) fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    identity: Arc<Identity>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    stderr: bool,
+) -> Receiver<()> {
+    let (done, finished) = sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("plughost-worker-output".into())
+        .spawn(move || {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // A line longer than 4 KiB is cut: a plugin printing without newlines must not
+                // grow the host's memory.
+                match std::io::Read::take(&mut reader, 4096).read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if text.is_empty() {
+                    continue;
+                }
+                let span = identity.span.get().cloned().unwrap_or_else(Span::none);
+                let _entered = span.enter();
+                if stderr {
+                    tracing::warn!(target: "plugin", stream = "stderr", "{text}");
+                } else {
+                    tracing::info!(target: "plugin", stream = "stdout", "{text}");
+                }
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(text);
+            }
+            let _ = done.send(());
+        });
+    if spawned.is_err() {
+        let (done, finished) = sync_channel(1);
+        let _ = done.send(());
+        return finished;
+    }
+    finished
+}
+
+/// Reads the worker's control channel until it closes.
+pub(super) fn read_channel(
+    process: Arc<Process>,
+    identity: Arc<Identity>,
+    reader: UnixStream,
+    loaded: SyncSender<Result<Frame, String>>,
+) {
+    let mut reader = std::io::BufReader::new(reader);
+    let mut loaded = Some(loaded);
+    loop {
+        let frame = match Frame::read_from(&mut reader) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                // A worker that garbles its channel cannot be trusted with calls.
+                process.kill(&format!("it broke the control channel ({e})"));
+                break;
+            }
+        };
+        match frame.kind {
+            Kind::Loaded | Kind::Refused => {
+                if let Some(loaded) = loaded.take() {
+                    let _ = loaded.send(Ok(frame));
+                }
+            }
+            Kind::Reply => {
+                let waiting = process
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&frame.id);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(frame);
+                }
+            }
+            Kind::Log => log_line(&identity, frame.status, &frame.first),
+            Kind::Call => {
+                // Each runs on a thread of its own (it may wait on a slow plugin), so a worker
+                // that floods the channel with calls must not get a thread for each.
+                if process.nested.fetch_add(1, Ordering::AcqRel) >= MAX_NESTED {
+                    process.nested.fetch_sub(1, Ordering::AcqRel);
+                    refuse_call(&process, &frame);
+                    continue;
+                }
+                let process = process.clone();
+                let identity = identity.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("plughost-worker-call".into())
+                    .spawn({
+                        let (process, frame) = (process.clone(), frame.clone());
+                        move || {
+                            nested_call(&process, &identity, frame);
+                            process.nested.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    });
+                if spawned.is_err() {
+                    process.nested.fetch_sub(1, Ordering::AcqRel);
+                    refuse_call(&process, &frame);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(loaded) = loaded.take() {
+        let _ = loaded.send(Err("the worker ended before it loaded the library".into()));
+    }
+}
+
+/// Calls a worker's plugin may have running in other plugins at once; more are refused.
+const MAX_NESTED: u64 = 64;
+
+/// Answers a call of the worker's plugin that the host will not run.
+fn refuse_call(process: &Process, call: &Frame) {
+    let mut answer = Frame::new(Kind::CallReply);
+    answer.id = call.id;
+    answer.status = Status::ERROR.0;
+    answer.first = format!("more than {MAX_NESTED} calls to other plugins at once").into_bytes();
+    let _ = answer.write_to(&mut *process.control.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// A plugin's log line, in the host's log under its span.
+fn log_line(identity: &Identity, level: u8, message: &[u8]) {
+    let message = String::from_utf8_lossy(message);
+    let span = identity.span.get().cloned().unwrap_or_else(Span::none);
+    let _entered = span.enter();
+    match level {
+        log_level::ERROR => tracing::error!(target: "plugin", "{message}"),
+        log_level::WARN => tracing::warn!(target: "plugin", "{message}"),
+        log_level::INFO => tracing::info!(target: "plugin", "{message}"),
+        log_level::DEBUG => tracing::debug!(target: "plugin", "{message}"),
+        _ => tracing::trace!(target: "plugin", "{message}"),
+    }
+}
+
+/// The most detailed plugin log level the host records, for the worker to skip the rest.
+pub(super) fn max_level() -> u8 {
+    if tracing::enabled!(target: "plugin", tracing::Level::TRACE) {
+        log_level::TRACE
+    } else if tracing::enabled!(target: "plugin", tracing::Level::DEBUG) {
+        log_level::DEBUG
+    } else if tracing::enabled!(target: "plugin", tracing::Level::INFO) {
+        log_level::INFO
+    } else if tracing::enabled!(target: "plugin", tracing::Level::WARN) {
+        log_level::WARN
+    } else {
+        log_level::ERROR
+    }
+}
+
+/// Runs the worker's plugin's call to another plugin, and answers it.
+fn nested_call(process: &Process, identity: &Identity, call: Frame) {
+    let mut answer = Frame::new(Kind::CallReply);
+    answer.id = call.id;
+    let name = call.first.as_slice();
+    let slot = identity
+        .dependencies
+        .get()
+        .and_then(|slots| slots.iter().find(|s| s.name().as_bytes() == name));
+    let lane = usize::from(call.status);
+    let ctx = CallContext {
+        cancelled: if lane < LANES {
+            &process.cancel[lane]
+        } else {
+            std::ptr::null()
+        },
+        deadline_unix_nanos: call.number,
+    };
+    let mut output = Vec::new();
+    let (status, bytes) = match slot {
+        None => {
+            let plugin = identity.name.get().map_or("the plugin", |n| &**n);
+            (
+                Status::ERROR,
+                format!("not a declared dependency of {plugin}").into_bytes(),
+            )
+        }
+        Some(slot) => match &*slot.load() {
+            None => (Status::ERROR, b"not loaded".to_vec()),
+            Some(version) => {
+                let input = call.second.as_deref().unwrap_or_default();
+                match version.call_into_with(&ctx, input, &mut output) {
+                    Ok(()) => (Status::OK, output),
+                    Err(e) => {
+                        let (status, message) = status_of(&e);
+                        (status, message.into_owned().into_bytes())
+                    }
+                }
+            }
+        },
+    };
+    answer.status = status.0;
+    answer.first = bytes;
+    let _ = answer.write_to(&mut *process.control.lock().unwrap_or_else(|e| e.into_inner()));
+}
