@@ -80,3 +80,26 @@ pub fn alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Calls `name` once through the guarded async path (a `Dispatcher` without a circuit
+/// breaker), with `timeout`.
+pub fn guarded(
+    host: &std::sync::Arc<Host>,
+    name: &str,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, CallError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let dispatcher = plughost::Dispatcher::new(
+        host.clone(),
+        plughost::CallPolicy {
+            timeout,
+            breaker: None,
+            ..plughost::CallPolicy::default()
+        },
+    );
+    runtime.block_on(dispatcher.execute(name, input.to_vec()))
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use plughost::{CallError, PluginSettings};
-use plughost_tests::isolated::{answers_again, call, host_with, workers_of};
+use plughost_tests::isolated::{answers_again, call, guarded, host_with, workers_of};
 use plughost_tests::PluginDir;
 
 #[test]
@@ -111,22 +111,9 @@ fn a_call_that_never_returns_times_out_and_its_worker_is_replaced() {
     }));
     host.load_file(&crashy, b"{}").unwrap();
     let first = call(&host, "crashy", b"pid").unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dispatcher = plughost::Dispatcher::new(
-        host.clone(),
-        plughost::CallPolicy {
-            timeout: Duration::from_millis(300),
-            breaker: None,
-            ..plughost::CallPolicy::default()
-        },
-    );
+    let timeout = Duration::from_millis(300);
     let started = Instant::now();
-    let error = runtime
-        .block_on(dispatcher.execute("crashy", b"loop".to_vec()))
-        .unwrap_err();
+    let error = guarded(&host, "crashy", b"loop", timeout).unwrap_err();
     assert!(matches!(error, CallError::Timeout { .. }), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // Past its deadline and grace, the worker is killed, and a new one serves.
@@ -138,9 +125,7 @@ fn a_call_that_never_returns_times_out_and_its_worker_is_replaced() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let answer = runtime
-        .block_on(dispatcher.execute("crashy", b"deadline".to_vec()))
-        .unwrap();
+    let answer = guarded(&host, "crashy", b"deadline", timeout).unwrap();
     assert_eq!(answer, b"some", "the deadline crosses the boundary");
 }
 
@@ -151,22 +136,9 @@ fn a_cancelled_call_sees_its_cancellation_in_the_worker() {
     let host = std::sync::Arc::new(host_with(&dir, &["crashy"], |_| {}));
     host.load_file(&crashy, b"{}").unwrap();
     let pid = call(&host, "crashy", b"pid").unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dispatcher = plughost::Dispatcher::new(
-        host.clone(),
-        plughost::CallPolicy {
-            timeout: Duration::from_millis(100),
-            breaker: None,
-            ..plughost::CallPolicy::default()
-        },
-    );
+    let timeout = Duration::from_millis(100);
     // The plugin stops its 5 s sleep as soon as it sees the cancellation: no kill needed.
-    let error = runtime
-        .block_on(dispatcher.execute("crashy", b"sleep:5000".to_vec()))
-        .unwrap_err();
+    let error = guarded(&host, "crashy", b"sleep:5000", timeout).unwrap_err();
     assert!(matches!(error, CallError::Timeout { .. }), "{error}");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -270,27 +242,126 @@ fn calls_arriving_during_a_restart_wait_within_their_deadline() {
     let crashy = dir.add("fixture-crashy");
     let host = std::sync::Arc::new(host_with(&dir, &["crashy"], |_| {}));
     host.load_file(&crashy, b"{}").unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dispatcher = plughost::Dispatcher::new(
-        host.clone(),
-        plughost::CallPolicy {
-            timeout: Duration::from_secs(10),
-            breaker: None,
-            ..plughost::CallPolicy::default()
-        },
-    );
+    let timeout = Duration::from_secs(10);
     for _ in 0..3 {
-        let error = runtime
-            .block_on(dispatcher.execute("crashy", b"abort".to_vec()))
-            .unwrap_err();
+        let error = guarded(&host, "crashy", b"abort", timeout).unwrap_err();
         assert!(matches!(error, CallError::Crashed { .. }), "{error}");
         // At once, while the worker is replaced (the second and third after a pause).
-        let answer = runtime
-            .block_on(dispatcher.execute("crashy", b"ok?".to_vec()))
-            .unwrap();
+        let answer = guarded(&host, "crashy", b"ok?", timeout).unwrap();
         assert_eq!(answer, b"ok?");
     }
+}
+
+#[test]
+fn what_a_worker_can_reach_cannot_hurt_the_host() {
+    let dir = PluginDir::new();
+    let crashy = dir.add("fixture-crashy");
+    let host = host_with(&dir, &["crashy"], |_| {});
+    host.load_file(&crashy, b"{}").unwrap();
+    // The lanes cannot be cut under the host (that would be a SIGBUS here).
+    let error = call(&host, "crashy", b"shrink:4").unwrap_err();
+    assert!(
+        error.to_string().contains("Operation not permitted"),
+        "{error}"
+    );
+    assert_eq!(call(&host, "crashy", b"after").unwrap(), "after");
+    // Too large either way: a clear error, and the plugin serves on.
+    let error = call(&host, "crashy", b"big:17000000").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "plugin crashy: an output of 17000000 bytes is more than the 16 MiB that may cross an \
+         isolated plugin's boundary"
+    );
+    let huge = vec![b'x'; 17 << 20];
+    let error = host
+        .handle("crashy")
+        .unwrap()
+        .call_into(&huge, &mut Vec::new())
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            CallError::TooLarge {
+                what: "an input",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // The largest answer there may be comes through whole.
+    assert_eq!(
+        call(&host, "crashy", b"big:16777216").unwrap().len(),
+        16 << 20
+    );
+    // A process the plugin started goes with its worker when that crashes.
+    let child: u32 = call(&host, "crashy", b"spawn").unwrap().parse().unwrap();
+    assert!(plughost_tests::isolated::alive(child));
+    assert!(call(&host, "crashy", b"segfault").is_err());
+    let started = Instant::now();
+    while plughost_tests::isolated::alive(child) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{child} outlived its worker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    answers_again(&host, "crashy", Duration::from_secs(10));
+}
+
+#[test]
+fn a_plugin_unloaded_while_its_worker_restarts_is_not_restarted_again() {
+    let dir = PluginDir::new();
+    let crashy = dir.add("fixture-crashy");
+    let marker = dir.shadow().join("stall");
+    let host = host_with(&dir, &["crashy"], |config| {
+        config.host.init_timeout = Duration::from_millis(300);
+    });
+    let config = format!(r#"{{"stall_if": {:?}}}"#, marker.display().to_string());
+    host.load_file(&crashy, config.as_bytes()).unwrap();
+    // From now on every restart's Init hangs (and is killed after 300 ms, then tried again).
+    std::fs::write(&marker, b"").unwrap();
+    assert!(call(&host, "crashy", b"abort").is_err());
+    std::thread::sleep(Duration::from_millis(500));
+    host.unload("crashy").unwrap();
+    let started = Instant::now();
+    while !workers_of(std::process::id(), dir.shadow()).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a worker outlived unload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // And none comes back.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        workers_of(std::process::id(), dir.shadow()),
+        Vec::<u32>::new()
+    );
+}
+
+#[test]
+fn shutting_down_ends_an_isolated_call_that_never_returns() {
+    let dir = PluginDir::new();
+    let crashy = dir.add("fixture-crashy");
+    let host = host_with(&dir, &["crashy"], |config| {
+        config.host.shutdown_timeout = Duration::from_millis(500);
+    });
+    let handle = host.load_file(&crashy, b"{}").unwrap();
+    // No deadline: in process, this call could only be left running.
+    let caller = std::thread::spawn(move || handle.call_into(b"loop", &mut Vec::new()));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    host.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let error = caller.join().unwrap().unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("crashy crashed: killed by the host"),
+        "{error}"
+    );
+    assert_eq!(
+        workers_of(std::process::id(), dir.shadow()),
+        Vec::<u32>::new()
+    );
 }

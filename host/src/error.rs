@@ -567,16 +567,18 @@ pub enum CallError {
         /// The last crash.
         cause: String,
     },
-    /// The input is larger than an isolated plugin accepts.
+    /// An input, output or message is larger than may cross an isolated plugin's boundary.
     #[error(
-        "plugin {plugin}: an input of {size} bytes is more than the {} MiB an isolated plugin \
-         accepts",
+        "plugin {plugin}: {what} of {size} bytes is more than the {} MiB that may cross an \
+         isolated plugin's boundary",
         limit >> 20
     )]
     TooLarge {
         /// The plugin.
         plugin: Arc<str>,
-        /// The input's size.
+        /// What was too large: "an input", "an output", "a message".
+        what: &'static str,
+        /// Its size.
         size: usize,
         /// The limit.
         limit: usize,

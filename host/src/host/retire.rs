@@ -273,12 +273,31 @@ fn retire_within_limits(
     let mut pause = Duration::from_micros(20);
     let waiting_since = Instant::now();
     let mut next_warning = Duration::from_secs(5);
+    // Past the limit, an isolated version's calls can still be ended: its worker is killed,
+    // and they fail at once. (Without a limit, as after a reload, they run to their end.)
+    let mut killed = false;
     let running = loop {
         match Arc::try_unwrap(version) {
             Ok(running) => break running,
             Err(shared) => {
+                let past_limit = limit.is_some_and(|limit| waiting_since.elapsed() >= limit);
+                if past_limit && !killed && shared.stop_calls() {
+                    warn!(
+                        "{} {}: calls still running {} ms after it went out of service; its \
+                         worker process was killed",
+                        old.name,
+                        old.version,
+                        waiting_since.elapsed().as_millis()
+                    );
+                    killed = true;
+                }
                 // Calls in flight (or `PluginOutput`s still held) keep this version alive.
-                if limit.is_some_and(|limit| waiting_since.elapsed() >= limit) {
+                let grace = if killed {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::ZERO
+                };
+                if limit.is_some_and(|limit| waiting_since.elapsed() >= limit + grace) {
                     return Err((old, shared));
                 }
                 if waiting_since.elapsed() >= next_warning {

@@ -209,6 +209,19 @@ impl RunningPlugin {
         Ok((!bytes.is_empty()).then_some(bytes))
     }
 
+    /// Ends the calls in flight, if it can: an isolated version's worker is killed (they fail
+    /// at once with [`CallError::Crashed`]); code running in this process cannot be stopped.
+    /// Whether it could.
+    pub(crate) fn stop_calls(&self) -> bool {
+        match &self.callee {
+            Callee::Worker(worker) => {
+                worker.kill();
+                true
+            }
+            Callee::Here { .. } => false,
+        }
+    }
+
     /// How long its Shutdown may take.
     pub(crate) fn shutdown_limit(&self) -> Duration {
         self.limits.shutdown

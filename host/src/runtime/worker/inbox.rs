@@ -7,9 +7,9 @@
 //! calls to other plugins run for it at once, and a garbled channel gets the worker killed.
 
 use std::collections::VecDeque;
-use std::io::BufRead as _;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -35,30 +35,27 @@ pub(crate) struct Identity {
 }
 
 /// Reads the worker's pipe line by line, logging each under the plugin's span and keeping the
-/// last few; the receiver hears when the pipe ends.
+/// last few; the receiver hears when the pipe ends. Once `stop` is set (the worker is gone),
+/// it reads what is there and ends, even if a process the plugin started still holds the
+/// pipe's other end.
 pub(super) fn drain(
-    pipe: impl std::io::Read + Send + 'static,
+    pipe: impl std::io::Read + AsRawFd + Send + 'static,
     identity: Arc<Identity>,
     tail: Arc<Mutex<VecDeque<String>>>,
     stderr: bool,
+    stop: Arc<AtomicBool>,
 ) -> Receiver<()> {
     let (done, finished) = sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("plughost-worker-output".into())
         .spawn(move || {
-            let mut reader = std::io::BufReader::new(pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                // A line longer than 4 KiB is cut: a plugin printing without newlines must not
-                // grow the host's memory.
-                match std::io::Read::take(&mut reader, 4096).read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+            let mut pipe = pipe;
+            let mut pending: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let log = |line: &[u8]| {
+                let text = String::from_utf8_lossy(line).trim_end().to_owned();
                 if text.is_empty() {
-                    continue;
+                    return;
                 }
                 let span = identity.span.get().cloned().unwrap_or_else(Span::none);
                 let _entered = span.enter();
@@ -72,7 +69,28 @@ pub(super) fn drain(
                     tail.pop_front();
                 }
                 tail.push_back(text);
+            };
+            loop {
+                if !readable(&pipe, &stop) {
+                    break;
+                }
+                let n = match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&chunk[..n]);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    log(&pending[..end]);
+                    pending.drain(..=end);
+                }
+                // A line longer than 4 KiB is cut: a plugin printing without newlines must not
+                // grow the host's memory.
+                if pending.len() >= 4096 {
+                    log(&pending);
+                    pending.clear();
+                }
             }
+            log(&pending);
             let _ = done.send(());
         });
     if spawned.is_err() {
@@ -81,6 +99,29 @@ pub(super) fn drain(
         return finished;
     }
     finished
+}
+
+/// Waits until `pipe` has something to read (or its end); `false` once `stop` is set and it
+/// has nothing.
+fn readable(pipe: &impl AsRawFd, stop: &AtomicBool) -> bool {
+    loop {
+        let mut poll = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid `pollfd` on this stack, for a descriptor this thread owns.
+        let ready = unsafe { libc::poll(&mut poll, 1, 250) };
+        if ready > 0 {
+            return true;
+        }
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+        if stop.load(Ordering::Acquire) {
+            return false;
+        }
+    }
 }
 
 /// Reads the worker's control channel until it closes.
@@ -159,7 +200,11 @@ fn refuse_call(process: &Process, call: &Frame) {
     let mut answer = Frame::new(Kind::CallReply);
     answer.id = call.id;
     answer.status = Status::ERROR.0;
-    answer.first = format!("more than {MAX_NESTED} calls to other plugins at once").into_bytes();
+    answer.first = format!(
+        "refused by the host: more than {MAX_NESTED} calls to other plugins at once from one \
+         isolated plugin"
+    )
+    .into_bytes();
     let _ = answer.write_to(&mut *process.control.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
@@ -235,5 +280,14 @@ fn nested_call(process: &Process, identity: &Identity, call: Frame) {
     };
     answer.status = status.0;
     answer.first = bytes;
+    if !answer.fits() {
+        let size = answer.first.len();
+        answer.status = Status::ERROR.0;
+        answer.first = format!(
+            "refused by the host: an answer of {size} bytes is more than an isolated plugin may \
+             receive"
+        )
+        .into_bytes();
+    }
     let _ = answer.write_to(&mut *process.control.lock().unwrap_or_else(|e| e.into_inner()));
 }

@@ -21,6 +21,10 @@ pub(crate) const MESSAGE_LIMIT: usize = 16 << 20;
 /// `response` of a lane whose worker died: its call will never be answered.
 pub(crate) const DEAD: u32 = u32::MAX;
 
+/// A lane's `status` when the plugin's output was larger than [`MESSAGE_LIMIT`]; its
+/// `output_len` is then the output's size.
+pub(crate) const STATUS_TOO_LARGE: u32 = 0x100;
+
 /// What a lane's `op` asks of the worker.
 pub(crate) const OP_EXECUTE: u32 = 1;
 /// Asks the lane's thread to end.
@@ -76,15 +80,21 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// A new, zeroed region in an anonymous memory file (the host's side).
+    /// A new, zeroed region in an anonymous memory file (the host's side), sealed at its
+    /// size: a worker that could shrink the file would make the host's next touch of the
+    /// missing pages a SIGBUS in the host.
     pub(crate) fn create() -> std::io::Result<Region> {
-        let file = memfd::MemfdOptions::default()
+        use memfd::FileSeal;
+        let memfd = memfd::MemfdOptions::default()
             .close_on_exec(true)
+            .allow_sealing(true)
             .create("plughost-lanes")
-            .map_err(|e| std::io::Error::other(e.to_string()))?
-            .into_file();
-        file.set_len(REGION_LEN as u64)?;
-        Self::map(file.into())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        memfd.as_file().set_len(REGION_LEN as u64)?;
+        memfd
+            .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Self::map(memfd.into_file().into())
     }
 
     /// Maps the region the host created, passed as `fd` (the worker's side). Refuses a file
@@ -289,6 +299,24 @@ impl Lane<'_> {
         }
     }
 
+    /// Gives back the memory of the lane's data areas beyond their first `keep` bytes (a
+    /// multiple of the page size), in both processes: the file's pages are freed. The host
+    /// calls it between calls, while the lane is its own.
+    pub(crate) fn trim(&self, keep: usize) {
+        for area in [self.input, self.output] {
+            // SAFETY: `area[keep..MESSAGE_LIMIT]` is within the mapping and page-aligned (the
+            // areas are, and `keep` is a multiple of the page size); MADV_REMOVE frees the
+            // file's pages there, which read as zeros afterwards. Nothing refers to them.
+            unsafe {
+                libc::madvise(
+                    area.add(keep).cast(),
+                    MESSAGE_LIMIT - keep,
+                    libc::MADV_REMOVE,
+                )
+            };
+        }
+    }
+
     /// The host marks the lane's call as never to be answered (its worker died) and wakes
     /// whoever waits for it.
     pub(crate) fn mark_dead(&self) {
@@ -430,6 +458,18 @@ mod tests {
         killer.join().unwrap();
         assert_eq!(next_seq(DEAD - 1), 1);
         assert_eq!(next_seq(u32::MAX), 1);
+    }
+
+    #[test]
+    fn the_worker_cannot_resize_the_lanes_under_the_host() {
+        let host = Region::create().unwrap();
+        let file = std::fs::File::from(host.fd().try_clone().unwrap());
+        // A SIGBUS in the host the next time it touched the cut pages, if this worked.
+        assert!(file.set_len(0).is_err());
+        assert!(file.set_len(REGION_LEN as u64 * 2).is_err());
+        let lane = host.lane(LANES - 1);
+        // SAFETY: the last byte of the last lane's output area, within the region.
+        unsafe { lane.output.add(MESSAGE_LIMIT - 1).write(7) };
     }
 
     #[test]

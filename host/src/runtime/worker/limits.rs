@@ -172,7 +172,8 @@ pub(crate) fn remove_stale(root: &Path) {
         let host = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         if let Some(host) = host {
             if host != std::process::id() && !Path::new(&format!("/proc/{host}")).exists() {
-                // Fails, harmlessly, while a process is still in it.
+                // What the plugin started may still run in it (its host was killed): it goes.
+                kill_all_in(&entry.path());
                 let _ = std::fs::remove_dir(entry.path());
             }
         }
@@ -270,8 +271,27 @@ impl InChild {
 impl Drop for Plan {
     fn drop(&mut self) {
         if let Some(dir) = &self.cgroup {
+            // Processes the plugin started that left the worker's process group are still in
+            // its cgroup.
+            kill_all_in(dir);
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+/// Kills every process in the cgroup `dir` (`cgroup.kill`, Linux 5.14), and waits a moment
+/// for the cgroup to empty.
+fn kill_all_in(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        return;
+    }
+    for _ in 0..50 {
+        let empty =
+            std::fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |p| p.is_empty());
+        if empty {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -23,7 +23,9 @@ use plugin_api::ffi::{CallContext, Status};
 use super::death::{cause, lines, Death, Phase};
 use super::frame::{Frame, Kind};
 use super::inbox::{self, max_level, Identity};
-use super::lanes::{next_seq, Answered, Region, LANES, MESSAGE_LIMIT, OP_EXECUTE, OP_QUIT};
+use super::lanes::{
+    next_seq, Answered, Region, LANES, MESSAGE_LIMIT, OP_EXECUTE, OP_QUIT, STATUS_TOO_LARGE,
+};
 use super::limits::{self, Plan};
 use super::serve::{CONTROL_FD, LANES_FD, WORKER_ARG};
 use super::spawner;
@@ -100,6 +102,10 @@ struct Killing {
     exited: bool,
 }
 
+/// Bytes of each lane's data areas kept in memory after a call larger than that; the rest is
+/// given back.
+const KEEP_RESIDENT: usize = 1 << 20;
+
 /// How many lines of its output a worker's crash report shows.
 pub(super) const TAIL_LINES: usize = 8;
 
@@ -118,8 +124,10 @@ impl Process {
             UnixStream::pair().map_err(|e| format!("cannot create its channel: {e}"))?;
         // Above the standard streams: if the host runs with one of them closed, a descriptor
         // there would be overwritten by the child's stdio before it could be moved to 3 or 4.
-        let worker_end = above_stdio(worker_end.as_fd())?;
-        let lanes_fd = above_stdio(region.fd().as_fd())?;
+        // The original is closed here: only the copy may stay open in this process, so that
+        // the channel ends when the worker does.
+        let worker_end = above_stdio(worker_end)?;
+        let lanes_fd = above_stdio(region.fd().try_clone().map_err(|e| e.to_string())?)?;
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let stem = spec
             .file
@@ -199,9 +207,19 @@ impl Process {
             }
         }
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let output_stop = Arc::new(AtomicBool::new(false));
+        let drain = |pipe, stderr| {
+            inbox::drain(
+                pipe,
+                identity.clone(),
+                tail.clone(),
+                stderr,
+                output_stop.clone(),
+            )
+        };
         let output_done = [
-            stdout.map(|pipe| inbox::drain(pipe, identity.clone(), tail.clone(), false)),
-            stderr.map(|pipe| inbox::drain(pipe, identity.clone(), tail.clone(), true)),
+            stdout.map(|pipe| drain(std::fs::File::from(OwnedFd::from(pipe)), false)),
+            stderr.map(|pipe| drain(std::fs::File::from(OwnedFd::from(pipe)), true)),
         ];
         let process = Arc::new(Process {
             pid,
@@ -236,6 +254,7 @@ impl Process {
                     for done in output_done.into_iter().flatten() {
                         let _ = done.recv_timeout(Duration::from_millis(300));
                     }
+                    output_stop.store(true, Ordering::Release);
                     process.ended(status);
                     on_end(&process);
                 });
@@ -413,6 +432,13 @@ impl Process {
             let _lanes = self.lane_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.lane_freed.notify_all();
         }
+        // The channel's reader ends now, even if a process the plugin started (and that
+        // escaped the group kill) still holds the worker's end.
+        let _ = self
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown(std::net::Shutdown::Both);
         *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.ended_signal.notify_all();
     }
@@ -456,14 +482,23 @@ impl Process {
         self.executing.fetch_sub(1, Ordering::Relaxed);
         match answered {
             Answered::Yes => {
+                let status = header.status.load(Ordering::Relaxed);
+                let len = header.output_len.load(Ordering::Relaxed) as usize;
+                if status == STATUS_TOO_LARGE {
+                    return Err(Stop::TooLarge(len));
+                }
                 // The worker's word, clamped: it may write anything there.
-                let len = (header.output_len.load(Ordering::Relaxed) as usize).min(MESSAGE_LIMIT);
+                let len = len.min(MESSAGE_LIMIT);
                 output.clear();
                 // SAFETY: `len` is within the output area; the worker wrote it before
                 // answering (ordered by the acquire in `wait_answer`). A worker that breaks the
                 // protocol can only make these bytes wrong, not out of bounds.
                 output.extend_from_slice(unsafe { std::slice::from_raw_parts(lane.output, len) });
-                Ok(Status(header.status.load(Ordering::Relaxed) as u8))
+                if len > KEEP_RESIDENT || input.len() > KEEP_RESIDENT {
+                    // A large call's pages go back, rather than stay with the lane for ever.
+                    lane.trim(KEEP_RESIDENT);
+                }
+                Ok(Status(status as u8))
             }
             Answered::Dead => Err(Stop::Died),
             Answered::TimedOut => Err(Stop::TimedOut),
@@ -570,10 +605,12 @@ impl Process {
     }
 }
 
-/// A copy of `fd` numbered 3 or above, closed on exec.
-fn above_stdio(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, String> {
+/// `fd`, numbered 3 or above, closed on exec (the original is closed).
+fn above_stdio(fd: impl Into<OwnedFd>) -> Result<OwnedFd, String> {
+    let fd: OwnedFd = fd.into();
     // `try_clone_to_owned` duplicates with F_DUPFD_CLOEXEC from 3 up.
-    fd.try_clone_to_owned()
+    fd.as_fd()
+        .try_clone_to_owned()
         .map_err(|e| format!("cannot pass it a descriptor: {e}"))
 }
 

@@ -129,33 +129,48 @@ impl Supervisor {
                     during: "while restarting",
                     last_lines: Vec::new(),
                 }),
-                Ok((process, _)) => match self.init_in(&process, &config, handed.as_deref()) {
-                    Ok(()) => Ok(process),
-                    Err(e) => {
-                        process.kill("its init failed");
-                        let last_lines = process
-                            .wait_ended(Duration::from_secs(1))
-                            .map(|d| d.last_lines)
-                            .unwrap_or_default();
-                        let cause = match e {
-                            CallError::Crashed { cause, .. } => cause,
-                            CallError::Failed { message, .. } => format!("init failed: {message}"),
-                            CallError::Panicked { message, .. } => {
-                                format!("init panicked: {message}")
-                            }
-                            CallError::Timeout { timeout, .. } => format!(
-                                "init did not return within {}",
-                                humantime::format_duration(timeout)
-                            ),
-                            other => other.to_string(),
-                        };
-                        Err(Death {
-                            cause,
-                            during: "during init",
-                            last_lines,
-                        })
+                Ok((process, _)) => {
+                    // Retired while it loaded: it goes. Else a shutdown from now on kills it.
+                    let mut life = self.life();
+                    if !matches!(life.state, State::Restarting { .. }) {
+                        drop(life);
+                        process.kill("the host closed it");
+                        return;
                     }
-                },
+                    life.starting = Some(process.clone());
+                    drop(life);
+                    let init = self.init_in(&process, &config, handed.as_deref());
+                    self.life().starting = None;
+                    match init {
+                        Ok(()) => Ok(process),
+                        Err(e) => {
+                            process.kill("its init failed");
+                            let last_lines = process
+                                .wait_ended(Duration::from_secs(1))
+                                .map(|d| d.last_lines)
+                                .unwrap_or_default();
+                            let cause = match e {
+                                CallError::Crashed { cause, .. } => cause,
+                                CallError::Failed { message, .. } => {
+                                    format!("init failed: {message}")
+                                }
+                                CallError::Panicked { message, .. } => {
+                                    format!("init panicked: {message}")
+                                }
+                                CallError::Timeout { timeout, .. } => format!(
+                                    "init did not return within {}",
+                                    humantime::format_duration(timeout)
+                                ),
+                                other => other.to_string(),
+                            };
+                            Err(Death {
+                                cause,
+                                during: "during init",
+                                last_lines,
+                            })
+                        }
+                    }
+                }
             };
             let mut life = self.life();
             match started {
@@ -169,6 +184,9 @@ impl Supervisor {
                     self.serve_with(life, process);
                     info!("{} restarted (worker process {pid})", self.name());
                     return;
+                }
+                Err(_) if !matches!(life.state, State::Restarting { .. }) => {
+                    return; // retired meanwhile: its worker was killed, not crashed
                 }
                 Err(death) => {
                     let verdict = self.note_crash(&mut life, &death);

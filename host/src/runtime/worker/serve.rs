@@ -26,7 +26,7 @@ use plugin_api::ffi::{
 };
 
 use super::frame::{Frame, Kind};
-use super::lanes::{Region, LANES, MESSAGE_LIMIT, OP_QUIT};
+use super::lanes::{Region, LANES, MESSAGE_LIMIT, OP_QUIT, STATUS_TOO_LARGE};
 use crate::loader::Library;
 use crate::runtime::abi::{with_output, written, Written, BROKEN_PROTOCOL};
 use crate::runtime::callbacks::{free_host_buffer, reply};
@@ -214,7 +214,7 @@ fn serve_lane(side: &'static Side, served: &'static Served, index: usize) {
         let status =
             unsafe { (served.vtable.execute)(instance, &ctx, RSlice::from_slice(input), &mut out) };
         let (status, len) = settle(&out, lane.output, status, served.vtable.free_buffer);
-        header.status.store(u32::from(status.0), Ordering::Relaxed);
+        header.status.store(status, Ordering::Relaxed);
         header.output_len.store(len as u64, Ordering::Relaxed);
         lane.answer(seq);
     }
@@ -222,12 +222,13 @@ fn serve_lane(side: &'static Side, served: &'static Served, index: usize) {
 
 /// Leaves a call's output in the lane's output area, `lane_output[..MESSAGE_LIMIT]`, which
 /// the plugin was lent: its own allocation is copied in (if it fits) and given back.
+/// The lane's status word and length: the plugin's, or [`STATUS_TOO_LARGE`] and the size.
 fn settle(
     out: &OutBuffer,
     lane_output: *mut u8,
     status: Status,
     free: super::super::abi::FreeFn,
-) -> (Status, usize) {
+) -> (u32, usize) {
     let put = |bytes: &[u8]| {
         let len = bytes.len().min(MESSAGE_LIMIT);
         // SAFETY: the lane's output area has `MESSAGE_LIMIT` bytes, and `bytes` is elsewhere
@@ -235,29 +236,24 @@ fn settle(
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), lane_output, len) };
         len
     };
+    let word = |status: Status| u32::from(status.0);
     match written(out, lane_output, MESSAGE_LIMIT) {
-        Written::Lent(len) => (status, len),
+        Written::Lent(len) => (word(status), len),
         Written::Plugin => {
             let answer = if out.len > MESSAGE_LIMIT {
-                let message = format!(
-                    "an output of {} bytes is more than the {} MiB an isolated plugin may \
-                     return",
-                    out.len,
-                    MESSAGE_LIMIT >> 20
-                );
-                (Status::ERROR, put(message.as_bytes()))
+                (STATUS_TOO_LARGE, out.len)
             } else if out.len == 0 {
-                (status, 0)
+                (word(status), 0)
             } else {
                 // SAFETY: the plugin handed over `ptr[..len]` (BufferOwner::PLUGIN).
                 let bytes = unsafe { std::slice::from_raw_parts(out.ptr, out.len) };
-                (status, put(bytes))
+                (word(status), put(bytes))
             };
             // SAFETY: the plugin's own allocation, given back once to its allocator.
             unsafe { free(out.ptr, out.len, out.cap) };
             answer
         }
-        Written::Broken => (Status::ERROR, put(BROKEN_PROTOCOL)),
+        Written::Broken => (word(Status::ERROR), put(BROKEN_PROTOCOL)),
     }
 }
 

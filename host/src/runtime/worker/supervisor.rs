@@ -61,6 +61,8 @@ pub(super) struct Life {
     pub(super) crashes: VecDeque<Instant>,
     /// The pause before the next restart.
     pub(super) pause: Duration,
+    /// A worker being Init-ed by a restart, not serving yet.
+    pub(super) starting: Option<Arc<Process>>,
     pub(super) serving_since: Instant,
 }
 
@@ -149,6 +151,7 @@ impl Supervisor {
                 handed: None,
                 crashes: VecDeque::new(),
                 pause: Duration::ZERO,
+                starting: None,
                 serving_since: Instant::now(),
             }),
             changed: Condvar::new(),
@@ -233,6 +236,7 @@ impl Supervisor {
             }
             Stop::TooLarge(size) => CallError::TooLarge {
                 plugin,
+                what: "a message",
                 size,
                 limit: 2 * MESSAGE_LIMIT,
             },
@@ -335,6 +339,7 @@ impl Supervisor {
         if input.len() > MESSAGE_LIMIT {
             return Err(CallError::TooLarge {
                 plugin: self.name(),
+                what: "an input",
                 size: input.len(),
                 limit: MESSAGE_LIMIT,
             });
@@ -357,7 +362,15 @@ impl Supervisor {
                         timeout: until.map_or(Duration::ZERO, |until| until - started),
                     })
                 }
-                Err(Stop::Died | Stop::TooLarge(_)) => {
+                Err(Stop::TooLarge(size)) => {
+                    return Err(CallError::TooLarge {
+                        plugin: self.name(),
+                        what: "an output",
+                        size,
+                        limit: MESSAGE_LIMIT,
+                    })
+                }
+                Err(Stop::Died) => {
                     let death = process.wait_ended(Duration::from_secs(1));
                     return Err(self.crashed(self.name(), death.as_ref()));
                 }
@@ -454,8 +467,7 @@ impl Supervisor {
     /// Stops restarting, runs Shutdown in the worker within `limit` and waits for it to exit;
     /// kills it if it does not. No call may be in flight.
     pub(crate) fn shutdown(&self, limit: Duration) -> Result<(), CallError> {
-        let was = std::mem::replace(&mut self.life().state, State::Retired);
-        self.changed.notify_all();
+        let was = self.retire();
         let process = self.current.load_full();
         let deadline = Instant::now() + limit;
         let answer = if matches!(was, State::Serving) && !process.is_dead() {
@@ -485,13 +497,24 @@ impl Supervisor {
 
     /// Kills the worker now, without Shutdown (a library never started, or given up on).
     pub(crate) fn kill(&self) {
-        self.life().state = State::Retired;
-        self.changed.notify_all();
+        self.retire();
         let process = self.current.load_full();
         if !process.is_dead() {
             process.kill("the host closed it");
             process.wait_ended(Duration::from_secs(5));
         }
+    }
+
+    /// Stops restarts for good, killing a worker a restart is starting, and says what the
+    /// state was.
+    fn retire(&self) -> State {
+        let mut life = self.life();
+        let was = std::mem::replace(&mut life.state, State::Retired);
+        if let Some(starting) = life.starting.take() {
+            starting.kill("the host closed it");
+        }
+        self.changed.notify_all();
+        was
     }
 
     pub(super) fn span(&self) -> tracing::Span {
