@@ -116,7 +116,7 @@ pub fn probe_main() -> Option<std::process::ExitCode> {
         let copy = std::path::PathBuf::from(args.next()?);
         return Some(loader::probe::run(&copy));
     }
-    #[cfg(target_os = "linux")]
+    #[cfg(isolation)]
     if role == runtime::WORKER_ARG {
         let rest: Vec<std::ffi::OsString> = args.collect();
         return Some(runtime::serve_worker(&rest));

@@ -63,6 +63,7 @@ pub(crate) enum Opened {
 /// A library file read once, checked, and written to a private copy that a worker process
 /// loads ([`Library::open_copy`]). Dropping it deletes the copy.
 #[derive(Debug)]
+#[cfg_attr(not(isolation), allow(dead_code))]
 pub(crate) struct CheckedCopy {
     /// The user's file.
     pub(crate) file: PathBuf,
@@ -151,6 +152,7 @@ impl Library {
     /// once, its hash compared, the bytes checked again ([`preflight`]), then loaded and
     /// validated as [`open_bytes`](Self::open_bytes) would. The copy belongs to the host: this
     /// library never deletes it, and is never closed (the worker's exit unloads it).
+    #[cfg_attr(not(isolation), allow(dead_code))]
     pub(crate) fn open_copy(path: &Path, copy: &Path, hash: u128) -> Result<Self, LoadError> {
         guarded(path, || {
             let started = Instant::now();

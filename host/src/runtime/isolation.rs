@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::library::PluginLibrary;
-use crate::config::{CpuLimit, HostConfig, PluginSettings};
+use crate::config::{HostConfig, PluginSettings};
 use crate::error::LoadError;
 use crate::loader::CheckedCopy;
 
@@ -16,6 +16,7 @@ pub(crate) struct Workers {
     /// The worker program, if one was found.
     pub(crate) program: Option<PathBuf>,
     /// Where worker cgroups go, if the host may create them.
+    #[cfg_attr(not(isolation), allow(dead_code))]
     pub(crate) cgroup_root: Option<PathBuf>,
 }
 
@@ -23,13 +24,13 @@ impl Workers {
     /// The worker program is the probe program (the `plughost` executable, or a program that
     /// calls `plughost::probe_main`); `program` is what the settings name, if anything.
     pub(crate) fn new(program: Option<PathBuf>, config: &HostConfig) -> Self {
-        #[cfg(target_os = "linux")]
+        #[cfg(isolation)]
         let cgroup_root = super::worker::limits::cgroup_root(config.host.cgroup.as_deref());
-        #[cfg(target_os = "linux")]
+        #[cfg(isolation)]
         if let Some(root) = &cgroup_root {
             super::worker::limits::remove_stale(root);
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(isolation))]
         let cgroup_root = {
             let _ = config;
             None
@@ -57,7 +58,7 @@ impl Workers {
                     .into(),
             ));
         };
-        #[cfg(target_os = "linux")]
+        #[cfg(isolation)]
         {
             use super::worker::{Restarts, Spec, Supervisor};
             let host = &settings.host;
@@ -89,7 +90,7 @@ impl Workers {
             .map_err(|reason| refused(file, reason))?;
             Ok(PluginLibrary::isolated(supervisor, started.elapsed()))
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(isolation))]
         {
             let _ = (program, settings, started);
             Err(refused(
@@ -102,8 +103,9 @@ impl Workers {
 }
 
 /// A plugin's resource limits, from its settings.
-#[cfg(target_os = "linux")]
+#[cfg(isolation)]
 fn limits_of(settings: &PluginSettings) -> super::worker::limits::Limits {
+    use crate::config::CpuLimit;
     super::worker::limits::Limits {
         memory: settings.memory.map(|m| m.0),
         cpu_share: match settings.cpu {

@@ -69,6 +69,7 @@ impl PluginLibrary {
 
     /// A library loaded in the worker process `worker` supervises; `load_time`: how long
     /// checking and loading it took.
+    #[cfg_attr(not(isolation), allow(dead_code))]
     pub(crate) fn isolated(worker: Arc<Supervisor>, load_time: Duration) -> Self {
         PluginLibrary {
             worker: Some(worker),

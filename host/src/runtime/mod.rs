@@ -16,7 +16,10 @@ mod instance;
 mod isolation;
 mod library;
 mod registry;
-#[cfg(target_os = "linux")]
+#[cfg(isolation)]
+pub(crate) mod worker;
+#[cfg(not(isolation))]
+#[path = "no_worker.rs"]
 pub(crate) mod worker;
 
 pub use handle::{PluginHandle, PluginHealth, PluginOutput};
@@ -24,5 +27,5 @@ pub(crate) use instance::{Limits, Retired, RunningPlugin};
 pub(crate) use isolation::{has_limits, Workers};
 pub use library::PluginLibrary;
 pub(crate) use registry::{Registry, Slot};
-#[cfg(target_os = "linux")]
+#[cfg(isolation)]
 pub(crate) use worker::serve::{run as serve_worker, WORKER_ARG};
