@@ -44,12 +44,7 @@ impl Supervisor {
     pub(crate) fn init(self: &Arc<Self>, _: &[u8], _: Option<&[u8]>) -> Result<(), CallError> {
         match **self {}
     }
-    pub(crate) fn call(
-        &self,
-        _: &CallContext,
-        _: &[u8],
-        _: &mut Vec<u8>,
-    ) -> Result<(), CallError> {
+    pub(crate) fn call(&self, _: &CallContext, _: &[u8], _: &mut Vec<u8>) -> Result<(), CallError> {
         match *self {}
     }
     pub(crate) fn health(&self) -> Result<PluginHealth, CallError> {

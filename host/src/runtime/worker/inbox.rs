@@ -27,7 +27,7 @@ pub(crate) struct Identity {
     /// The plugin's name (from the file's probe, or the worker's report).
     pub(crate) name: OnceLock<Arc<str>>,
     /// The span its lines are logged in.
-    pub(crate) span: OnceLock<Span>,
+    pub(crate) span: std::sync::RwLock<Span>,
     /// The slots of the plugins it may call, bound before Init.
     pub(crate) dependencies: OnceLock<Vec<Arc<Slot>>>,
     /// Who restarts its workers.
@@ -57,7 +57,7 @@ pub(super) fn drain(
                 if text.is_empty() {
                     return;
                 }
-                let span = identity.span.get().cloned().unwrap_or_else(Span::none);
+                let span = identity.span();
                 let _entered = span.enter();
                 if stderr {
                     tracing::warn!(target: "plugin", stream = "stderr", "{text}");
@@ -192,6 +192,28 @@ pub(super) fn read_channel(
     }
 }
 
+impl Identity {
+    /// A new identity; the name and span are set once known.
+    pub(crate) fn new() -> Self {
+        Identity {
+            name: OnceLock::new(),
+            span: std::sync::RwLock::new(Span::none()),
+            dependencies: OnceLock::new(),
+            supervisor: OnceLock::new(),
+        }
+    }
+
+    /// The span the plugin's lines are logged in.
+    pub(crate) fn span(&self) -> Span {
+        self.span.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the span (the name alone first, then with the version once the worker said it).
+    pub(crate) fn set_span(&self, span: Span) {
+        *self.span.write().unwrap_or_else(|e| e.into_inner()) = span;
+    }
+}
+
 /// Calls a worker's plugin may have running in other plugins at once; more are refused.
 const MAX_NESTED: u64 = 64;
 
@@ -211,7 +233,7 @@ fn refuse_call(process: &Process, call: &Frame) {
 /// A plugin's log line, in the host's log under its span.
 fn log_line(identity: &Identity, level: u8, message: &[u8]) {
     let message = String::from_utf8_lossy(message);
-    let span = identity.span.get().cloned().unwrap_or_else(Span::none);
+    let span = identity.span();
     let _entered = span.enter();
     match level {
         log_level::ERROR => tracing::error!(target: "plugin", "{message}"),

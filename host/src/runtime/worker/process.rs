@@ -194,11 +194,7 @@ impl Process {
             }
         };
         {
-            let span = identity
-                .span
-                .get()
-                .cloned()
-                .unwrap_or_else(tracing::Span::none);
+            let span = identity.span();
             let _entered = span.enter();
             if spec.limits.any() {
                 tracing::info!("worker process {pid} started; limits by {}", plan.summary);

@@ -3,7 +3,7 @@
 //! shuts it down, and when it dies replaces it ([`restart`](super::restart)).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -101,18 +101,11 @@ impl Supervisor {
         limits_for: &dyn Fn(&str) -> Limits,
         restarts: Restarts,
     ) -> Result<Arc<Supervisor>, String> {
-        let identity = Arc::new(Identity {
-            name: OnceLock::new(),
-            span: OnceLock::new(),
-            dependencies: OnceLock::new(),
-            supervisor: OnceLock::new(),
-        });
+        let identity = Arc::new(Identity::new());
         if let Some(name) = name {
             spec.limits = limits_for(name);
             let _ = identity.name.set(name.into());
-            let _ = identity
-                .span
-                .set(tracing::info_span!(parent: None, "plugin", name = %name));
+            identity.set_span(tracing::info_span!(parent: None, "plugin", name = %name));
         }
         let (mut process, mut info) = Process::start(&spec, &identity, on_end(&identity))?;
         if let Some(expected) = name {
@@ -133,7 +126,7 @@ impl Supervisor {
             }
         }
         let _ = identity.name.set(info.name.as_str().into());
-        let _ = identity.span.set(tracing::info_span!(
+        identity.set_span(tracing::info_span!(
             parent: None,
             "plugin",
             name = %info.name,
@@ -518,11 +511,7 @@ impl Supervisor {
     }
 
     pub(super) fn span(&self) -> tracing::Span {
-        self.identity
-            .span
-            .get()
-            .cloned()
-            .unwrap_or_else(tracing::Span::none)
+        self.identity.span()
     }
 }
 
