@@ -2,6 +2,9 @@
 //! could not be set up. Every variant names the file or plugin it is about; the cause, where
 //! there is one, is kept as the error's `source`. (Errors about `plughost.toml` are
 //! [`ConfigError`](crate::ConfigError), next to the file's parser.)
+//!
+//! Longer than the project's 600 lines on purpose: every error a caller can get from the
+//! library is in this one file, so that their wording is reviewed, and kept alike, in one place.
 
 #![forbid(unsafe_code)]
 

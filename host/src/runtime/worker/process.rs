@@ -8,11 +8,9 @@
 //! and its waiter woken.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -27,7 +25,6 @@ use super::lanes::{
     next_seq, Answered, Region, LANES, MESSAGE_LIMIT, OP_EXECUTE, OP_QUIT, STATUS_TOO_LARGE,
 };
 use super::limits::{self, Plan};
-use super::serve::{CONTROL_FD, LANES_FD, WORKER_ARG};
 use super::spawner;
 use crate::plugin_info::PluginInfo;
 
@@ -126,8 +123,8 @@ impl Process {
         // there would be overwritten by the child's stdio before it could be moved to 3 or 4.
         // The original is closed here: only the copy may stay open in this process, so that
         // the channel ends when the worker does.
-        let worker_end = above_stdio(worker_end)?;
-        let lanes_fd = above_stdio(region.fd().try_clone().map_err(|e| e.to_string())?)?;
+        let worker_end = spawner::above_stdio(worker_end)?;
+        let lanes_fd = spawner::above_stdio(region.fd().try_clone().map_err(|e| e.to_string())?)?;
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let stem = spec
             .file
@@ -138,44 +135,8 @@ impl Process {
             spec.cgroup_root.as_deref(),
             &format!("plughost-{stem}-{}-{n}", std::process::id()),
         );
-        let mut command = Command::new(&spec.program);
-        command
-            .arg(WORKER_ARG)
-            .arg(&spec.file)
-            .arg(&spec.copy)
-            .arg(format!("{:032x}", spec.hash))
-            .arg(std::process::id().to_string())
-            .arg(max_level().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A group of its own: whatever the plugin starts is killed with it.
-            .process_group(0);
-        let fds = [worker_end.as_raw_fd(), lanes_fd.as_raw_fd()];
-        let in_child = plan.in_child();
-        // SAFETY: the closure runs in the child between fork and exec and makes only
-        // async-signal-safe calls (`fcntl`, `dup2`, `prctl`, and `InChild::apply_in_child`'s),
-        // allocating nothing and taking no lock.
-        unsafe {
-            command.pre_exec(move || {
-                // Both descriptors move above the targets first, so that neither overwrites the
-                // other on its way to 3 or 4.
-                let mut high = [0; 2];
-                for (i, fd) in fds.iter().enumerate() {
-                    high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
-                    if high[i] < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                for (fd, target) in high.iter().zip([CONTROL_FD, LANES_FD]) {
-                    if libc::dup2(*fd, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-                in_child.apply_in_child()
-            });
-        }
+        let command =
+            spawner::command(spec, max_level(), [&worker_end, &lanes_fd], plan.in_child());
         let mut child = spawner::spawn(command).map_err(|e| {
             format!(
                 "cannot start the worker program {}: {e}",
@@ -599,15 +560,6 @@ impl Process {
             lane.post(next_seq(lane.header.request.load(Ordering::Relaxed)));
         }
     }
-}
-
-/// `fd`, numbered 3 or above, closed on exec (the original is closed).
-fn above_stdio(fd: impl Into<OwnedFd>) -> Result<OwnedFd, String> {
-    let fd: OwnedFd = fd.into();
-    // `try_clone_to_owned` duplicates with F_DUPFD_CLOEXEC from 3 up.
-    fd.as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| format!("cannot pass it a descriptor: {e}"))
 }
 
 struct LaneRelease<'a>(&'a Process, usize);

@@ -1,11 +1,18 @@
-//! Starting worker processes, all from one long-lived thread. The parent-death signal that
+//! Starting worker processes: the command line and descriptors of one, and the one long-lived
+//! thread all of them are started from. The parent-death signal that
 //! makes a worker die with its host is tied to the thread that forked it, not to the host
 //! process (docs/design.md, "Workers die with their host"): a worker started from a
 //! short-lived thread, such as a restart's, would be killed when that thread ends.
 
-use std::process::{Child, Command};
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender};
 use std::sync::{Mutex, OnceLock};
+
+use super::limits::InChild;
+use super::process::Spec;
+use super::serve::{CONTROL_FD, LANES_FD, WORKER_ARG};
 
 type Job = (Command, SyncSender<std::io::Result<Child>>);
 
@@ -31,4 +38,62 @@ pub(crate) fn spawn(command: Command) -> std::io::Result<Child> {
     child
         .recv()
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+/// The command that starts a worker for `spec`, with the control socket and the lanes file
+/// (`fds`) passed as descriptors 3 and 4, in a process group of its own, dying with this
+/// thread's process, within the limits `in_child` applies.
+pub(crate) fn command(
+    spec: &Spec,
+    max_level: u8,
+    fds: [&OwnedFd; 2],
+    in_child: InChild,
+) -> Command {
+    let mut command = Command::new(&spec.program);
+    command
+        .arg(WORKER_ARG)
+        .arg(&spec.file)
+        .arg(&spec.copy)
+        .arg(format!("{:032x}", spec.hash))
+        .arg(std::process::id().to_string())
+        .arg(max_level.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A group of its own: whatever the plugin starts is killed with it.
+        .process_group(0);
+    let fds = fds.map(|fd| fd.as_raw_fd());
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (`fcntl`, `dup2`, `prctl`, and `InChild::apply_in_child`'s),
+    // allocating nothing and taking no lock.
+    unsafe {
+        command.pre_exec(move || {
+            // Both descriptors move above the targets first, so that neither overwrites the
+            // other on its way to 3 or 4.
+            let mut high = [0; 2];
+            for (i, fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (fd, target) in high.iter().zip([CONTROL_FD, LANES_FD]) {
+                if libc::dup2(*fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            in_child.apply_in_child()
+        });
+    }
+    command
+}
+
+/// `fd`, numbered 3 or above, closed on exec (the original is closed).
+pub(crate) fn above_stdio(fd: impl Into<OwnedFd>) -> Result<OwnedFd, String> {
+    let fd: OwnedFd = fd.into();
+    // `try_clone_to_owned` duplicates with F_DUPFD_CLOEXEC from 3 up.
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot pass it a descriptor: {e}"))
 }
