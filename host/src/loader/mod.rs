@@ -132,18 +132,8 @@ impl Library {
                 _ => {}
             }
             let loaded = Loaded::load(path, copy.path())?;
-            Ok(Opened::Here(Box::new(Library {
-                info: loaded.info,
-                file: path.to_owned(),
-                vtable: loaded.vtable,
-                state: loaded.state,
-                install_host: loaded.install_host,
-                install_calls: loaded.install_calls,
-                content_hash,
-                load_time: started.elapsed(),
-                library: Some(loaded.library),
-                shadow: Some(copy),
-            })))
+            let library = loaded.into_library(path, content_hash, started, Some(copy));
+            Ok(Opened::Here(Box::new(library)))
         })
     }
 
@@ -168,18 +158,7 @@ impl Library {
             }
             preflight::check_bytes(path, &bytes)?;
             let loaded = Loaded::load(path, copy)?;
-            Ok(Library {
-                info: loaded.info,
-                file: path.to_owned(),
-                vtable: loaded.vtable,
-                state: loaded.state,
-                install_host: loaded.install_host,
-                install_calls: loaded.install_calls,
-                content_hash: hash,
-                load_time: started.elapsed(),
-                library: Some(loaded.library),
-                shadow: None,
-            })
+            Ok(loaded.into_library(path, hash, started, None))
         })
     }
 
@@ -346,6 +325,29 @@ impl Loaded {
             install_host,
             install_calls: dependencies.map(|module| module.install),
         })
+    }
+
+    /// The [`Library`] of `path` this is, its content hashed to `content_hash`, checked and
+    /// loaded since `started`, from `shadow` (its owner, if this process owns the copy).
+    fn into_library(
+        self,
+        path: &Path,
+        content_hash: u128,
+        started: Instant,
+        shadow: Option<ShadowCopy>,
+    ) -> Library {
+        Library {
+            info: self.info,
+            file: path.to_owned(),
+            vtable: self.vtable,
+            state: self.state,
+            install_host: self.install_host,
+            install_calls: self.install_calls,
+            content_hash,
+            load_time: started.elapsed(),
+            library: Some(self.library),
+            shadow,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use plugin_api::ffi::{
 use tracing::Span;
 
 use super::abi::{status_of, written, FreeFn, Written};
-use super::instance::Callee;
+use super::instance::{Callee, RunningPlugin};
 use super::registry::Slot;
 
 /// Who is calling back: one per loaded plugin version, handed to the plugin as an opaque
@@ -66,17 +66,13 @@ unsafe extern "C" fn call_plugin(
     let identity = unsafe { &*plugin.cast::<PluginIdentity>() };
     let name = name.as_rslice().as_slice();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let slot = identity
-            .dependencies
-            .get()
-            .and_then(|slots| slots.iter().find(|s| s.name().as_bytes() == name));
-        let Some(slot) = slot else {
-            let message = format!("not a declared dependency of {}", identity.name);
-            return reply(out, Status::ERROR, message.as_bytes());
+        let slot = match dependency(&identity.name, identity.dependencies.get(), name) {
+            Ok(slot) => slot,
+            Err(message) => return reply(out, Status::ERROR, message.as_bytes()),
         };
         let version = slot.load();
         let Some(version) = version.as_ref() else {
-            return reply(out, Status::ERROR, b"not loaded");
+            return reply(out, Status::ERROR, NOT_LOADED);
         };
         let Callee::Here {
             instance,
@@ -85,14 +81,8 @@ unsafe extern "C" fn call_plugin(
         } = &version.callee
         else {
             // An isolated callee answers through its worker, into a buffer of ours.
-            let mut answer = Vec::new();
-            return match version.call_into_with(ctx, input.as_slice(), &mut answer) {
-                Ok(()) => reply(out, Status::OK, &answer),
-                Err(e) => {
-                    let (status, message) = status_of(&e);
-                    reply(out, status, message.as_bytes())
-                }
-            };
+            let (status, answer) = call_for_caller(version, ctx, input.as_slice());
+            return reply(out, status, &answer);
         };
         // The callee writes straight into the caller's lent buffer.
         let mut inner = OutBuffer::host(out.ptr, out.cap);
@@ -104,6 +94,39 @@ unsafe extern "C" fn call_plugin(
         unsafe { settle(out, &inner, status, *free_buffer, slot.name()) }
     }));
     outcome.unwrap_or_else(|_| reply(out, Status::ERROR, b"the host failed to make the call"))
+}
+
+/// What a plugin calling an unloaded dependency gets.
+pub(crate) const NOT_LOADED: &[u8] = b"not loaded";
+
+/// The slot of plugin `name` among `slots`, the dependencies `caller` declared (and the host
+/// bound), or the message the caller gets if `name` is not one of them. The one rule for
+/// callers in this process and in workers.
+pub(crate) fn dependency<'a>(
+    caller: &str,
+    slots: Option<&'a Vec<Arc<Slot>>>,
+    name: &[u8],
+) -> Result<&'a Arc<Slot>, String> {
+    slots
+        .and_then(|slots| slots.iter().find(|s| s.name().as_bytes() == name))
+        .ok_or_else(|| format!("not a declared dependency of {caller}"))
+}
+
+/// Calls `callee` for a plugin that depends on it, into a buffer of the host's: the status and
+/// bytes the caller gets (for an error, the callee's own message where it gave one).
+pub(crate) fn call_for_caller(
+    callee: &RunningPlugin,
+    ctx: &CallContext,
+    input: &[u8],
+) -> (Status, Vec<u8>) {
+    let mut answer = Vec::new();
+    match callee.call_into_with(ctx, input, &mut answer) {
+        Ok(()) => (Status::OK, answer),
+        Err(e) => {
+            let (status, message) = status_of(&e);
+            (status, message.into_owned().into_bytes())
+        }
+    }
 }
 
 /// Moves the callee's answer `inner` into the caller's `out` (which lent the callee

@@ -97,17 +97,16 @@ impl PluginHandle {
                 instance, execute, ..
             } => (*instance, *execute),
             Callee::Worker(worker) => {
-                // The answer comes out of shared memory: it is the host's own allocation.
+                // The answer comes out of shared memory into the host's own allocation.
                 let mut owned = Vec::new();
                 worker.call(&ctx, input, &mut owned)?;
-                let mut owned = std::mem::ManuallyDrop::new(owned);
-                let buf = OutBuffer {
-                    ptr: owned.as_mut_ptr(),
-                    len: owned.len(),
-                    cap: owned.capacity(),
-                    owner: BufferOwner::HOST,
-                };
-                return Ok(PluginOutput { buf, version });
+                let buf = OutBuffer::host(std::ptr::NonNull::dangling().as_ptr(), 0);
+                let owned = Some(owned);
+                return Ok(PluginOutput {
+                    buf,
+                    owned,
+                    version,
+                });
             }
         };
         let lent = std::ptr::NonNull::dangling().as_ptr();
@@ -118,7 +117,11 @@ impl PluginHandle {
         // Not trusted, and not freed (the owner is not the plugin's), if it broke the protocol.
         let broken = written(&buf, lent, 0) == Written::Broken;
         let error = (status != Status::OK || broken).then(|| running.shared_name().clone());
-        let output = PluginOutput { buf, version };
+        let output = PluginOutput {
+            buf,
+            owned: None,
+            version,
+        };
         match error {
             None => Ok(output),
             Some(name) if broken => Err(call_error(&name, Status::ERROR, BROKEN_PROTOCOL)),
@@ -190,6 +193,9 @@ pub enum PluginHealth {
 /// An output the plugin allocated; handed back to the plugin's allocator on drop.
 pub struct PluginOutput {
     buf: OutBuffer,
+    /// An isolated plugin's answer, copied out of the worker's shared memory; `buf` is then
+    /// empty.
+    owned: Option<Vec<u8>>,
     // Keeps the version that allocated `buf` (and so its allocator) loaded.
     version: Guard<Option<Arc<RunningPlugin>>>,
 }
@@ -197,10 +203,13 @@ pub struct PluginOutput {
 impl std::ops::Deref for PluginOutput {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        if let Some(owned) = &self.owned {
+            return owned;
+        }
         if self.buf.len == 0 {
             return &[];
         }
-        let len = if self.buf.owner == BufferOwner::PLUGIN || self.is_hosts() {
+        let len = if self.buf.owner == BufferOwner::PLUGIN {
             self.buf.len
         } else {
             // Lent zero bytes: a plugin claiming to have written into them wrote nothing.
@@ -211,24 +220,8 @@ impl std::ops::Deref for PluginOutput {
     }
 }
 
-impl PluginOutput {
-    /// Whether the bytes are the host's own allocation (an isolated plugin's answer).
-    fn is_hosts(&self) -> bool {
-        self.buf.owner == BufferOwner::HOST
-            && self
-                .version
-                .as_ref()
-                .is_some_and(|version| version.worker().is_some())
-    }
-}
-
 impl Drop for PluginOutput {
     fn drop(&mut self) {
-        if self.is_hosts() {
-            // SAFETY: the `Vec` `call` leaked into `buf`, rebuilt once.
-            drop(unsafe { Vec::from_raw_parts(self.buf.ptr, self.buf.len, self.buf.cap) });
-            return;
-        }
         let Some(version) = self.version.as_ref() else {
             return;
         };

@@ -332,19 +332,19 @@ impl RunningPlugin {
         input: &[u8],
         output: &mut Vec<u8>,
     ) -> Result<(), CallError> {
-        let Callee::Here {
-            instance,
-            execute,
-            free_buffer,
-        } = &self.callee
-        else {
-            return self.call_worker(ctx, input, output);
+        let (instance, execute, free_buffer) = match &self.callee {
+            Callee::Here {
+                instance,
+                execute,
+                free_buffer,
+            } => (*instance, *execute, *free_buffer),
+            Callee::Worker(worker) => return worker.call(ctx, input, output),
         };
         // SAFETY: `execute`, `free_buffer` and the instance belong to this live version; the
         // caller keeps `ctx.cancelled` (if not null) alive for the call.
         let status = unsafe {
-            with_output(output, *free_buffer, |buf| {
-                execute(*instance, ctx, RSlice::from_slice(input), buf)
+            with_output(output, free_buffer, |buf| {
+                execute(instance, ctx, RSlice::from_slice(input), buf)
             })
         };
         if status == Status::OK {
@@ -353,22 +353,6 @@ impl RunningPlugin {
             let error = call_error(self.shared_name(), status, output);
             output.clear();
             Err(error)
-        }
-    }
-}
-
-impl RunningPlugin {
-    #[cold]
-    #[inline(never)]
-    fn call_worker(
-        &self,
-        ctx: &CallContext,
-        input: &[u8],
-        output: &mut Vec<u8>,
-    ) -> Result<(), CallError> {
-        match &self.callee {
-            Callee::Worker(worker) => worker.call(ctx, input, output),
-            Callee::Here { .. } => unreachable!("called for isolated versions only"),
         }
     }
 }

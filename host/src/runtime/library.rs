@@ -32,7 +32,7 @@ pub struct PluginLibrary {
     identity: Option<Box<PluginIdentity>>,
     /// Set when plugin code was given up on while still running.
     stuck: AtomicBool,
-    /// How long checking and loading an isolated library took.
+    /// How long reading, checking and loading took.
     load_time: Duration,
 }
 
@@ -60,10 +60,10 @@ impl PluginLibrary {
         unsafe { library.install_callbacks(&HOST_API, &PLUGIN_CALLS, pointer) };
         PluginLibrary {
             worker: None,
+            load_time: library.load_time(),
             library: Some(library),
             identity: Some(identity),
             stuck: AtomicBool::new(false),
-            load_time: Duration::ZERO,
         }
     }
 
@@ -127,11 +127,7 @@ impl PluginLibrary {
 
     /// How long reading, checking, copying and loading took.
     pub(crate) fn load_time(&self) -> Duration {
-        if self.load_time.is_zero() {
-            self.library().load_time()
-        } else {
-            self.load_time
-        }
+        self.load_time
     }
 
     /// A hash of the file's content as loaded.

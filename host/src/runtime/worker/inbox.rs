@@ -19,7 +19,7 @@ use tracing::Span;
 use super::frame::{Frame, Kind};
 use super::lanes::LANES;
 use super::process::{Process, TAIL_LINES};
-use crate::runtime::abi::status_of;
+use crate::runtime::callbacks::{call_for_caller, dependency, NOT_LOADED};
 use crate::runtime::registry::Slot;
 
 /// What a worker's threads share with the supervisor: the plugin's identity in the host.
@@ -263,11 +263,8 @@ pub(super) fn max_level() -> u8 {
 fn nested_call(process: &Process, identity: &Identity, call: Frame) {
     let mut answer = Frame::new(Kind::CallReply);
     answer.id = call.id;
-    let name = call.first.as_slice();
-    let slot = identity
-        .dependencies
-        .get()
-        .and_then(|slots| slots.iter().find(|s| s.name().as_bytes() == name));
+    let caller = identity.name.get().map_or("the plugin", |n| &**n);
+    let slot = dependency(caller, identity.dependencies.get(), &call.first);
     let lane = usize::from(call.status);
     let ctx = CallContext {
         cancelled: if lane < LANES {
@@ -277,26 +274,12 @@ fn nested_call(process: &Process, identity: &Identity, call: Frame) {
         },
         deadline_unix_nanos: call.number,
     };
-    let mut output = Vec::new();
     let (status, bytes) = match slot {
-        None => {
-            let plugin = identity.name.get().map_or("the plugin", |n| &**n);
-            (
-                Status::ERROR,
-                format!("not a declared dependency of {plugin}").into_bytes(),
-            )
-        }
-        Some(slot) => match &*slot.load() {
-            None => (Status::ERROR, b"not loaded".to_vec()),
+        Err(message) => (Status::ERROR, message.into_bytes()),
+        Ok(slot) => match &*slot.load() {
+            None => (Status::ERROR, NOT_LOADED.to_vec()),
             Some(version) => {
-                let input = call.second.as_deref().unwrap_or_default();
-                match version.call_into_with(&ctx, input, &mut output) {
-                    Ok(()) => (Status::OK, output),
-                    Err(e) => {
-                        let (status, message) = status_of(&e);
-                        (status, message.into_owned().into_bytes())
-                    }
-                }
+                call_for_caller(version, &ctx, call.second.as_deref().unwrap_or_default())
             }
         },
     };
