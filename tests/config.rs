@@ -565,12 +565,15 @@ fn max_plugins_refuses_the_rest() {
     let host = setup.host("[host]\nmax_plugins = 1\n");
     let report = host.load_all().unwrap();
     assert_eq!(report.loaded.len(), 1);
+    // Counted before opening: the second file is refused without being read or loaded.
+    let refusal = report.refused[0].to_string();
     assert!(
-        report.refused[0]
-            .to_string()
-            .contains("not started: max_plugins (1) are running"),
-        "{}",
-        report.refused[0]
+        matches!(
+            report.refused[0],
+            plughost::LoadError::NoRoom { max: 1, .. }
+        ) && refusal.contains("not loaded: max_plugins (1) plugins are running or starting")
+            && refusal.ends_with("raise host.max_plugins in plughost.toml to load more"),
+        "{refusal}"
     );
 }
 

@@ -137,7 +137,30 @@ fn load_all_loads_every_example_and_unloading_deletes_shadow_copies() {
     let mut names: Vec<_> = report.loaded.iter().map(|i| i.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["counter", "filter", "transform"]);
-    assert_eq!(dir.shadow_files().len(), 3, "one private copy per library");
+    assert_eq!(dir.copies_held(), 3, "one private copy per library");
+    #[cfg(target_os = "linux")]
+    {
+        // In sealed memory files: nothing written to disk, and nothing can change them.
+        assert!(dir.shadow_files().is_empty(), "{:?}", dir.shadow_files());
+        let copies: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| {
+                let fd = fd.ok()?.path();
+                let target = std::fs::read_link(&fd).ok()?;
+                let ours = format!("/memfd:plughost:{}/", dir.path().display());
+                target.to_string_lossy().starts_with(&ours).then_some(fd)
+            })
+            .collect();
+        assert_eq!(copies.len(), 3);
+        for copy in copies {
+            use std::io::Write;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&copy)
+                .and_then(|mut file| file.write_all(b"\x7fELF overwritten"));
+            assert!(written.is_err(), "{copy:?} could be written");
+        }
+    }
 
     let info = host.handle("transform").unwrap().info().unwrap();
     assert_eq!(info.version.to_string(), "1.0.0");
@@ -147,7 +170,7 @@ fn load_all_loads_every_example_and_unloading_deletes_shadow_copies() {
 
     host.shutdown();
     assert!(host.plugins().is_empty());
-    assert!(dir.shadow_files().is_empty(), "{:?}", dir.shadow_files());
+    assert_eq!(dir.copies_held(), 0, "copies deleted");
     assert!(matches!(
         host.handle("transform"),
         Err(CallError::NotFound { .. })
@@ -285,7 +308,7 @@ fn cli_run_loads_and_shuts_down_cleanly_on_sigterm() {
     let child = dir.spawn_run();
     // Wait until both plugins are loaded: their shadow copies exist.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while dir.shadow_files().len() < 2 {
+    while dir.copies_held_by(child.id()) < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "plughost run never loaded the plugins"

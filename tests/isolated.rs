@@ -44,9 +44,10 @@ pub fn answers_again(host: &Host, name: &str, within: Duration) -> String {
     }
 }
 
-/// The worker processes (`plughost __worker ...`) whose parent is `parent`, loading copies in
-/// `shadow` (tests run in parallel in one process: each has its own shadow folder).
-pub fn workers_of(parent: u32, shadow: &Path) -> Vec<u32> {
+/// The worker processes (`plughost __worker FILE ...`) whose parent is `parent`, loading
+/// libraries of the folder `plugins` (tests run in parallel in one process: each has its own
+/// folder).
+pub fn workers_of(parent: u32, plugins: &Path) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -60,9 +61,9 @@ pub fn workers_of(parent: u32, shadow: &Path) -> Vec<u32> {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let shadow = shadow.as_os_str().as_encoded_bytes();
+        let plugins = plugins.as_os_str().as_encoded_bytes();
         let is_worker = args.get(1) == Some(&&b"__worker"[..])
-            && args.get(3).is_some_and(|copy| copy.starts_with(shadow));
+            && args.get(2).is_some_and(|file| file.starts_with(plugins));
         if is_worker && ppid == Some(parent) {
             found.push(pid);
         }

@@ -176,12 +176,12 @@ fn an_init_that_never_returns_is_bounded_and_leaves_no_worker() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        workers_of(std::process::id(), dir.shadow()),
+        workers_of(std::process::id(), dir.path()),
         Vec::<u32>::new()
     );
     // The same file, well configured, loads.
     host.load_file(&crashy, b"{}").unwrap();
-    assert_eq!(workers_of(std::process::id(), dir.shadow()).len(), 1);
+    assert_eq!(workers_of(std::process::id(), dir.path()).len(), 1);
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn a_plugin_unloaded_while_its_worker_restarts_is_not_restarted_again() {
     std::thread::sleep(Duration::from_millis(500));
     host.unload("crashy").unwrap();
     let started = Instant::now();
-    while !workers_of(std::process::id(), dir.shadow()).is_empty() {
+    while !workers_of(std::process::id(), dir.path()).is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "a worker outlived unload"
@@ -334,7 +334,7 @@ fn a_plugin_unloaded_while_its_worker_restarts_is_not_restarted_again() {
     // And none comes back.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        workers_of(std::process::id(), dir.shadow()),
+        workers_of(std::process::id(), dir.path()),
         Vec::<u32>::new()
     );
 }
@@ -361,7 +361,7 @@ fn shutting_down_ends_an_isolated_call_that_never_returns() {
         "{error}"
     );
     assert_eq!(
-        workers_of(std::process::id(), dir.shadow()),
+        workers_of(std::process::id(), dir.path()),
         Vec::<u32>::new()
     );
 }

@@ -174,14 +174,53 @@ impl PluginDir {
             .expect("start plughost run")
     }
 
-    /// The files in the shadow folder: the private copies (the probe's verdicts live in a
-    /// folder of their own there, and are not copies).
+    /// The files in the shadow folder: private copies written to disk (the probe's verdicts
+    /// live in a folder of their own there, and are not copies). On Linux copies are memory
+    /// files instead, and this stays empty: see [`copies_held`](Self::copies_held).
     pub fn shadow_files(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.shadow())
             .expect("read shadow folder")
             .map(|e| e.unwrap().path())
             .filter(|p| !p.is_dir())
             .collect()
+    }
+
+    /// How many private copies of this folder's libraries process `pid` holds: memory files
+    /// open in it (named `plughost:<file>`), and files in the shadow folder.
+    pub fn copies_held_by(&self, pid: u32) -> usize {
+        let prefix = format!("/memfd:plughost:{}/", self.path().display());
+        let memory = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                    .filter(|target| target.to_string_lossy().starts_with(&prefix))
+                    .count()
+            })
+            .unwrap_or(0);
+        memory + self.shadow_files().len()
+    }
+
+    /// [`copies_held_by`](Self::copies_held_by) this process.
+    pub fn copies_held(&self) -> usize {
+        self.copies_held_by(std::process::id())
+    }
+
+    /// How many private copies of this folder's libraries are mapped into this process (as
+    /// memory files, or files in the shadow folder).
+    pub fn copies_mapped(&self) -> usize {
+        let prefix = format!("/memfd:plughost:{}/", self.path().display());
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+        // Fields: address perms offset dev inode path. One library, one inode.
+        let mut inodes: Vec<&str> = maps
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.splitn(6, char::is_whitespace).collect();
+                let path = fields.get(5)?.trim();
+                path.starts_with(&prefix).then_some(fields[4])
+            })
+            .collect();
+        inodes.sort();
+        inodes.dedup();
+        inodes.len() + mapped_under(self.shadow())
     }
 }
 

@@ -62,7 +62,7 @@ fn no_worker_outlives_a_killed_host() {
         .and_then(|(_, pid)| pid.trim_end_matches(')').trim().parse().ok())
         .unwrap_or_else(|| panic!("no worker pid in {line:?}"));
     assert!(alive(worker));
-    assert_eq!(workers_of(run.id(), dir.shadow()), vec![worker]);
+    assert_eq!(workers_of(run.id(), dir.path()), vec![worker]);
     run.kill().unwrap(); // SIGKILL: no clean-up runs in the host
     run.wait().unwrap();
     let started = Instant::now();
@@ -136,7 +136,7 @@ fn two_hundred_reloads_of_an_isolated_plugin_under_load_fail_no_call() {
     );
     // Every old worker exited.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(workers_of(std::process::id(), dir.shadow()).len(), 1);
+    assert_eq!(workers_of(std::process::id(), dir.path()).len(), 1);
 }
 
 #[test]

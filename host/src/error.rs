@@ -320,6 +320,19 @@ pub enum LoadError {
         /// The limit.
         max: usize,
     },
+    /// Not even opened: as many libraries as `max_plugins` allows were opened before it, in
+    /// file name order, to start together.
+    #[error(
+        "{}: not loaded: max_plugins ({max}) plugins are running or starting already; raise \
+         host.max_plugins in plughost.toml to load more",
+        shown_path(path)
+    )]
+    NoRoom {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl LoadError {
@@ -351,6 +364,7 @@ impl LoadError {
             | LoadError::BreaksDependent { path, .. }
             | LoadError::DependencyCycle { path, .. }
             | LoadError::TooMany { path, .. }
+            | LoadError::NoRoom { path, .. }
             | LoadError::TooManyPinned { path, .. } => path,
         }
     }

@@ -23,6 +23,8 @@
 //! - [`PluginHandle`]: how a caller reaches one plugin: taken once ([`Host::handle`]), cloned
 //!   freely, called from any thread ([`PluginHandle::call_into`]); it follows its plugin
 //!   across reloads.
+//! - [`LocalHandle`]: one thread's handle for a hot loop ([`PluginHandle::local`]), at about
+//!   the cost of a direct call; it keeps the version it last called loaded until its next call.
 //! - [`Dispatcher`]: async calls guarded by a [`CallPolicy`] per plugin (timeout with
 //!   cancellation, concurrency and rate limits, circuit breaker), with metrics and health.
 //! - [`HostEvent`]: what happened to plugins, from [`Host::subscribe`], to wait on instead of
@@ -93,7 +95,7 @@ pub use events::HostEvent;
 pub use host::{ConfigReport, Host, LoadReport, WatchOptions, Watcher};
 pub use loader::residency::UnloadStatus;
 pub use plugin_info::{ConfigKey, PluginInfo, Requirement};
-pub use runtime::{PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
+pub use runtime::{LocalHandle, PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
 
 /// Serves the probe or the worker role if this process was started as one (`PROGRAM __probe
 /// FILE`, `PROGRAM __worker ...`) and returns its exit code; otherwise `None`. The `plughost`

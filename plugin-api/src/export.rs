@@ -189,11 +189,16 @@ thread_local! {
 /// Replaces the plugin's panic hook (the plugin has its own std, so this touches nothing in
 /// the host): instead of std's report, with a backtrace when `RUST_BACKTRACE` is set, print one
 /// line naming the plugin, and remember the location so the error the host gets includes it.
-fn install_panic_hook(plugin: &'static str) {
+///
+/// The hook captures nothing (the name is `P::NAME`, a constant), so its `Box` allocates
+/// nothing: std never frees a hook, and an allocated one would leak with every load of the
+/// library.
+fn install_panic_hook<P: Plugin>() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        std::panic::set_hook(Box::new(move |info| {
+        std::panic::set_hook(Box::new(|info| {
             use std::io::Write;
+            let plugin = P::NAME;
             let message = panic_message_of(info.payload());
             // Not `eprintln!`: it panics when stderr cannot be written, and a panic inside the
             // panic hook aborts the whole process.
@@ -260,7 +265,7 @@ fn create<P: Plugin>(
     instance: &mut *mut c_void,
     out: &mut OutBuffer,
 ) -> Status {
-    install_panic_hook(P::NAME);
+    install_panic_hook::<P>();
     guarded(out, |_| {
         let config = parse_config::<P>(config)?;
         let mut plugin = P::default();

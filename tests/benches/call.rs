@@ -1,6 +1,6 @@
 //! The cost of calling a plugin: a 16-byte echo through a [`PluginHandle`] (into a host buffer,
-//! and with a plugin-allocated output) next to the same work as a direct Rust call, and through
-//! the async path with all its layers, in one run.
+//! and with a plugin-allocated output) and through a thread's [`LocalHandle`], next to the same
+//! work as a direct Rust call, and through the async path with all its layers, in one run.
 //!
 //! `cargo bench -p plughost-tests --bench call`
 
@@ -58,6 +58,15 @@ fn call_path(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    let mut local = handle.local();
+    group.bench_function("local_host_buffer", |b| {
+        b.iter(|| {
+            local
+                .call_into(black_box(&input), black_box(&mut out))
+                .unwrap()
+        })
+    });
+    drop(local);
     group.bench_function("direct_alloc", |b| {
         b.iter(|| echo_direct_alloc(black_box(&input)))
     });

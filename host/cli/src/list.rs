@@ -1,5 +1,6 @@
 //! `plughost list`: every library in the folder, and whether it would load.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,13 +12,13 @@ pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
     let host = Host::new(config)?;
     let settings = host.config();
     let mut rows = vec![["NAME", "VERSION", "API", "MODE", "FILE", "STATUS"].map(str::to_owned)];
-    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
     for path in host.discover()? {
         rows.push(match host.open(&path) {
             Ok(library) => {
                 let info = library.info();
-                let status = match names.iter().find(|(n, _)| *n == info.name) {
-                    Some((_, first)) => format!(
+                let status = match names.get(&info.name) {
+                    Some(first) => format!(
                         "refused: plugin {:?} is already provided by {}",
                         info.name,
                         table::file_name(first)
@@ -25,7 +26,9 @@ pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
                     None if !settings.plugin(&info.name).enabled => "disabled".to_owned(),
                     None => "ok".to_owned(),
                 };
-                names.push((info.name.clone(), library.file().to_owned()));
+                names
+                    .entry(info.name.clone())
+                    .or_insert_with(|| library.file().to_owned());
                 [
                     info.name.clone(),
                     info.version.to_string(),

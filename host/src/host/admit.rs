@@ -142,7 +142,7 @@ impl Host {
             }
         }
         let max = lifecycle.config.host.max_plugins;
-        if old.is_none() && self.registry.loaded().len() >= max {
+        if old.is_none() && self.registry.serving_count() >= max {
             return Err(LoadError::TooMany {
                 path: library.file().to_owned(),
                 name: info.name.clone(),
@@ -268,8 +268,9 @@ impl Host {
                 let thread = retire_in_background(
                     previous,
                     self.shared.clone(),
-                    move |old, retired, shared| {
-                        let status = describe_unload(&old.name, &retired, shared, "old version");
+                    move |old, mut retired, shared| {
+                        let status =
+                            describe_unload(&old.name, &mut retired, shared, "old version");
                         if let Err(e) = &retired.shutdown {
                             warn!("old version {}: {e}", old.version);
                         }
@@ -297,7 +298,7 @@ impl Host {
                         });
                     },
                 );
-                lifecycle.retiring.push(thread);
+                lifecycle.retiring(Some(thread));
             }
         }
         slot
@@ -313,8 +314,12 @@ impl Host {
     ) -> Result<Vec<Arc<Slot>>, LoadError> {
         let info = library.info();
         let path = library.file();
-        let serving = self.plugins();
-        if let Some(cycle) = dependencies::cycle_through(info, &serving) {
+        // Only the plugins it requires (directly or not) can close a cycle through it, and
+        // only those that require it can be broken by it: a load looks at those, not at every
+        // plugin running.
+        let required = self.serving_requirements(info);
+        let required = required.iter().map(|v| v.library().info());
+        if let Some(cycle) = dependencies::cycle_through(info, required) {
             return Err(LoadError::DependencyCycle {
                 path: path.to_owned(),
                 name: info.name.clone(),
@@ -334,7 +339,9 @@ impl Host {
                 }
             }));
         }
-        if let Some(broken) = dependencies::broken_dependent(info, &serving) {
+        let dependents = self.registry.requirers_of(&info.name);
+        let dependents = dependents.iter().map(|v| v.library().info());
+        if let Some(broken) = dependencies::broken_dependent(info, dependents) {
             return Err(LoadError::BreaksDependent {
                 path: path.to_owned(),
                 name: info.name.clone(),
@@ -348,6 +355,25 @@ impl Host {
             .iter()
             .filter_map(|requirement| self.registry.slot(&requirement.name))
             .collect())
+    }
+
+    /// The versions in service of the plugins `info` requires, and of those they require, and
+    /// so on (not of `info`'s own name: the version it replaces does not count).
+    fn serving_requirements(&self, info: &PluginInfo) -> Vec<Arc<RunningPlugin>> {
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut next: Vec<String> = info.dependencies.iter().map(|r| r.name.clone()).collect();
+        while let Some(name) = next.pop() {
+            if name == info.name || !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some(version) = self.registry.slot(&name).and_then(|slot| slot.current()) {
+                let requires = &version.library().info().dependencies;
+                next.extend(requires.iter().map(|r| r.name.clone()));
+                found.push(version);
+            }
+        }
+        found
     }
 }
 

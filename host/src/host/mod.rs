@@ -44,7 +44,7 @@ use crate::events::{HostEvent, Subscribers};
 use crate::loader::discovery;
 use crate::loader::probe::{self, Probe, Program};
 use crate::loader::shadow::{self, ShadowDir};
-use crate::loader::{Library, Opened, Placement};
+use crate::loader::{Content, Library, Opened, Placement};
 use crate::plugin_info::PluginInfo;
 use crate::runtime::{PluginHandle, PluginLibrary, Registry, Workers};
 
@@ -109,8 +109,9 @@ struct Lifecycle {
 #[derive(Default)]
 struct Shared {
     events: Subscribers,
-    /// Shadow paths of closed versions that were still mapped when checked.
-    still_mapped: Mutex<Vec<(String, PathBuf)>>,
+    /// Versions out of service still in memory, by plugin name: closed but still mapped (with
+    /// their private copies, kept while they are), or left loaded for good (`None`).
+    still_mapped: Mutex<Vec<(String, Option<crate::loader::ShadowCopy>)>>,
     /// Versions of each plugin whose Init never returned: left loaded for good.
     stuck: Mutex<HashMap<String, usize>>,
     /// Bumped whenever the settings change, so a dispatcher knows to rebuild its policies.
@@ -242,7 +243,7 @@ impl Host {
     fn open_bytes(
         &self,
         path: &Path,
-        bytes: &[u8],
+        bytes: &Content,
         wanted: &dyn Fn(&str) -> bool,
         settings: &HostConfig,
     ) -> Result<PluginLibrary, LoadError> {
@@ -257,7 +258,7 @@ impl Host {
     fn open_from(
         &self,
         path: &Path,
-        bytes: &[u8],
+        bytes: &Content,
         wanted: &dyn Fn(&str) -> bool,
         settings: &HostConfig,
         started: Instant,
@@ -312,15 +313,47 @@ impl Host {
         let settings = self.config();
         // A disabled plugin's library is not opened here, when its probe told its name.
         let enabled = |name: &str| settings.plugin(name).enabled;
+        // Counted before opening: a file beyond `max_plugins` is not read, copied or loaded
+        // only to be refused.
+        let max = settings.host.max_plugins;
+        let mut room = max.saturating_sub(self.registry.serving_count());
+        let mut no_room = Vec::new();
         for path in self.discover()? {
+            if room == 0 {
+                no_room.push(path);
+                continue;
+            }
             match self.open_wanted(&path, &enabled, &settings) {
-                Ok(library) => libraries.push(library),
+                Ok(library) => {
+                    if !self.registry.is_serving(&library.info().name) {
+                        room -= 1;
+                    }
+                    libraries.push(library)
+                }
                 Err(LoadError::Unwanted { name, path }) => unwanted.push((name, path)),
                 Err(error) => {
                     self.refused(&error, None);
                     report.refused.push(error);
                 }
             }
+        }
+        if let Some(first) = no_room.first() {
+            // One line for them all; an event each.
+            tracing::warn!(
+                "{} file(s) not loaded, from {} on: max_plugins ({max}) plugins are running or \
+                 starting already; raise host.max_plugins in plughost.toml to load more",
+                no_room.len(),
+                first.display()
+            );
+        }
+        for path in no_room {
+            let error = LoadError::NoRoom { path, max };
+            self.shared.events.emit(HostEvent::Refused {
+                file: error.path().to_owned(),
+                reason: error.to_string(),
+                kept: None,
+            });
+            report.refused.push(error);
         }
         let mut lifecycle = self.lifecycle();
         for (name, path) in unwanted {
@@ -508,6 +541,13 @@ impl Lifecycle {
             .iter()
             .map(|library| candidate(&self.config, library.info(), library.file()))
             .collect()
+    }
+
+    /// Keeps `threads` (retiring old versions) to join at shutdown, and lets go of those that
+    /// have finished: a host that reloads all day must not keep a dead thread per reload.
+    fn retiring(&mut self, threads: impl IntoIterator<Item = JoinHandle<()>>) {
+        self.retiring.retain(|t| !t.is_finished());
+        self.retiring.extend(threads);
     }
 
     /// Remembers the file of a refusal that depends on other plugins (a requirement missing

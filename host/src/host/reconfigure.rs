@@ -378,7 +378,7 @@ impl Host {
             if let Some(slot) = self.registry.slot(name) {
                 info!("disabled {name}");
                 let retiring = self.take_out_of_service(&slot);
-                lifecycle.retiring.extend(retiring);
+                lifecycle.retiring(retiring);
                 changed.push(name.clone());
             }
         }

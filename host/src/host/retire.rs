@@ -14,6 +14,7 @@ use crate::dependencies;
 use crate::error::CallError;
 use crate::events::HostEvent;
 use crate::loader::residency::{self, UnloadStatus};
+use crate::loader::ShadowCopy;
 use crate::plugin_info::PluginInfo;
 use crate::runtime::{Retired, RunningPlugin, Slot};
 
@@ -40,8 +41,8 @@ impl Host {
     /// flight, so never under the lifecycle lock), and reports it. Returns what Shutdown
     /// reported.
     pub(super) fn retire_and_report(&self, version: Arc<RunningPlugin>) -> Result<(), CallError> {
-        let (old, retired) = retire_now(version);
-        report_unload(old, &retired, &self.shared);
+        let (old, mut retired) = retire_now(version);
+        report_unload(old, &mut retired, &self.shared);
         retired.shutdown
     }
 
@@ -59,16 +60,16 @@ impl Host {
         Some(retire_in_background(
             version,
             self.shared.clone(),
-            |old, retired, shared| report_unload(old, &retired, shared),
+            |old, mut retired, shared| report_unload(old, &mut retired, shared),
         ))
     }
 
     /// The plugins in service that require `name`.
     pub(super) fn dependents_of(&self, name: &str) -> Vec<String> {
-        self.plugins()
-            .into_iter()
-            .filter(|p| p.dependencies.iter().any(|r| r.name == name))
-            .map(|p| p.name)
+        self.registry
+            .requirers_of(name)
+            .iter()
+            .map(|v| v.library().info().name.clone())
             .collect()
     }
 
@@ -114,7 +115,7 @@ impl Host {
         let deadline = Instant::now() + timeout;
         for version in versions {
             match retire_by(version, deadline) {
-                Ok((old, retired)) => report_unload(old, &retired, &self.shared),
+                Ok((old, mut retired)) => report_unload(old, &mut retired, &self.shared),
                 Err((old, version)) => {
                     error!(
                         "{} {} still has calls running {} after shutdown began; left loaded \
@@ -142,23 +143,36 @@ impl Host {
 }
 
 impl Shared {
-    /// Records `closed` (a version found still mapped after closing), forgets those that have
-    /// left memory since, and says how many remain.
-    fn still_mapped(&self, closed: Option<(String, PathBuf)>) -> usize {
-        let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
-        paths.retain(|(_, p)| residency::is_mapped(p).unwrap_or(false));
-        paths.extend(closed);
-        paths.len()
+    /// Records `closed` (a version found still in memory after closing, with its private copy
+    /// if it was closed, `None` if it was left loaded for good), forgets those that have left
+    /// memory since, and says how many remain.
+    fn still_mapped(&self, closed: Option<(String, Option<ShadowCopy>)>) -> usize {
+        let mut pinned = self.pinned_versions();
+        pinned.extend(closed);
+        pinned.len()
     }
 
     /// How many versions of plugin `name` are still in memory though out of service: closed
-    /// but still mapped, or left loaded because their Init never returned.
+    /// but still mapped, or left loaded because their code never returned.
     pub(super) fn pinned(&self, name: &str) -> usize {
-        let mut paths = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
-        paths.retain(|(_, p)| residency::is_mapped(p).unwrap_or(false));
-        let mapped = paths.iter().filter(|(plugin, _)| plugin == name).count();
+        let mapped = self
+            .pinned_versions()
+            .iter()
+            .filter(|(plugin, _)| plugin == name)
+            .count();
         let stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
         mapped + stuck.get(name).copied().unwrap_or(0)
+    }
+
+    /// The versions still in memory, those that left since the last look forgotten (their
+    /// copies deleted).
+    fn pinned_versions(&self) -> std::sync::MutexGuard<'_, Vec<(String, Option<ShadowCopy>)>> {
+        let mut pinned = self.still_mapped.lock().unwrap_or_else(|e| e.into_inner());
+        pinned.retain(|(_, copy)| match copy {
+            Some(copy) => residency::is_loaded(copy.path()).unwrap_or(false),
+            None => true, // left loaded for good
+        });
+        pinned
     }
 
     /// Records that a version of plugin `name` was left loaded because its Init never
@@ -177,7 +191,7 @@ pub(super) struct OldVersion {
 }
 
 /// Logs and announces that a plugin was taken out of service.
-fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
+fn report_unload(old: OldVersion, retired: &mut Retired, shared: &Shared) {
     let status = describe_unload(&old.name, retired, shared, "library");
     match &retired.shutdown {
         Ok(()) if retired.unload == UnloadStatus::LeftLoaded => warn!(
@@ -204,7 +218,7 @@ fn report_unload(old: OldVersion, retired: &Retired, shared: &Shared) {
 /// Records a still-mapped library and says what became of it, for log lines.
 pub(super) fn describe_unload(
     name: &str,
-    retired: &Retired,
+    retired: &mut Retired,
     shared: &Shared,
     subject: &str,
 ) -> String {
@@ -213,7 +227,7 @@ pub(super) fn describe_unload(
         UnloadStatus::StillMapped | UnloadStatus::LeftLoaded => format!(
             "{}; {} closed version(s) still mapped in all",
             retired.unload.describe(subject),
-            shared.still_mapped(Some((name.to_owned(), retired.shadow.clone())))
+            shared.still_mapped(Some((name.to_owned(), retired.pinned.take())))
         ),
         other => other.describe(subject),
     }
@@ -302,8 +316,9 @@ fn retire_within_limits(
                 }
                 if waiting_since.elapsed() >= next_warning {
                     warn!(
-                        "{} {} is out of service but still in use ({} calls or outputs held) \
-                         after {} s; it shuts down when they are done",
+                        "{} {} is out of service but still in use ({} calls, outputs or local \
+                         handles held) after {} s; it shuts down when they are done (a \
+                         LocalHandle lets go on its next call or when dropped)",
                         old.name,
                         old.version,
                         Arc::strong_count(&shared) - 1,

@@ -69,7 +69,7 @@ impl Host {
         &self,
         lifecycle: &mut Lifecycle,
         path: &Path,
-        bytes: Result<Vec<u8>, LoadError>,
+        bytes: Result<loader::Content, LoadError>,
         noticed: Instant,
     ) -> bool {
         let existing = self.registry.find_by_file(path);
@@ -85,7 +85,7 @@ impl Host {
                 };
                 let retiring = self.take_out_of_service(&slot);
                 let left = retiring.is_some();
-                lifecycle.retiring.extend(retiring);
+                lifecycle.retiring(retiring);
                 return left;
             }
             Err(error) => {
@@ -117,7 +117,6 @@ impl Host {
             self.install(lifecycle, library, None, noticed).map(Some)
         });
         drop(bytes);
-        lifecycle.retiring.retain(|t| !t.is_finished());
         match outcome {
             Ok(Some(slot)) => {
                 lifecycle.refused.remove(path);
@@ -125,7 +124,7 @@ impl Host {
                 // The file now holds another plugin: the one it held before goes.
                 if let Some(previous) = existing.filter(|s| s.name() != slot.name()) {
                     let retiring = self.take_out_of_service(&previous);
-                    lifecycle.retiring.extend(retiring);
+                    lifecycle.retiring(retiring);
                 }
                 true
             }

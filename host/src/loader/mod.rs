@@ -5,15 +5,18 @@
 //! The steps, in order, one module each:
 //!
 //! 1. [`discovery`]: which files in the plugins folder are candidates;
-//! 2. read the file once ([`read`]); everything after works on those bytes;
+//! 2. [`content`]: the file is read once, on Linux straight into a sealed memory file;
+//!    everything after works on those bytes;
 //! 3. [`preflight`]: the bytes are parsed before any loader sees them;
-//! 4. [`shadow`]: the same bytes are written to a private copy with a unique name;
+//! 4. [`shadow`]: the private copy of the same bytes (that memory file, or a file with a unique
+//!    name);
 //! 5. `dlopen` of the copy ([`Library::open_bytes`]);
 //! 6. [`validate`]: the header again in memory, then abi_stable's layout comparison;
 //! 7. [`metadata`] and the optional [`exports`] are read out of the library.
 //!
 //! Closing ([`Library::close`]) checks whether the library really left memory ([`residency`]).
 
+mod content;
 pub(crate) mod discovery;
 pub(crate) mod exports;
 mod metadata;
@@ -35,10 +38,12 @@ use plugin_api::ffi::{
 
 use crate::error::LoadError;
 use crate::plugin_info::PluginInfo;
+pub(crate) use content::{read, Content};
 use exports::Install;
 use probe::Probe;
 use residency::UnloadStatus;
-use shadow::{ShadowCopy, ShadowDir};
+pub(crate) use shadow::ShadowCopy;
+use shadow::ShadowDir;
 
 /// Where a library is to be loaded, decided once its plugin's name is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +108,7 @@ impl Library {
     /// ([`Opened::Checked`]).
     pub(crate) fn open_bytes(
         path: &Path,
-        bytes: &[u8],
+        bytes: &Content,
         shadow: &ShadowDir,
         probe: &Probe,
         place: &dyn Fn(Option<&str>) -> Placement,
@@ -112,8 +117,8 @@ impl Library {
             let started = Instant::now();
             preflight::check_bytes(path, bytes)?;
             let content_hash = content_hash(bytes);
-            let copy = shadow.write(path, bytes)?;
-            let name = probe.check(path, copy.path(), content_hash)?;
+            let copy = shadow.copy(path, bytes)?;
+            let name = probe.check(path, &copy, content_hash)?;
             match (place(name.as_deref()), name) {
                 (Placement::Unwanted, Some(name)) => {
                     return Err(LoadError::Unwanted {
@@ -232,28 +237,44 @@ impl Library {
         }
     }
 
-    /// Closes the library, checks whether it left the address space, then deletes the shadow
-    /// copy. Nothing the plugin created may be alive any more.
-    pub(crate) fn close(mut self) -> UnloadStatus {
+    /// Closes the library, checks whether it left the address space, then deletes the private
+    /// copy, unless the library is still in memory: then the copy is handed back, to keep while
+    /// it is. Nothing the plugin created may be alive any more.
+    pub(crate) fn close(mut self) -> Closed {
         self.close_now()
     }
 
-    fn close_now(&mut self) -> UnloadStatus {
+    fn close_now(&mut self) -> Closed {
         let (Some(library), Some(shadow)) = (self.library.take(), self.shadow.take()) else {
-            return UnloadStatus::Unknown; // closed already
+            return Closed {
+                status: UnloadStatus::Unknown, // closed already
+                pinned: None,
+            };
         };
         if let Err(e) = library.close() {
-            tracing::warn!("closing {} failed: {e}", shadow.path().display());
+            tracing::warn!("closing {} failed: {e}", self.file.display());
         }
-        // Check before deleting the copy, while its path still names only this library.
-        let status = match residency::is_mapped(shadow.path()) {
+        // Checked while the copy still lives, so that its path names only this library.
+        let status = match residency::is_loaded(shadow.path()) {
             Some(false) => UnloadStatus::Unmapped,
             Some(true) => UnloadStatus::StillMapped,
             None => UnloadStatus::Unknown,
         };
-        drop(shadow);
-        status
+        let pinned = (status == UnloadStatus::StillMapped).then_some(shadow);
+        Closed { status, pinned }
     }
+}
+
+/// What closing a library left.
+#[must_use]
+pub(crate) struct Closed {
+    /// Whether it left memory.
+    pub(crate) status: UnloadStatus,
+    /// The private copy of a library still in memory ([`UnloadStatus::StillMapped`]). Keep it
+    /// while [`residency::is_loaded`] says the library is there: its path must name no other
+    /// library meanwhile (a memory file's `/proc/self/fd/N` would be reused once closed, and
+    /// `dlopen` would hand back the old library for it).
+    pub(crate) pinned: Option<ShadowCopy>,
 }
 
 /// A library just loaded and validated: what [`Library`] keeps of it.
@@ -353,81 +374,9 @@ impl Loaded {
 
 impl Drop for Library {
     fn drop(&mut self) {
-        self.close_now();
+        // Nothing keeps a copy for a library dropped still in memory: it stays open for good.
+        std::mem::forget(self.close_now().pinned);
     }
-}
-
-/// The largest library file the host reads: far above any real plugin (a debug build with
-/// everything is tens of MB), low enough that a hostile file cannot exhaust memory.
-pub(crate) const MAX_LIBRARY_SIZE: u64 = 512 * 1024 * 1024;
-
-/// Reads a whole library file, safely for whatever the path holds: it is opened without
-/// blocking (a named pipe would otherwise wait for a writer for ever), checked to be a regular
-/// file on the open descriptor (no race with a swap between checking and opening), and read no
-/// further than [`MAX_LIBRARY_SIZE`].
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    use std::io::Read as _;
-    let read_error = |source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(read_error)?;
-    let metadata = file.metadata().map_err(read_error)?;
-    if !metadata.is_file() {
-        return Err(LoadError::NotAFile {
-            path: path.to_owned(),
-            kind: file_kind(&metadata),
-        });
-    }
-    if metadata.len() > MAX_LIBRARY_SIZE {
-        return Err(LoadError::TooLarge {
-            path: path.to_owned(),
-            size: metadata.len(),
-            limit: MAX_LIBRARY_SIZE,
-        });
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-    // One byte more than allowed tells a file that grew since `metadata` apart.
-    file.take(MAX_LIBRARY_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_LIBRARY_SIZE {
-        return Err(LoadError::TooLarge {
-            path: path.to_owned(),
-            size: bytes.len() as u64,
-            limit: MAX_LIBRARY_SIZE,
-        });
-    }
-    Ok(bytes)
-}
-
-/// What a path that is not a regular file is, for messages.
-fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
-    let kind = metadata.file_type();
-    if kind.is_dir() {
-        return "a folder";
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if kind.is_fifo() {
-            return "a named pipe (FIFO)";
-        }
-        if kind.is_socket() {
-            return "a socket";
-        }
-        if kind.is_char_device() || kind.is_block_device() {
-            return "a device";
-        }
-    }
-    "not a regular file"
 }
 
 /// Runs `check` (the checks of the file `path`), turning a panic into a refusal.

@@ -20,8 +20,13 @@ use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::ShadowCopy;
 use crate::error::LoadError;
 use crate::plugin_info::shown;
+
+/// How many clean verdicts a host keeps in memory: a host that reloads all day must not grow
+/// with every build it saw.
+const REMEMBERED: usize = 256;
 
 /// The argument that starts a program in the probe role.
 pub const PROBE_ARG: &str = "__probe";
@@ -72,7 +77,7 @@ impl Probe {
     pub(crate) fn check(
         &self,
         file: &Path,
-        copy: &Path,
+        copy: &ShadowCopy,
         hash: u128,
     ) -> Result<Option<String>, LoadError> {
         let refused = |reason: String| LoadError::ProbeRefused {
@@ -113,10 +118,21 @@ impl Probe {
         let mut command = Command::new(program);
         command
             .arg(PROBE_ARG)
-            .arg(copy)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        #[cfg(target_os = "linux")]
+        {
+            // The copy is passed open, as the probe's standard input: a memory file has no path
+            // another process could open. (Not as a descriptor of its own: that would need a
+            // pre-exec hook, which makes every probe a full `fork` of a host that may have
+            // hundreds of libraries mapped; standard streams go through `posix_spawn`.)
+            let fd = copy
+                .descriptor()
+                .map_err(|e| refused(format!("cannot pass its copy to the probe: {e}")))?;
+            command.stdin(Stdio::from(fd)).arg("/proc/self/fd/0");
+        }
+        #[cfg(not(target_os = "linux"))]
+        command.stdin(Stdio::null()).arg(copy.path());
         // A group of its own, so that whatever the library's constructors start goes with it.
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -153,10 +169,11 @@ impl Probe {
             }
         };
         // Anything the probe left running (a process a constructor started) holds the pipes
-        // open: it goes now, and the pipes are read for a short while at most.
+        // open: it goes now, and the pipes are read for a while at most (long enough for the
+        // threads reading them to be scheduled on a machine under load).
         kill_group(&child);
         let read = |pipe: Option<Receiver<String>>| {
-            pipe.and_then(|pipe| pipe.recv_timeout(Duration::from_millis(200)).ok())
+            pipe.and_then(|pipe| pipe.recv_timeout(Duration::from_secs(2)).ok())
                 .unwrap_or_default()
         };
         let (answer, said) = (read(stdout), read(stderr));
@@ -236,7 +253,12 @@ impl Probe {
             }),
             answer => {
                 let name = answer.name();
-                self.lock().insert(hash, name.clone());
+                let mut clean = self.lock();
+                if clean.len() >= REMEMBERED {
+                    // The marker files still answer for what is forgotten here.
+                    clean.clear();
+                }
+                clean.insert(hash, name.clone());
                 Ok(name)
             }
         }

@@ -48,28 +48,58 @@ impl UnloadStatus {
     }
 }
 
-/// Whether the file at `path` is mapped into this process, if the platform can tell.
-pub(crate) fn is_mapped(path: &Path) -> Option<bool> {
-    mapped_paths().map(|maps| maps.iter().any(|p| p == path))
+/// Whether a library opened from `path` (the exact path given to `dlopen`) is still in this
+/// process, if the platform can tell: asked of the dynamic loader's own list of loaded objects
+/// (`dl_iterate_phdr`), which costs microseconds whatever else is mapped. An object leaves that
+/// list when it is unmapped, and stays in it while anything keeps it loaded.
+pub(crate) fn is_loaded(path: &Path) -> Option<bool> {
+    loaded::contains(path)
 }
 
-/// The files mapped into this process, from `/proc/self/maps` (Linux only). A mapping whose
-/// file was deleted shows as `<path> (deleted)`; the suffix is removed.
 #[cfg(target_os = "linux")]
-fn mapped_paths() -> Option<Vec<std::path::PathBuf>> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    Some(
-        maps.lines()
-            // Fields: address perms offset dev inode path; the path may contain spaces.
-            .filter_map(|line| line.splitn(6, char::is_whitespace).nth(5))
-            .map(str::trim)
-            .filter(|p| p.starts_with('/'))
-            .map(|p| std::path::PathBuf::from(p.strip_suffix(" (deleted)").unwrap_or(p)))
-            .collect(),
-    )
+mod loaded {
+    use std::ffi::{c_int, c_void, CStr};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    pub(super) fn contains(path: &Path) -> Option<bool> {
+        struct Search<'a> {
+            wanted: &'a [u8],
+            found: bool,
+        }
+        /// # Safety
+        ///
+        /// Called by `dl_iterate_phdr` with a valid `info` and the `data` passed to it.
+        unsafe extern "C" fn visit(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut c_void,
+        ) -> c_int {
+            // SAFETY: `data` is the `Search` passed below, alive and not otherwise borrowed
+            // during the iteration; `info` is valid for this call (the caller's promise).
+            let (search, name) = unsafe { (&mut *data.cast::<Search>(), (*info).dlpi_name) };
+            // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader,
+            // valid during this call.
+            if !name.is_null() && unsafe { CStr::from_ptr(name) }.to_bytes() == search.wanted {
+                search.found = true;
+                return 1; // stop
+            }
+            0
+        }
+        let mut search = Search {
+            wanted: path.as_os_str().as_bytes(),
+            found: false,
+        };
+        // SAFETY: `visit` only reads the entries it is given and writes `search`, which
+        // outlives the call; it does not call back into the loader.
+        unsafe { libc::dl_iterate_phdr(Some(visit), (&mut search as *mut Search).cast()) };
+        Some(search.found)
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn mapped_paths() -> Option<Vec<std::path::PathBuf>> {
-    None
+mod loaded {
+    pub(super) fn contains(_: &std::path::Path) -> Option<bool> {
+        None
+    }
 }

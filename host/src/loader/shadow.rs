@@ -1,12 +1,17 @@
-//! Private shadow copies: every load opens a fresh copy with a unique name, never the user's
-//! file.
+//! Private copies: every load opens a fresh private copy of the bytes it checked, never the
+//! user's file.
 //!
-//! Two facts force this (docs/design.md, "Shadow copies"): `dlopen` caches by path, so reopening a path returns the old
-//! code; and overwriting a loaded library in place (`cp new.so loaded.so`) crashes the process.
-//! A copy with a unique name makes the host immune to how users replace their files. The bytes
-//! copied are the very bytes [`preflight`](super::preflight) checked, and the folder is private
-//! to the user running the host (on unix: owned by them, mode `0700`, checked), so nothing can
-//! change between the check and the load.
+//! Two facts force this (docs/design.md, "Shadow copies"): `dlopen` caches by path, so
+//! reopening a path returns the old code; and overwriting a loaded library in place
+//! (`cp new.so loaded.so`) crashes the process. A copy with a name of its own makes the host
+//! immune to how users replace their files.
+//!
+//! On Linux the copy is an anonymous memory file ([`Content`](super::content::Content) reads
+//! the user's file straight into it and seals it against writes), loaded as
+//! `/proc/self/fd/N`: nothing is written to disk, and nothing can change the bytes between the
+//! check and the load. Elsewhere, or where memory files are refused, the copy is a file in the
+//! shadow folder, private to the user running the host (on unix: owned by them, mode `0700`,
+//! checked), with a unique name.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,9 +57,21 @@ impl ShadowDir {
         &self.dir
     }
 
-    /// Writes `bytes` (the content of `original`) to a new unique shadow path:
-    /// `<dir>/<stem>-<pid>-<counter>.<ext>`.
-    pub(crate) fn write(&self, original: &Path, bytes: &[u8]) -> Result<ShadowCopy, LoadError> {
+    /// The private copy of `content` (the content of `original`): its memory file if it has
+    /// one, else a new file with a unique name, `<dir>/<stem>-<pid>-<counter>.<ext>`.
+    pub(crate) fn copy(
+        &self,
+        original: &Path,
+        content: &super::content::Content,
+    ) -> Result<ShadowCopy, LoadError> {
+        match content.memory_copy() {
+            Some(copy) => Ok(copy),
+            None => self.write(original, content),
+        }
+    }
+
+    /// Writes `bytes` (the content of `original`) to a new unique shadow path.
+    fn write(&self, original: &Path, bytes: &[u8]) -> Result<ShadowCopy, LoadError> {
         let stem = original
             .file_stem()
             .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
@@ -70,7 +87,10 @@ impl ShadowDir {
             .create_new(true)
             .open(&path)
             .and_then(|mut file| file.write_all(bytes));
-        let copy = ShadowCopy { path };
+        let copy = ShadowCopy {
+            path,
+            kind: Kind::Disk,
+        };
         written.map_err(|source| LoadError::Shadow {
             path: original.to_owned(),
             shadow: copy.path.clone(),
@@ -80,21 +100,64 @@ impl ShadowDir {
     }
 }
 
-/// One shadow copy; the file is deleted when this is dropped (after its library is closed).
+/// One private copy. A file in the shadow folder is deleted when this is dropped (after its
+/// library is closed); a memory file is freed once nothing maps it any more.
+///
+/// While a copy lives, its path names it alone: `dlopen` recognises a library by the path it
+/// was opened with, so a memory file's `/proc/self/fd/N` must not be reused (by closing the
+/// descriptor) while a library loaded from it may still be in memory.
 #[derive(Debug)]
 pub(crate) struct ShadowCopy {
     path: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Disk,
+    /// A sealed memory file, shared with the [`Content`](super::content::Content) it was read
+    /// into.
+    #[cfg(target_os = "linux")]
+    Memory(std::sync::Arc<std::fs::File>),
 }
 
 impl ShadowCopy {
-    /// Where the copy is.
+    /// The copy of a memory file, `/proc/self/fd/N` in this process.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn memory(file: std::sync::Arc<std::fs::File>) -> Self {
+        use std::os::fd::AsRawFd;
+        ShadowCopy {
+            path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            kind: Kind::Memory(file),
+        }
+    }
+
+    /// Where the copy is, for this process.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A new descriptor of the copy (read-only, closed on exec), for a child process: the
+    /// child reads it as `/proc/self/fd/<where it put it>`. A memory file has no path any
+    /// other process could open.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn descriptor(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        match &self.kind {
+            Kind::Disk => std::fs::File::open(&self.path).map(Into::into),
+            #[cfg(target_os = "linux")]
+            Kind::Memory(file) => {
+                use std::os::fd::AsFd;
+                file.as_fd().try_clone_to_owned()
+            }
+        }
     }
 }
 
 impl Drop for ShadowCopy {
     fn drop(&mut self) {
+        if !matches!(self.kind, Kind::Disk) {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!("could not delete shadow copy {}: {e}", self.path.display());
         }

@@ -13,6 +13,7 @@ use plugin_api::ffi::{BufferOwner, CallContext, OutBuffer, Status};
 
 use super::abi::{call_error, written, Written, BROKEN_PROTOCOL};
 use super::instance::{Callee, RunningPlugin};
+use super::local::LocalHandle;
 use super::registry::Slot;
 use crate::error::CallError;
 use crate::plugin_info::PluginInfo;
@@ -53,6 +54,12 @@ impl PluginHandle {
             .load()
             .as_ref()
             .map(|v| v.library().info().clone())
+    }
+
+    /// A handle for the calling thread's hot loop, at about the cost of a direct call, that
+    /// keeps the version it last called loaded: see [`LocalHandle`] for when to use which.
+    pub fn local(&self) -> LocalHandle {
+        LocalHandle::new(self.slot.clone())
     }
 
     /// Calls the plugin with `input`; its output replaces the contents of `output`.

@@ -67,8 +67,9 @@ pub(crate) struct Retired {
     pub(crate) shutdown: Result<(), CallError>,
     /// Whether the library left the address space.
     pub(crate) unload: UnloadStatus,
-    /// The shadow copy it was loaded from (deleted now; a mapping may remain).
-    pub(crate) shadow: std::path::PathBuf,
+    /// The private copy of a library still in memory, to keep while it is
+    /// ([`Closed::pinned`](crate::loader::Closed::pinned)).
+    pub(crate) pinned: Option<crate::loader::ShadowCopy>,
 }
 
 impl RunningPlugin {
@@ -234,12 +235,11 @@ impl RunningPlugin {
     pub(crate) fn retire_within(mut self, limit: Duration) -> Retired {
         self.limits.shutdown = limit;
         let shutdown = self.shutdown_instance();
-        let library = self.library.take().expect("retired once");
-        let shadow = library.shadow_path().to_owned();
+        let closed = self.library.take().expect("retired once").close();
         Retired {
             shutdown,
-            unload: library.close(),
-            shadow,
+            unload: closed.status,
+            pinned: closed.pinned,
         }
     }
 

@@ -15,7 +15,7 @@ use super::registry::Slot;
 use super::worker::Supervisor;
 use crate::error::CallError;
 use crate::loader::residency::UnloadStatus;
-use crate::loader::Library;
+use crate::loader::{Closed, Library};
 use crate::plugin_info::PluginInfo;
 
 /// A loaded and validated plugin library that has not been started: what
@@ -223,42 +223,48 @@ impl PluginLibrary {
         }
     }
 
-    /// Closes the library, checks whether it left the address space, then deletes the shadow
-    /// copy. Nothing the plugin created may be alive any more (the instance is shut down). A
-    /// stuck library is left loaded instead ([`UnloadStatus::LeftLoaded`]).
-    pub(crate) fn close(mut self) -> UnloadStatus {
+    /// Closes the library, checks whether it left the address space, then deletes the private
+    /// copy (handed back instead while the library is still in memory). Nothing the plugin
+    /// created may be alive any more (the instance is shut down). A stuck library is left
+    /// loaded instead ([`UnloadStatus::LeftLoaded`]).
+    pub(crate) fn close(mut self) -> Closed {
         self.close_now()
     }
 
-    fn close_now(&mut self) -> UnloadStatus {
+    fn close_now(&mut self) -> Closed {
+        let status = |status| Closed {
+            status,
+            pinned: None,
+        };
         if let Some(worker) = self.worker.take() {
             // Never started here, or shut down already: its process goes.
             worker.kill();
-            return UnloadStatus::Exited;
+            return status(UnloadStatus::Exited);
         }
         let Some(library) = self.library.take() else {
-            return UnloadStatus::Unknown; // closed already
+            return status(UnloadStatus::Unknown); // closed already
         };
         if self.is_stuck() {
             // Its code may run at any time: the library, its copy and the identity stay.
             std::mem::forget(library);
             std::mem::forget(self.identity.take());
-            return UnloadStatus::LeftLoaded;
+            return status(UnloadStatus::LeftLoaded);
         }
-        let status = library.close();
+        let closed = library.close();
         let identity = self.identity.take();
-        if status == UnloadStatus::Unmapped {
+        if closed.status == UnloadStatus::Unmapped {
             drop(identity);
         } else {
             // Code still mapped (a pending thread-local destructor) may yet log through it.
             std::mem::forget(identity);
         }
-        status
+        closed
     }
 }
 
 impl Drop for PluginLibrary {
     fn drop(&mut self) {
-        self.close_now();
+        // Nothing keeps a copy for a library dropped still in memory: it stays open for good.
+        std::mem::forget(self.close_now().pinned);
     }
 }

@@ -6,6 +6,7 @@
 //! - [`instance`]: `RunningPlugin`, a library plus the instance its Init created;
 //! - [`registry`]: one `Slot` per plugin name, holding the version that serves it;
 //! - [`handle`]: [`PluginHandle`], the cheap way callers reach a slot's version;
+//! - [`local`]: [`LocalHandle`], a thread's own handle that keeps the version between calls;
 //! - [`callbacks`]: what the host offers plugins (logging, calls to their dependencies);
 //! - [`worker`]: isolation: the same library run in a worker process of its own (Linux).
 
@@ -15,6 +16,7 @@ mod handle;
 mod instance;
 mod isolation;
 mod library;
+mod local;
 mod registry;
 #[cfg(isolation)]
 pub(crate) mod worker;
@@ -26,6 +28,7 @@ pub use handle::{PluginHandle, PluginHealth, PluginOutput};
 pub(crate) use instance::{Limits, Retired, RunningPlugin};
 pub(crate) use isolation::{has_limits, Workers};
 pub use library::PluginLibrary;
+pub use local::LocalHandle;
 pub(crate) use registry::{Registry, Slot};
 #[cfg(isolation)]
 pub(crate) use worker::serve::{run as serve_worker, WORKER_ARG};

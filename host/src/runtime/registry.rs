@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arc_swap::{ArcSwapOption, Guard};
 
@@ -21,6 +21,13 @@ pub(crate) struct Slot {
     current: ArcSwapOption<RunningPlugin>,
     /// When the slot was last filled from empty, for load-order listings and shutdown order.
     loaded_seq: AtomicU64,
+    /// The registry's counts, which [`swap`](Slot::swap) keeps up to date.
+    tally: Arc<Tally>,
+    /// Whether this slot is in `tally.requirers`.
+    requirer: AtomicBool,
+    /// Bumped after every [`swap`](Slot::swap): a [`LocalHandle`](super::LocalHandle) that saw
+    /// the same number on its last call still holds the version in service.
+    generation: AtomicU64,
 }
 
 impl Slot {
@@ -48,7 +55,30 @@ impl Slot {
     /// Puts `next` in service and returns the version it replaced. Calls in flight on the old
     /// version still hold it; the caller waits for them before retiring it.
     pub(crate) fn swap(&self, next: Option<Arc<RunningPlugin>>) -> Option<Arc<RunningPlugin>> {
-        self.current.swap(next)
+        let filled = next.is_some();
+        let requires_others = next
+            .as_ref()
+            .is_some_and(|v| !v.library().info().dependencies.is_empty());
+        if requires_others && !self.requirer.swap(true, Ordering::Relaxed) {
+            self.tally.requirers().push(self.name.clone());
+        }
+        let previous = self.current.swap(next);
+        match (previous.is_some(), filled) {
+            (false, true) => self.tally.serving.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.tally.serving.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        // After the store: whoever reads the new number (Acquire) then loads the new version.
+        self.generation.fetch_add(1, Ordering::Release);
+        previous
+    }
+
+    /// How many times a version was swapped in or out. Read it (Acquire) before loading the
+    /// version it stands for: a swap after the read changes it again, so a cache keyed on it is
+    /// never stale for longer than one call.
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn is_loaded_from(&self, file: &Path) -> bool {
@@ -64,6 +94,25 @@ impl Slot {
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: RwLock<Inner>,
+    tally: Arc<Tally>,
+}
+
+/// What the checks of each load need, kept as slots change, so that a load costs the same
+/// with 10 plugins running or 1,000.
+#[derive(Default)]
+struct Tally {
+    /// Slots with a version in service.
+    serving: AtomicUsize,
+    /// The slots that have held a version requiring other plugins (kept when it leaves: they
+    /// are few, and checking a slot's current version is cheap).
+    requirers: Mutex<Vec<Arc<str>>>,
+}
+
+impl Tally {
+    fn requirers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
+        // Each update is one push, which a panic cannot leave half done.
+        self.requirers.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[derive(Default)]
@@ -101,6 +150,9 @@ impl Registry {
                     name: name.into(),
                     current: ArcSwapOption::empty(),
                     loaded_seq: AtomicU64::new(0),
+                    tally: self.tally.clone(),
+                    requirer: AtomicBool::new(false),
+                    generation: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -111,6 +163,27 @@ impl Registry {
         let mut inner = self.write();
         slot.loaded_seq.store(inner.next_seq, Ordering::Relaxed);
         inner.next_seq += 1;
+    }
+
+    /// How many slots have a version in service.
+    pub(crate) fn serving_count(&self) -> usize {
+        self.tally.serving.load(Ordering::Relaxed)
+    }
+
+    /// The versions in service that require `name`.
+    pub(crate) fn requirers_of(&self, name: &str) -> Vec<Arc<RunningPlugin>> {
+        let requirers = self.tally.requirers().clone();
+        requirers
+            .iter()
+            .filter_map(|requirer| self.slot(requirer)?.current())
+            .filter(|v| {
+                v.library()
+                    .info()
+                    .dependencies
+                    .iter()
+                    .any(|r| r.name == name)
+            })
+            .collect()
     }
 
     /// Whether a version serves `name` now.

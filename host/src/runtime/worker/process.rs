@@ -125,6 +125,9 @@ impl Process {
         // the channel ends when the worker does.
         let worker_end = spawner::above_stdio(worker_end)?;
         let lanes_fd = spawner::above_stdio(region.fd().try_clone().map_err(|e| e.to_string())?)?;
+        let copy_fd = std::fs::File::open(&spec.copy)
+            .map_err(|e| format!("cannot open its private copy {}: {e}", spec.copy.display()))
+            .and_then(spawner::above_stdio)?;
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let stem = spec
             .file
@@ -135,15 +138,19 @@ impl Process {
             spec.cgroup_root.as_deref(),
             &format!("plughost-{stem}-{}-{n}", std::process::id()),
         );
-        let command =
-            spawner::command(spec, max_level(), [&worker_end, &lanes_fd], plan.in_child());
+        let command = spawner::command(
+            spec,
+            max_level(),
+            [&worker_end, &lanes_fd, &copy_fd],
+            plan.in_child(),
+        );
         let mut child = spawner::spawn(command).map_err(|e| {
             format!(
                 "cannot start the worker program {}: {e}",
                 spec.program.display()
             )
         })?;
-        drop((worker_end, lanes_fd));
+        drop((worker_end, lanes_fd, copy_fd));
         let pid = child.id();
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let reader = match host_end.try_clone() {

@@ -38,6 +38,9 @@ pub const WORKER_ARG: &str = "__worker";
 pub(crate) const CONTROL_FD: i32 = 3;
 /// The fd the lanes' memory file is passed as.
 pub(crate) const LANES_FD: i32 = 4;
+/// The descriptor the private copy of the library comes on (a memory file has no path another
+/// process could open); COPY is `/proc/self/fd/5`.
+pub(crate) const COPY_FD: i32 = 5;
 
 /// What the worker shares between its threads and the callbacks it gives the plugin.
 struct Side {
@@ -98,7 +101,7 @@ pub(crate) fn run(args: &[std::ffi::OsString]) -> ExitCode {
     let max_level = level.to_str().and_then(|l| l.parse().ok()).unwrap_or(0);
     // Not to be inherited by whatever the plugin starts: a child holding the channel would keep
     // it open after this process dies, and could speak on it.
-    for fd in [CONTROL_FD, LANES_FD] {
+    for fd in [CONTROL_FD, LANES_FD, COPY_FD] {
         // SAFETY: `fcntl(F_SETFD)` on descriptors this process was given; no memory involved.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }

@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 
 use super::limits::InChild;
 use super::process::Spec;
-use super::serve::{CONTROL_FD, LANES_FD, WORKER_ARG};
+use super::serve::{CONTROL_FD, COPY_FD, LANES_FD, WORKER_ARG};
 
 type Job = (Command, SyncSender<std::io::Result<Child>>);
 
@@ -40,20 +40,20 @@ pub(crate) fn spawn(command: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
-/// The command that starts a worker for `spec`, with the control socket and the lanes file
-/// (`fds`) passed as descriptors 3 and 4, in a process group of its own, dying with this
-/// thread's process, within the limits `in_child` applies.
+/// The command that starts a worker for `spec`, with the control socket, the lanes file and
+/// the private copy (`fds`) passed as descriptors 3, 4 and 5, in a process group of its own,
+/// dying with this thread's process, within the limits `in_child` applies.
 pub(crate) fn command(
     spec: &Spec,
     max_level: u8,
-    fds: [&OwnedFd; 2],
+    fds: [&OwnedFd; 3],
     in_child: InChild,
 ) -> Command {
     let mut command = Command::new(&spec.program);
     command
         .arg(WORKER_ARG)
         .arg(&spec.file)
-        .arg(&spec.copy)
+        .arg(format!("/proc/self/fd/{COPY_FD}"))
         .arg(format!("{:032x}", spec.hash))
         .arg(std::process::id().to_string())
         .arg(max_level.to_string())
@@ -68,16 +68,16 @@ pub(crate) fn command(
     // allocating nothing and taking no lock.
     unsafe {
         command.pre_exec(move || {
-            // Both descriptors move above the targets first, so that neither overwrites the
-            // other on its way to 3 or 4.
-            let mut high = [0; 2];
+            // All move above the targets first, so that none overwrites another on its way to
+            // 3, 4 or 5.
+            let mut high = [0; 3];
             for (i, fd) in fds.iter().enumerate() {
                 high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
                 if high[i] < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for (fd, target) in high.iter().zip([CONTROL_FD, LANES_FD]) {
+            for (fd, target) in high.iter().zip([CONTROL_FD, LANES_FD, COPY_FD]) {
                 if libc::dup2(*fd, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -1,0 +1,291 @@
+//! A library file's bytes, read once ([`read`]); every check after works on them, and the
+//! private copy that is loaded holds exactly them.
+//!
+//! On Linux the file is read straight into an anonymous memory file (`memfd_create`), sealed
+//! against any change, and the checks read it through a read-only mapping. That memory file is
+//! also the private copy the loader opens ([`ShadowCopy`]), so the bytes never pass through the
+//! heap (glibc keeps freed heap memory, and the process would grow with the largest plugin
+//! read), nothing is written to disk, and no window is left in which anything could change
+//! them between the check and the load. Where memory files are refused (an old kernel, a
+//! sandbox), and on other systems, the bytes are read into the heap and copied to the shadow
+//! folder.
+
+use std::path::Path;
+
+use super::shadow::ShadowCopy;
+use crate::error::LoadError;
+
+/// The largest library file the host reads: far above any real plugin (a debug build with
+/// everything is tens of MB), low enough that a hostile file cannot exhaust memory.
+pub(crate) const MAX_LIBRARY_SIZE: u64 = 512 * 1024 * 1024;
+
+/// A library file's content, read once.
+pub(crate) struct Content {
+    bytes: Bytes,
+}
+
+enum Bytes {
+    Heap(Vec<u8>),
+    #[cfg(target_os = "linux")]
+    Memory {
+        file: std::sync::Arc<std::fs::File>,
+        map: memory::Mapping,
+    },
+}
+
+impl std::ops::Deref for Content {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::Heap(bytes) => bytes,
+            #[cfg(target_os = "linux")]
+            Bytes::Memory { map, .. } => map.bytes(),
+        }
+    }
+}
+
+impl Content {
+    /// The private copy these bytes already are, if they were read into a memory file.
+    pub(crate) fn memory_copy(&self) -> Option<ShadowCopy> {
+        match &self.bytes {
+            Bytes::Heap(_) => None,
+            #[cfg(target_os = "linux")]
+            Bytes::Memory { file, .. } => Some(ShadowCopy::memory(file.clone())),
+        }
+    }
+}
+
+/// Reads a whole library file, safely for whatever the path holds: it is opened without
+/// blocking (a named pipe would otherwise wait for a writer for ever), checked to be a regular
+/// file on the open descriptor (no race with a swap between checking and opening), and read no
+/// further than [`MAX_LIBRARY_SIZE`].
+pub(crate) fn read(path: &Path) -> Result<Content, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_owned(),
+            kind: file_kind(&metadata),
+        });
+    }
+    if metadata.len() > MAX_LIBRARY_SIZE {
+        return Err(too_large(path, metadata.len()));
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(created) = memory::create(path) {
+        let bytes = memory::fill(path, &file, created?)?;
+        return Ok(Content { bytes });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // One byte more than allowed tells a file that grew since `metadata` apart.
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&file, MAX_LIBRARY_SIZE + 1),
+        &mut bytes,
+    )
+    .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_LIBRARY_SIZE {
+        return Err(too_large(path, bytes.len() as u64));
+    }
+    Ok(Content {
+        bytes: Bytes::Heap(bytes),
+    })
+}
+
+fn too_large(path: &Path, size: u64) -> LoadError {
+    LoadError::TooLarge {
+        path: path.to_owned(),
+        size,
+        limit: MAX_LIBRARY_SIZE,
+    }
+}
+
+/// What a path that is not a regular file is, for messages.
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    "not a regular file"
+}
+
+/// Memory files: creating, filling and sealing one, and the mapping the checks read.
+#[cfg(target_os = "linux")]
+mod memory {
+    use std::fs::File;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::{too_large, Bytes, MAX_LIBRARY_SIZE};
+    use crate::error::LoadError;
+
+    /// Set once memory files were refused: from then on the shadow folder is used.
+    static REFUSED: AtomicBool = AtomicBool::new(false);
+
+    /// A new memory file for the content of `path`: `None` where memory files are refused
+    /// (said once, in the log), an error if creating it failed otherwise.
+    pub(super) fn create(path: &Path) -> Option<Result<memfd::Memfd, LoadError>> {
+        if REFUSED.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Shown in /proc/PID/maps and /proc/PID/fd as `/memfd:plughost:<file> (deleted)`, so
+        // that an operator can tell which file a copy came from; the end of a long path is kept
+        // (names are limited to 249 bytes).
+        let shown = path.to_string_lossy();
+        let mut start = shown.len().saturating_sub(200);
+        while !shown.is_char_boundary(start) {
+            start += 1;
+        }
+        let name = format!("plughost:{}", &shown[start..]);
+        let created = memfd::MemfdOptions::default()
+            .close_on_exec(true)
+            .allow_sealing(true)
+            .create(&name);
+        match created {
+            Ok(memfd) => Some(Ok(memfd)),
+            Err(memfd::Error::Create(e)) if is_refusal(&e) => {
+                if !REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "memory files are not available ({e}): private copies of plugins are \
+                         written to the shadow folder instead"
+                    );
+                }
+                None
+            }
+            Err(e) => Some(Err(LoadError::Shadow {
+                path: path.to_owned(),
+                shadow: format!("memfd:{name}").into(),
+                source: std::io::Error::other(e.to_string()),
+            })),
+        }
+    }
+
+    /// Errors that mean "not here" rather than "not now".
+    fn is_refusal(e: &std::io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::EINVAL | libc::EPERM | libc::EACCES)
+        )
+    }
+
+    /// Copies `file` (the open `path`) into `memfd`, seals it, and maps it for reading.
+    pub(super) fn fill(path: &Path, file: &File, memfd: memfd::Memfd) -> Result<Bytes, LoadError> {
+        use memfd::FileSeal;
+        let read_error = |source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        // In the kernel where it can (`copy_file_range`, `sendfile`): no buffer here. One
+        // byte more than allowed tells a file that grew since it was measured apart.
+        let len = std::io::copy(
+            &mut std::io::Read::take(file, MAX_LIBRARY_SIZE + 1),
+            &mut memfd.as_file(),
+        )
+        .map_err(read_error)?;
+        if len > MAX_LIBRARY_SIZE {
+            return Err(too_large(path, len));
+        }
+        // Sealed whole: no one holding the descriptor (a child it is passed to included) can
+        // change, shrink or grow it, so the bytes checked are the bytes loaded, and reading the
+        // mapping can never fault.
+        memfd
+            .add_seals(&[
+                FileSeal::SealShrink,
+                FileSeal::SealGrow,
+                FileSeal::SealWrite,
+                FileSeal::SealSeal,
+            ])
+            .map_err(|e| LoadError::Shadow {
+                path: path.to_owned(),
+                shadow: "memfd".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let file = Arc::new(memfd.into_file());
+        let map = Mapping::new(&file, len as usize).map_err(read_error)?;
+        Ok(Bytes::Memory { file, map })
+    }
+
+    /// A read-only mapping of a sealed memory file.
+    pub(super) struct Mapping {
+        base: *const u8,
+        len: usize,
+    }
+
+    // SAFETY: the mapping is read-only and its file sealed against writes: shared references to
+    // its bytes are sound from any thread.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mapping {}
+
+    impl Mapping {
+        fn new(file: &File, len: usize) -> std::io::Result<Self> {
+            use std::os::fd::AsRawFd;
+            if len == 0 {
+                // `mmap` refuses an empty length.
+                return Ok(Mapping {
+                    base: std::ptr::NonNull::dangling().as_ptr(),
+                    len: 0,
+                });
+            }
+            // SAFETY: a fresh read-only mapping of `len` bytes of a file that has exactly that
+            // length and is sealed against shrinking; the kernel picks an unused address.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Mapping {
+                base: base.cast(),
+                len,
+            })
+        }
+
+        pub(super) fn bytes(&self) -> &[u8] {
+            // SAFETY: `len` readable bytes at `base`, mapped until `self` is dropped, and sealed
+            // against any change; for `len == 0` the pointer is dangling but aligned.
+            unsafe { std::slice::from_raw_parts(self.base, self.len) }
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            if self.len > 0 {
+                // SAFETY: the mapping made in `new`, unmapped once; no reference to its bytes
+                // outlives `self` (they borrow from it).
+                unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+            }
+        }
+    }
+}
