@@ -560,6 +560,24 @@ fn exec_names_the_requirement_that_failed_and_says_it_once() {
 }
 
 #[test]
+fn max_plugins_counts_only_plugins_that_start() {
+    // Without a probe a disabled plugin's name is known only once its file is opened: it takes
+    // no room, and the next file loads.
+    let setup = Setup::new(&["transform", "filter"]);
+    let host = setup.host(
+        "[host]\nmax_plugins = 1\nprobe = \"off\"\n\n[plugins.filter]\nenabled = false\n",
+    );
+    let report = host.load_all().unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let names: Vec<_> = report.loaded.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["transform"]);
+    // Loading the folder again reloads nothing new and refuses nothing: a running plugin's
+    // file takes no room.
+    let report = host.load_all().unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+}
+
+#[test]
 fn max_plugins_refuses_the_rest() {
     let setup = Setup::new(&["transform", "filter"]);
     let host = setup.host("[host]\nmax_plugins = 1\n");
@@ -571,7 +589,7 @@ fn max_plugins_refuses_the_rest() {
         matches!(
             report.refused[0],
             plughost::LoadError::NoRoom { max: 1, .. }
-        ) && refusal.contains("not loaded: max_plugins (1) plugins are running or starting")
+        ) && refusal.contains("not loaded: max_plugins (1) plugins are running already")
             && refusal.ends_with("raise host.max_plugins in plughost.toml to load more"),
         "{refusal}"
     );

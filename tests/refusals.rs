@@ -262,3 +262,28 @@ fn inspect_checks_a_configuration_without_starting_the_plugin() {
     assert!(err.contains("step must be at least 1"), "{err}");
     assert!(err.contains("libcounter.so"), "{err}");
 }
+
+/// A library refused after `dlopen` that cannot leave memory (linked `-z nodelete`) keeps its
+/// private copy's path for good: the loader knows a library by that path, and would hand the
+/// refused one back for whatever memory file took the number next.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_refused_library_that_stays_in_memory_never_stands_in_for_another() {
+    let dir = PluginDir::new();
+    let drift = dir.add("fixture-drift-nodelete");
+    let echo = dir.add("fixture-echo");
+    let host = dir.host();
+    for _ in 0..3 {
+        let error = host.open(&drift).unwrap_err();
+        assert!(
+            matches!(error, LoadError::LayoutMismatch { .. }),
+            "{error}"
+        );
+        let library = host.open(&echo).unwrap();
+        assert_eq!(library.info().name, "echo");
+    }
+    // The same across hosts in one process: the loader is the process's.
+    drop(host);
+    let host = dir.host();
+    assert_eq!(host.open(&echo).unwrap().info().name, "echo");
+}

@@ -463,3 +463,25 @@ fn cli_run_logs_each_reload() {
     assert!(line.contains("(library unloaded)"), "{line}");
     assert!(child.wait().unwrap().success());
 }
+
+/// A host dropped while versions it closed are still mapped leaves their private copies open:
+/// a later host in the same process must never be handed one of those libraries for a file of
+/// its own.
+#[test]
+fn a_host_dropped_with_versions_still_mapped_leaves_later_hosts_their_own_libraries() {
+    let dir = PluginDir::new();
+    let pinning = dir.add("fixture-pinning");
+    let echo = dir.add("fixture-echo");
+    let host = dir.host();
+    let handle = host.load_file(&pinning, b"").unwrap();
+    // This (long-lived) test thread now holds a thread-local destructor of the plugin.
+    handle.call_into(b"pin", &mut Vec::new()).unwrap();
+    drop(handle);
+    host.unload("pinning").unwrap();
+    assert_eq!(host.still_mapped(), 1);
+    drop(host);
+    let host = dir.host();
+    for _ in 0..3 {
+        assert_eq!(host.open(&echo).unwrap().info().name, "echo");
+    }
+}

@@ -320,10 +320,10 @@ pub enum LoadError {
         /// The limit.
         max: usize,
     },
-    /// Not even opened: as many libraries as `max_plugins` allows were opened before it, in
-    /// file name order, to start together.
+    /// Not even opened: as many plugins as `max_plugins` allows were started from the files
+    /// before it (by file name).
     #[error(
-        "{}: not loaded: max_plugins ({max}) plugins are running or starting already; raise \
+        "{}: not loaded: max_plugins ({max}) plugins are running already; raise \
          host.max_plugins in plughost.toml to load more",
         shown_path(path)
     )]

@@ -306,42 +306,63 @@ impl Host {
     /// Loads every enabled library in the plugins folder, in dependency order (then by
     /// priority), each with its configuration from the settings. Refusals are logged and
     /// reported; the others load regardless.
+    ///
+    /// No more files are opened than `max_plugins` leaves room for: the first ones (by file
+    /// name) are started, and more opened only if some of those did not start. Files beyond
+    /// the limit are refused ([`LoadError::NoRoom`]) without being read.
     pub fn load_all(&self) -> Result<LoadReport, HostError> {
         let mut report = LoadReport::default();
-        let mut libraries = Vec::new();
-        let mut unwanted = Vec::new();
         let settings = self.config();
-        // A disabled plugin's library is not opened here, when its probe told its name.
-        let enabled = |name: &str| settings.plugin(name).enabled;
-        // Counted before opening: a file beyond `max_plugins` is not read, copied or loaded
-        // only to be refused.
         let max = settings.host.max_plugins;
-        let mut room = max.saturating_sub(self.registry.serving_count());
+        // Files of plugins running now: opening them again (a reload) takes no room.
+        let running: std::collections::HashSet<PathBuf> = self
+            .registry
+            .loaded()
+            .iter()
+            .filter_map(|slot| slot.current())
+            .map(|version| version.library().file().to_owned())
+            .collect();
+        let mut files = self.discover()?.into_iter().peekable();
         let mut no_room = Vec::new();
-        for path in self.discover()? {
+        let mut first = true;
+        while files.peek().is_some() && !self.is_closing() {
+            let room = max.saturating_sub(self.registry.serving_count());
             if room == 0 {
-                no_room.push(path);
-                continue;
-            }
-            match self.open_wanted(&path, &enabled, &settings) {
-                Ok(library) => {
-                    if !self.registry.is_serving(&library.info().name) {
-                        room -= 1;
+                // Full: only files of running plugins are still opened. Files known to hold a
+                // disabled plugin are passed over as ever; only the others are refused.
+                let (again, rest): (Vec<_>, Vec<_>) =
+                    files.partition(|path| running.contains(path));
+                let mut lifecycle = self.lifecycle();
+                let disabled: HashMap<PathBuf, String> = lifecycle
+                    .known
+                    .iter()
+                    .filter(|(name, _)| !settings.plugin(name).enabled)
+                    .map(|(name, file)| (file.clone(), name.clone()))
+                    .collect();
+                for path in rest {
+                    match disabled.get(&path) {
+                        Some(name) => lifecycle.not_started(name, &path),
+                        None => no_room.push(path),
                     }
-                    libraries.push(library)
                 }
-                Err(LoadError::Unwanted { name, path }) => unwanted.push((name, path)),
-                Err(error) => {
-                    self.refused(&error, None);
-                    report.refused.push(error);
+                drop(lifecycle);
+                files = Vec::into_iter(again).peekable();
+                if files.peek().is_none() {
+                    break;
                 }
+            }
+            self.start_batch(&mut files, room, &running, &settings, &mut report);
+            if !std::mem::take(&mut first) {
+                // A plugin refused in an earlier batch for want of one started in this one.
+                let mut lifecycle = self.lifecycle();
+                self.retry_waiting(&mut lifecycle, Vec::new());
             }
         }
         if let Some(first) = no_room.first() {
             // One line for them all; an event each.
             tracing::warn!(
-                "{} file(s) not loaded, from {} on: max_plugins ({max}) plugins are running or \
-                 starting already; raise host.max_plugins in plughost.toml to load more",
+                "{} file(s) not loaded, from {} on: max_plugins ({max}) plugins are running \
+                 already; raise host.max_plugins in plughost.toml to load more",
                 no_room.len(),
                 first.display()
             );
@@ -355,13 +376,47 @@ impl Host {
             });
             report.refused.push(error);
         }
+        Ok(report)
+    }
+
+    /// Opens files from `files` until `room` enabled plugins not running yet are among them
+    /// (files of `running` plugins take no room, and are opened even with none left), then
+    /// starts them in dependency order. What it cannot open or start goes to `report`.
+    fn start_batch(
+        &self,
+        files: &mut std::iter::Peekable<std::vec::IntoIter<PathBuf>>,
+        mut room: usize,
+        running: &std::collections::HashSet<PathBuf>,
+        settings: &HostConfig,
+        report: &mut LoadReport,
+    ) {
+        // A disabled plugin's library is not opened here, when its probe told its name.
+        let enabled = |name: &str| settings.plugin(name).enabled;
+        let mut libraries: Vec<PluginLibrary> = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut unwanted = Vec::new();
+        while let Some(path) = files.next_if(|path| room > 0 || running.contains(path)) {
+            match self.open_wanted(&path, &enabled, settings) {
+                Ok(library) => {
+                    let name = library.info().name.clone();
+                    if enabled(&name) && !self.registry.is_serving(&name) && names.insert(name) {
+                        room = room.saturating_sub(1);
+                    }
+                    libraries.push(library)
+                }
+                Err(LoadError::Unwanted { name, path }) => unwanted.push((name, path)),
+                Err(error) => {
+                    self.refused(&error, None);
+                    report.refused.push(error);
+                }
+            }
+        }
         let mut lifecycle = self.lifecycle();
         for (name, path) in unwanted {
             lifecycle.not_started(&name, &path);
         }
         libraries.retain(|library| lifecycle.admit(library));
-        self.start_in_order(&mut lifecycle, libraries, |_| None, true, &mut report);
-        Ok(report)
+        self.start_in_order(&mut lifecycle, libraries, |_| None, true, report);
     }
 
     /// Starts the plugin `name` from the plugins folder, after the plugins it requires (each

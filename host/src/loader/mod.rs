@@ -270,10 +270,10 @@ impl Library {
 pub(crate) struct Closed {
     /// Whether it left memory.
     pub(crate) status: UnloadStatus,
-    /// The private copy of a library still in memory ([`UnloadStatus::StillMapped`]). Keep it
-    /// while [`residency::is_loaded`] says the library is there: its path must name no other
-    /// library meanwhile (a memory file's `/proc/self/fd/N` would be reused once closed, and
-    /// `dlopen` would hand back the old library for it).
+    /// The private copy of a library still in memory ([`UnloadStatus::StillMapped`]), to drop
+    /// once [`residency::is_loaded`] says the library left, which frees it. (Dropped earlier, a
+    /// memory file keeps itself open for good: its path must name no other library while this
+    /// one is in memory.)
     pub(crate) pinned: Option<ShadowCopy>,
 }
 
@@ -374,8 +374,8 @@ impl Loaded {
 
 impl Drop for Library {
     fn drop(&mut self) {
-        // Nothing keeps a copy for a library dropped still in memory: it stays open for good.
-        std::mem::forget(self.close_now().pinned);
+        // A copy of a library still in memory keeps itself open (`ShadowCopy`'s drop).
+        let _ = self.close_now();
     }
 }
 

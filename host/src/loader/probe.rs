@@ -386,6 +386,24 @@ pub(crate) fn find_program() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Moves the copy the host passed as standard input to a descriptor closed on exec, so that
+/// nothing the library's constructors start inherits it, and puts `/dev/null` in its place.
+/// The copy's new path, if that worked.
+#[cfg(target_os = "linux")]
+fn off_stdin() -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::File::open("/dev/null").ok()?;
+    // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` and `dup2` on descriptors this process owns (0, and the
+    // one just opened); no memory is involved, and nothing else in this process uses fd 0.
+    unsafe {
+        let moved = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if moved < 0 || libc::dup2(null.as_raw_fd(), 0) < 0 {
+            return None;
+        }
+        Some(format!("/proc/self/fd/{moved}").into())
+    }
+}
+
 /// The probe role: loads and validates the private copy at `copy` exactly as a host would
 /// (running no plugin entry point), then exits. Exit code 0 means the load ran to its end,
 /// whatever it found; a crash or the loader's own exit is what the host looks for.
@@ -396,6 +414,10 @@ pub(crate) fn run(copy: &Path) -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     }
+    #[cfg(target_os = "linux")]
+    let moved = (copy == Path::new("/proc/self/fd/0")).then(off_stdin).flatten();
+    #[cfg(target_os = "linux")]
+    let copy = moved.as_deref().unwrap_or(copy);
     match super::Library::probe_copy(copy) {
         Ok(name) => println!("ok {name}"),
         // One line: the loader's message may hold anything.

@@ -23,8 +23,11 @@ use crate::error::LoadError;
 #[derive(Debug)]
 pub(crate) struct ShadowDir {
     dir: PathBuf,
-    counter: AtomicU64,
 }
+
+/// Numbers the copies of this process: one counter for every host in it, since hosts may share
+/// a shadow folder.
+static COPIES: AtomicU64 = AtomicU64::new(0);
 
 /// The default shadow folder: `plughost-shadow-<uid>` in the system's temporary folder (one
 /// per user, since it must be private).
@@ -46,10 +49,7 @@ impl ShadowDir {
         // Canonical, so that it compares equal to the paths in `/proc/self/maps`.
         let dir = dir.canonicalize()?;
         remove_stale_copies(&dir);
-        Ok(ShadowDir {
-            dir,
-            counter: AtomicU64::new(0),
-        })
+        Ok(ShadowDir { dir })
     }
 
     /// The folder.
@@ -75,7 +75,7 @@ impl ShadowDir {
         let stem = original
             .file_stem()
             .map_or_else(|| "plugin".into(), |s| s.to_string_lossy());
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = COPIES.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!(
             "{stem}-{}-{n}.{}",
             std::process::id(),
@@ -155,7 +155,15 @@ impl ShadowCopy {
 
 impl Drop for ShadowCopy {
     fn drop(&mut self) {
-        if !matches!(self.kind, Kind::Disk) {
+        #[cfg(target_os = "linux")]
+        if let Kind::Memory(file) = &self.kind {
+            // Whatever path led here (a refusal after `dlopen`, a host dropped with versions
+            // still mapped): while a library opened from this path is in memory, closing the
+            // descriptor would let the next memory file take its number, and `dlopen` would
+            // hand back the old library for it. Kept open for good instead.
+            if super::residency::is_loaded(&self.path) == Some(true) {
+                std::mem::forget(file.clone());
+            }
             return;
         }
         if let Err(e) = std::fs::remove_file(&self.path) {

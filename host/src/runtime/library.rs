@@ -264,7 +264,7 @@ impl PluginLibrary {
 
 impl Drop for PluginLibrary {
     fn drop(&mut self) {
-        // Nothing keeps a copy for a library dropped still in memory: it stays open for good.
-        std::mem::forget(self.close_now().pinned);
+        // A copy of a library still in memory keeps itself open (`ShadowCopy`'s drop).
+        let _ = self.close_now();
     }
 }
