@@ -564,9 +564,8 @@ fn max_plugins_counts_only_plugins_that_start() {
     // Without a probe a disabled plugin's name is known only once its file is opened: it takes
     // no room, and the next file loads.
     let setup = Setup::new(&["transform", "filter"]);
-    let host = setup.host(
-        "[host]\nmax_plugins = 1\nprobe = \"off\"\n\n[plugins.filter]\nenabled = false\n",
-    );
+    let host = setup
+        .host("[host]\nmax_plugins = 1\nprobe = \"off\"\n\n[plugins.filter]\nenabled = false\n");
     let report = host.load_all().unwrap();
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let names: Vec<_> = report.loaded.iter().map(|i| i.name.as_str()).collect();

@@ -275,10 +275,7 @@ fn a_refused_library_that_stays_in_memory_never_stands_in_for_another() {
     let host = dir.host();
     for _ in 0..3 {
         let error = host.open(&drift).unwrap_err();
-        assert!(
-            matches!(error, LoadError::LayoutMismatch { .. }),
-            "{error}"
-        );
+        assert!(matches!(error, LoadError::LayoutMismatch { .. }), "{error}");
         let library = host.open(&echo).unwrap();
         assert_eq!(library.info().name, "echo");
     }

@@ -415,7 +415,9 @@ pub(crate) fn run(copy: &Path) -> ExitCode {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     }
     #[cfg(target_os = "linux")]
-    let moved = (copy == Path::new("/proc/self/fd/0")).then(off_stdin).flatten();
+    let moved = (copy == Path::new("/proc/self/fd/0"))
+        .then(off_stdin)
+        .flatten();
     #[cfg(target_os = "linux")]
     let copy = moved.as_deref().unwrap_or(copy);
     match super::Library::probe_copy(copy) {
