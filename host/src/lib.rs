@@ -55,8 +55,9 @@
 //! `runtime` uses `loader`, and `config` for isolation settings; nothing uses `dispatch`):
 //!
 //! 1. `loader`: a file becomes a validated library in memory: found, read once, checked
-//!    before any loader sees it (preflight), copied to a private shadow path, `dlopen`ed,
-//!    validated (header, plugin-api version, abi_stable layouts), its metadata copied out;
+//!    before any loader sees it (preflight), `dlopen`ed from a private copy (a sealed memory
+//!    file on Linux), validated (header, plugin-api version, abi_stable layouts), its metadata
+//!    copied out;
 //! 2. `config`: `plughost.toml`, the schema check of a plugin's config, and edits of the file;
 //! 3. `dependencies`: the rules about requirements between plugins, start and stop order;
 //! 4. `runtime`: the FFI call boundary after loading: running instances, the registry of

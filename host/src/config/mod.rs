@@ -62,8 +62,9 @@ pub struct HostSettings {
     /// The folder scanned for plugin libraries. Relative paths are taken from the folder the
     /// file is in. Default `plugins`.
     pub plugins_dir: PathBuf,
-    /// Where private copies of loaded libraries go. Default: `plughost-shadow-<uid>` in the
-    /// system's temporary folder.
+    /// Where the probe's verdicts go, and private copies of loaded libraries where they cannot
+    /// be memory files (anywhere but Linux). Default: `plughost-shadow-<uid>` in the system's
+    /// temporary folder.
     pub shadow_dir: Option<PathBuf>,
     /// Whether to watch the plugins folder and this file, and apply changes live. Default on.
     pub watch: bool,
