@@ -362,3 +362,36 @@ pub fn settings(text: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, text).unwrap();
     (dir, path)
 }
+
+/// A benchmark's host: the echo fixture built with the bench's own optimisation level, installed
+/// in a fresh plugins folder and started, new builds probed by a `plughost` built the same way.
+/// Keep the [`BenchEcho`] alive while the host is used: it owns the folders.
+pub fn bench_echo() -> BenchEcho {
+    let release = !cfg!(debug_assertions);
+    let built = xtask::build_libraries(&["fixture-echo".to_owned()], release).expect("build echo");
+    let probe =
+        xtask::build_binary("plughost-cli", "plughost", release).expect("build the probe program");
+    let plugins = tempfile::tempdir().unwrap();
+    let shadow = tempfile::tempdir().unwrap();
+    let file = xtask::install(&built[0].path, plugins.path()).unwrap();
+    let host = Host::new({
+        let mut config = HostConfig::with_plugins_dir(plugins.path());
+        config.host.shadow_dir = Some(shadow.path().to_owned());
+        config.host.probe = ProbeSetting::Program(probe);
+        config
+    })
+    .unwrap();
+    host.load_file(&file, b"").unwrap();
+    BenchEcho {
+        host,
+        folders: [plugins, shadow],
+    }
+}
+
+/// What [`bench_echo`] made.
+pub struct BenchEcho {
+    /// The host, with the echo plugin running.
+    pub host: Host,
+    /// The plugins and shadow folders, deleted when this is dropped.
+    pub folders: [TempDir; 2],
+}

@@ -8,7 +8,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use plughost::{Host, HostConfig};
 
 /// The work the echo plugin does, as an ordinary Rust function the compiler cannot inline.
 #[inline(never)]
@@ -24,23 +23,11 @@ fn echo_direct_alloc(input: &[u8]) -> Vec<u8> {
 }
 
 fn call_path(c: &mut Criterion) {
-    // Build the echo fixture with the bench's own optimisation level.
-    let release = !cfg!(debug_assertions);
-    let built = xtask::build_libraries(&["fixture-echo".to_owned()], release).expect("build echo");
-    let plugins = tempfile::tempdir().unwrap();
-    let shadow = tempfile::tempdir().unwrap();
-    let file = xtask::install(&built[0].path, plugins.path()).unwrap();
-    let host = Host::new({
-        let mut config = HostConfig::with_plugins_dir(plugins.path());
-        config.host.shadow_dir = Some(shadow.path().to_owned());
-        // New builds are probed first, by a plughost built with the bench's own profile.
-        let probe = xtask::build_binary("plughost-cli", "plughost", !cfg!(debug_assertions))
-            .expect("build the probe program");
-        config.host.probe = plughost::ProbeSetting::Program(probe);
-        config
-    })
-    .unwrap();
-    let handle = host.load_file(&file, b"").unwrap();
+    let plughost_tests::BenchEcho {
+        host,
+        folders: _folders,
+    } = plughost_tests::bench_echo();
+    let handle = host.handle("echo").unwrap();
 
     let input = *b"0123456789abcdef";
     let mut out = Vec::with_capacity(64);

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plughost::{AsyncHandle, Host, HostConfig};
+use plughost::AsyncHandle;
 
 const INPUT: [u8; 16] = *b"0123456789abcdef";
 
@@ -33,22 +33,10 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(200_000);
 
-    // Build the echo fixture and the probe with the bench's own optimisation level.
-    let release = !cfg!(debug_assertions);
-    let built = xtask::build_libraries(&["fixture-echo".to_owned()], release).expect("build echo");
-    let probe =
-        xtask::build_binary("plughost-cli", "plughost", release).expect("build the probe program");
-    let plugins = tempfile::tempdir().unwrap();
-    let shadow = tempfile::tempdir().unwrap();
-    let file = xtask::install(&built[0].path, plugins.path()).unwrap();
-    let host = Host::new({
-        let mut config = HostConfig::with_plugins_dir(plugins.path());
-        config.host.shadow_dir = Some(shadow.path().to_owned());
-        config.host.probe = plughost::ProbeSetting::Program(probe);
-        config
-    })
-    .unwrap();
-    host.load_file(&file, b"").unwrap();
+    let plughost_tests::BenchEcho {
+        host,
+        folders: _folders,
+    } = plughost_tests::bench_echo();
 
     // Every layer on; the limits are never reached.
     let dispatcher = plughost::Dispatcher::new(
