@@ -46,7 +46,7 @@ impl ShadowDir {
     pub(crate) fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         create_private_dir(&dir)?;
-        // Canonical, so that it compares equal to the paths in `/proc/self/maps`.
+        // Canonical, so that its copies' paths read as `/proc/self/maps` shows them.
         let dir = dir.canonicalize()?;
         remove_stale_copies(&dir);
         Ok(ShadowDir { dir })
