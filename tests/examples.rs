@@ -329,3 +329,57 @@ fn cli_run_loads_and_shuts_down_cleanly_on_sigterm() {
     assert!(log.find("unloaded transform").unwrap() < log.find("unloaded counter").unwrap());
     assert!(dir.shadow_files().is_empty());
 }
+
+/// Each plugin loaded on Linux keeps its memory-file copy open. Past half the descriptor limit
+/// the host goes on loading, with copies in the shadow folder, and says so once.
+#[test]
+#[cfg(target_os = "linux")]
+fn more_plugins_than_half_the_descriptor_limit_still_load() {
+    const PLACEHOLDER: &[u8] = b"tmpl_000000";
+    let dir = PluginDir::new();
+    let template = plughost_tests::bytes_of("fixture-template");
+    for i in 0..40 {
+        let mut bytes = template.clone();
+        let name = format!("tmpl_{i:06}");
+        let at: Vec<usize> = (0..bytes.len() - PLACEHOLDER.len())
+            .filter(|&j| &bytes[j..j + PLACEHOLDER.len()] == PLACEHOLDER)
+            .collect();
+        assert!(!at.is_empty());
+        for j in at {
+            bytes[j..j + PLACEHOLDER.len()].copy_from_slice(name.as_bytes());
+        }
+        dir.write(&format!("lib{name}.so"), &bytes);
+    }
+    // `plughost run` with at most 64 descriptors: 32 memory files, the rest on disk.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+        .arg(plughost_tests::plughost())
+        .args(dir.command(&["run"]).get_args())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let lines = plughost_tests::lines_of(&mut child);
+    let (mut loaded, mut said) = (0, 0);
+    while loaded < 40 {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{loaded} plugins loaded"));
+        if line.contains("32 plugin libraries are held in memory files, half the descriptor limit")
+        {
+            said += 1;
+        } else if line.contains("loaded tmpl_") {
+            loaded += 1;
+        } else {
+            assert!(!line.contains("WARN"), "{line}");
+        }
+    }
+    assert_eq!(said, 1, "said once");
+    assert_eq!(dir.copies_held_by(child.id()), 40);
+    assert_eq!(dir.shadow_files().len(), 8);
+    plughost_tests::terminate(&child);
+    let status = plughost_tests::exits_within(&mut child, std::time::Duration::from_secs(30));
+    assert!(status.success());
+    assert!(dir.shadow_files().is_empty(), "{:?}", dir.shadow_files());
+}

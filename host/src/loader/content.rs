@@ -14,6 +14,8 @@ use std::path::Path;
 
 use super::shadow::ShadowCopy;
 use crate::error::LoadError;
+#[cfg(target_os = "linux")]
+pub(crate) use memory::MemoryFile;
 
 /// The largest library file the host reads: far above any real plugin (a debug build with
 /// everything is tens of MB), low enough that a hostile file cannot exhaust memory.
@@ -28,7 +30,7 @@ enum Bytes {
     Heap(Vec<u8>),
     #[cfg(target_os = "linux")]
     Memory {
-        file: std::sync::Arc<std::fs::File>,
+        file: std::sync::Arc<MemoryFile>,
         map: memory::Mapping,
     },
 }
@@ -137,19 +139,72 @@ fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
 mod memory {
     use std::fs::File;
     use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
 
     use super::{too_large, Bytes, MAX_LIBRARY_SIZE};
     use crate::error::LoadError;
 
     /// Set once memory files were refused: from then on the shadow folder is used.
     static REFUSED: AtomicBool = AtomicBool::new(false);
+    /// Memory files open in this process.
+    static OPEN: AtomicUsize = AtomicUsize::new(0);
+    /// Set once the descriptor budget was reached (said once, in the log).
+    static FULL: AtomicBool = AtomicBool::new(false);
+
+    /// A sealed memory file holding a library's bytes. Each loaded library keeps its own open
+    /// for as long as it is in memory, so they are counted against [`budget`].
+    #[derive(Debug)]
+    pub(crate) struct MemoryFile(File);
+
+    impl std::ops::Deref for MemoryFile {
+        type Target = File;
+        fn deref(&self) -> &File {
+            &self.0
+        }
+    }
+
+    impl Drop for MemoryFile {
+        fn drop(&mut self) {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many memory files may be open at once: half the process's descriptor limit, so that
+    /// a host with more plugins than that (the usual soft limit is 1,024) goes on, with copies
+    /// on disk, and keeps descriptors for everything else.
+    fn budget() -> usize {
+        static BUDGET: OnceLock<usize> = OnceLock::new();
+        *BUDGET.get_or_init(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `getrlimit` writes the limit into the struct it is given, which lives
+            // across the call.
+            let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+            if got != 0 {
+                return 512;
+            }
+            usize::try_from(limit.rlim_cur / 2).unwrap_or(usize::MAX)
+        })
+    }
 
     /// A new memory file for the content of `path`: `None` where memory files are refused
     /// (said once, in the log), an error if creating it failed otherwise.
     pub(super) fn create(path: &Path) -> Option<Result<memfd::Memfd, LoadError>> {
         if REFUSED.load(Ordering::Relaxed) {
+            return None;
+        }
+        if OPEN.load(Ordering::Relaxed) >= budget() {
+            if !FULL.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "{} plugin libraries are held in memory files, half the descriptor limit \
+                     (`ulimit -n`): private copies of further ones are written to the shadow \
+                     folder; raise the limit to keep them off the disk",
+                    budget()
+                );
+            }
             return None;
         }
         // Shown in /proc/PID/maps and /proc/PID/fd as `/memfd:plughost:<file> (deleted)`, so
@@ -224,7 +279,8 @@ mod memory {
                 shadow: "memfd".into(),
                 source: std::io::Error::other(e.to_string()),
             })?;
-        let file = Arc::new(memfd.into_file());
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(MemoryFile(memfd.into_file()));
         let map = Mapping::new(&file, len as usize).map_err(read_error)?;
         Ok(Bytes::Memory { file, map })
     }

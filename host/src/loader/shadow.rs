@@ -118,13 +118,13 @@ enum Kind {
     /// A sealed memory file, shared with the [`Content`](super::content::Content) it was read
     /// into.
     #[cfg(target_os = "linux")]
-    Memory(std::sync::Arc<std::fs::File>),
+    Memory(std::sync::Arc<super::content::MemoryFile>),
 }
 
 impl ShadowCopy {
     /// The copy of a memory file, `/proc/self/fd/N` in this process.
     #[cfg(target_os = "linux")]
-    pub(crate) fn memory(file: std::sync::Arc<std::fs::File>) -> Self {
+    pub(crate) fn memory(file: std::sync::Arc<super::content::MemoryFile>) -> Self {
         use std::os::fd::AsRawFd;
         ShadowCopy {
             path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
