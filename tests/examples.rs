@@ -266,14 +266,14 @@ fn cli_list_and_inspect() {
     assert!(table.starts_with("NAME"), "{table}");
     assert_eq!(
         row("libtransform"),
-        format!("transform 1.0.0 {api} in-process libtransform.so ok")
+        format!("transform 1.0.0 {api} in-process libtransform.so - ok")
     );
     assert_eq!(
         row("libcounter"),
-        format!("counter 1.0.0 {api} in-process libcounter.so ok")
+        format!("counter 1.0.0 {api} in-process libcounter.so - ok")
     );
     assert!(
-        row("broken.so").starts_with("- - - - broken.so refused: "),
+        row("broken.so").starts_with("- - - - broken.so - refused: "),
         "{table}"
     );
 

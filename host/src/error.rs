@@ -663,3 +663,90 @@ pub enum HostError {
         source: std::io::Error,
     },
 }
+
+/// Why an event was not published (or, for [`Dropped`](PublishError::Dropped), not queued for
+/// every subscriber). Every variant names the topic; the host and the other events go on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The topic is malformed.
+    #[error("cannot publish {}: {reason}", shown(topic))]
+    BadTopic {
+        /// The topic.
+        topic: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The event is larger than `host.max_event_size`.
+    #[error(
+        "cannot publish {}: the event is {size} bytes, more than the {max} bytes \
+         host.max_event_size allows",
+        shown(topic)
+    )]
+    TooLarge {
+        /// The topic.
+        topic: String,
+        /// Its size (data, topic, source and extensions).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A plugin published a topic it did not declare in `Plugin::EMITS`.
+    #[error(
+        "plugin {plugin} may not publish {}: not among the topics it declares ({}); add it \
+         to Plugin::EMITS",
+        shown(topic),
+        if declared.is_empty() { "none".to_owned() } else { declared.join(", ") }
+    )]
+    NotDeclared {
+        /// The plugin.
+        plugin: String,
+        /// The topic.
+        topic: String,
+        /// What it declares.
+        declared: Vec<String>,
+    },
+    /// Only the host publishes under `plughost.`.
+    #[error(
+        "cannot publish {}: topics under plughost. are the host's own",
+        shown(topic)
+    )]
+    Reserved {
+        /// The topic.
+        topic: String,
+    },
+    /// A subscriber's queue stayed full for its whole `event_block` (policy `block`): the
+    /// event was dropped for it (and queued for the others).
+    #[error(
+        "{}: dropped for {subscriber}: its queue stayed full for {} (policy block; raise \
+         plugins.{subscriber}.event_queue or event_block)",
+        shown(topic),
+        humantime::format_duration(*waited)
+    )]
+    Dropped {
+        /// The topic.
+        topic: String,
+        /// The subscriber whose queue was full.
+        subscriber: String,
+        /// How long the publisher waited.
+        waited: std::time::Duration,
+    },
+    /// The emitter of an event source was used after its source was stopped or replaced.
+    #[error(
+        "cannot publish {} for {plugin}: its emitter is dead (the source was stopped or \
+             replaced)",
+        shown(topic)
+    )]
+    DeadEmitter {
+        /// The plugin.
+        plugin: String,
+        /// The topic.
+        topic: String,
+    },
+    /// The host is shutting down.
+    #[error("cannot publish {}: the host is shutting down", shown(topic))]
+    Closed {
+        /// The topic.
+        topic: String,
+    },
+}

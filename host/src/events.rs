@@ -1,13 +1,22 @@
 //! What happens to plugins, as events an embedding program (or a test) can wait for instead of
-//! sleeping: [`Host::subscribe`](crate::Host::subscribe).
+//! sleeping: [`Host::subscribe`](crate::Host::subscribe). Each is also published on the event
+//! bus under the reserved prefix `plughost.` (`plughost.plugin.loaded`, `.reloaded`,
+//! `.refused`, `.unloaded`, `plughost.config.applied`, `.refused`), where plugins subscribe to
+//! them like to any topic, with `plughost.call.failed` from the guarded call path. Their data
+//! is JSON; their source is `plughost`.
 
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use serde_json::json;
+
+use crate::bus::Bus;
+use crate::error::CallError;
+use crate::event::Event;
 use crate::loader::residency::UnloadStatus;
 
 /// One thing that happened to a plugin.
@@ -76,10 +85,11 @@ pub enum HostEvent {
     },
 }
 
-/// The open subscriptions.
+/// The open subscriptions, and the bus the events also go to.
 #[derive(Default)]
 pub(crate) struct Subscribers {
     senders: Mutex<Vec<Sender<HostEvent>>>,
+    bus: Bus,
 }
 
 impl Subscribers {
@@ -89,13 +99,112 @@ impl Subscribers {
         receiver
     }
 
-    /// Sends the event to every subscriber still listening.
+    /// Sends the event to every subscriber still listening, and publishes it on the bus.
     pub(crate) fn emit(&self, event: HostEvent) {
+        self.bus.publish_hook(hook_event(&event));
         self.lock().retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    /// The event bus.
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Sender<HostEvent>>> {
         // A list of senders cannot be left inconsistent by a panic.
         self.senders.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn host_source() -> Arc<str> {
+    static SOURCE: OnceLock<Arc<str>> = OnceLock::new();
+    SOURCE.get_or_init(|| Arc::from("plughost")).clone()
+}
+
+fn event(topic: &'static str, data: serde_json::Value) -> Event {
+    Event::json(topic, &data)
+        .expect("a JSON value serializes")
+        .with_source(host_source())
+}
+
+/// The bus event of a lifecycle event.
+fn hook_event(happened: &HostEvent) -> Event {
+    match happened {
+        HostEvent::Loaded {
+            name,
+            version,
+            file,
+        } => event(
+            "plughost.plugin.loaded",
+            json!({"plugin": name, "version": version.to_string(), "file": file}),
+        ),
+        HostEvent::Reloaded {
+            name,
+            from,
+            to,
+            file,
+            took,
+            state_handed_over,
+            old,
+        } => event(
+            "plughost.plugin.reloaded",
+            json!({
+                "plugin": name,
+                "from": from.to_string(),
+                "to": to.to_string(),
+                "file": file,
+                "took_ms": millis(*took),
+                "state_handed_over": state_handed_over,
+                "old_version": format!("{old:?}"),
+            }),
+        ),
+        HostEvent::Refused { file, reason, kept } => event(
+            "plughost.plugin.refused",
+            json!({
+                "file": file,
+                "reason": reason,
+                "kept": kept.as_ref().map(|(name, version)| json!({
+                    "plugin": name, "version": version.to_string()
+                })),
+            }),
+        ),
+        HostEvent::Unloaded {
+            name,
+            version,
+            file,
+            status,
+        } => event(
+            "plughost.plugin.unloaded",
+            json!({
+                "plugin": name,
+                "version": version.to_string(),
+                "file": file,
+                "status": format!("{status:?}"),
+            }),
+        ),
+        HostEvent::ConfigApplied { file, changed } => event(
+            "plughost.config.applied",
+            json!({"file": file, "changed": changed}),
+        ),
+        HostEvent::ConfigRefused { file, reason } => event(
+            "plughost.config.refused",
+            json!({"file": file, "reason": reason}),
+        ),
+    }
+}
+
+/// The bus event of a failed call through the guarded path.
+pub(crate) fn call_failed_event(plugin: &str, error: &CallError, took: Duration) -> Event {
+    event(
+        "plughost.call.failed",
+        json!({
+            "plugin": plugin,
+            "error": error.to_string(),
+            "took_ms": millis(took),
+        }),
+    )
+}
+
+fn millis(took: Duration) -> f64 {
+    (took.as_secs_f64() * 1e6).round() / 1e3
 }

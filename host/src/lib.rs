@@ -29,9 +29,14 @@
 //!   cancellation, concurrency and rate limits, circuit breaker), with metrics and health.
 //! - [`HostEvent`]: what happened to plugins, from [`Host::subscribe`], to wait on instead of
 //!   sleeping.
+//! - [`Event`]: an event on the bus (CloudEvents attributes): the program publishes with
+//!   [`Host::publish`], handles with [`Host::subscribe_events`] (a [`Subscription`] with
+//!   [`SubscribeOptions`]), and reads [`Host::event_stats`]; plugins publish, subscribe and
+//!   run as event sources through their own export; the host's lifecycle comes as
+//!   `plughost.*` events.
 //! - Errors name the file or plugin they are about: [`LoadError`] (a file refused),
 //!   [`CallError`] (a call failed), [`ConfigError`] (the settings refused), [`HostError`] (the
-//!   host could not do what was asked).
+//!   host could not do what was asked), [`PublishError`] (an event refused).
 //!
 //! ```no_run
 //! use plughost::{Host, HostConfig};
@@ -52,7 +57,8 @@
 //!
 //! The modules are private; each is one noun of the data path, and every edge between them
 //! points one way (`dispatch` uses `host` and `runtime`; `host` uses every other module;
-//! `runtime` uses `loader`, and `config` for isolation settings; nothing uses `dispatch`):
+//! `bus` uses `runtime` and `event`; `runtime` uses `loader`, `event`, and `config` for
+//! isolation settings, and reaches the bus through a trait; nothing uses `dispatch`):
 //!
 //! 1. `loader`: a file becomes a validated library in memory: found, read once, checked
 //!    before any loader sees it (preflight), `dlopen`ed from a private copy (a sealed memory
@@ -65,7 +71,9 @@
 //!    a worker process of its own (`runtime/worker`, Linux), called through shared memory;
 //! 5. `host`: the lifecycle that uses them all: admit, sync with the folder, retire,
 //!    reconfigure, watch;
-//! 6. `dispatch`: the guarded async path over handles.
+//! 6. `dispatch`: the guarded async path over handles;
+//! 7. `event` and `bus`: the event envelope and topic rules, and the bus that routes events
+//!    to each subscriber's own queue and runs its handler.
 //!
 //! `unsafe` code lives only in `loader` and `runtime`; every other module forbids it. The
 //! facts about dynamic loading that the code relies on are in `docs/design.md`.
@@ -74,24 +82,30 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(missing_docs)]
 
+mod bus;
 mod config;
 mod dependencies;
 mod dispatch;
 mod error;
+mod event;
 mod events;
 mod host;
 mod loader;
 mod plugin_info;
 mod runtime;
 
+pub use bus::{
+    EventStats, Percentiles, SubscribeOptions, SubscriberStats, Subscription, TopicStats,
+};
 pub use config::{
     ByteSize, ConfigError, CpuLimit, HostConfig, HostSettings, Isolation, Location, LogFormat,
-    PluginSettings, ProbeSetting,
+    PluginSettings, ProbeSetting, QueuePolicy,
 };
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
 };
-pub use error::{CallError, HostError, LoadError};
+pub use error::{CallError, HostError, LoadError, PublishError};
+pub use event::Event;
 pub use events::HostEvent;
 pub use host::{ConfigReport, Host, LoadReport, WatchOptions, Watcher};
 pub use loader::residency::UnloadStatus;

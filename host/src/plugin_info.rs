@@ -29,6 +29,15 @@ pub struct PluginInfo {
     pub config_schema: Vec<ConfigKey>,
     /// The plugins it calls, which must be in service before it starts (plugin-api 1.3).
     pub dependencies: Vec<Requirement>,
+    /// The topics it publishes (plugin-api 1.4).
+    #[serde(default)]
+    pub emits: Vec<String>,
+    /// The topic patterns it receives (plugin-api 1.4).
+    #[serde(default)]
+    pub subscribes: Vec<String>,
+    /// Whether it is an event source, started once it serves (plugin-api 1.4).
+    #[serde(default)]
+    pub event_source: bool,
 }
 
 /// A plugin this one requires, at a range of versions.
@@ -156,6 +165,9 @@ impl PluginInfo {
             tags: vec![],
             config_schema: vec![],
             dependencies: vec![],
+            emits: vec![],
+            subscribes: vec![],
+            event_source: false,
         }
     }
 }

@@ -15,10 +15,11 @@ use std::sync::Once;
 use abi_stable::std_types::{RSlice, RStr};
 use abi_stable::StableAbi;
 
+use crate::events::{Emitter, Event};
 use crate::ffi::{
-    health_level, CallContext, DependencyExport, DependencyModule, HostApi, HostExport, OutBuffer,
-    PluginHeader, PluginMetadata, PluginModule, PluginVTable, StateExport, StateVTable, Status,
-    API_VERSION, HEADER_VERSION, MAGIC,
+    health_level, CallContext, DependencyExport, DependencyModule, EventExport, EventModule,
+    HostApi, HostExport, OutBuffer, PluginHeader, PluginMetadata, PluginModule, PluginVTable,
+    RawEvent, StateExport, StateVTable, Status, API_VERSION, HEADER_VERSION, MAGIC,
 };
 use crate::plugin::{Context, Health, Output, Plugin, PluginError};
 
@@ -107,6 +108,31 @@ pub const fn dependency_module<P: Plugin>() -> DependencyModule {
 pub const fn dependency_export(module: &'static DependencyModule) -> DependencyExport {
     DependencyExport {
         layout: <DependencyModule as StableAbi>::LAYOUT,
+        module,
+    }
+}
+
+/// The event declarations and entry points of plugin `P`, with its topic and pattern tables
+/// already converted.
+pub const fn event_module<P: Plugin>(
+    emits: &'static [RStr<'static>],
+    subscribes: &'static [RStr<'static>],
+) -> EventModule {
+    EventModule {
+        emits: RSlice::from_slice(emits),
+        subscribes: RSlice::from_slice(subscribes),
+        source: P::EVENT_SOURCE,
+        install: crate::events::install,
+        on_event: on_event::<P>,
+        start: start::<P>,
+        stop: stop::<P>,
+    }
+}
+
+/// The event export around `module`.
+pub const fn event_export(module: &'static EventModule) -> EventExport {
+    EventExport {
+        layout: <EventModule as StableAbi>::LAYOUT,
         module,
     }
 }
@@ -363,6 +389,44 @@ unsafe extern "C" fn health<P: Plugin>(
 
 /// # Safety
 ///
+/// The contract of [`EventModule`]: `instance` is a live instance of `P` made by `init`.
+unsafe extern "C" fn on_event<P: Plugin>(
+    instance: *const c_void,
+    ctx: &CallContext,
+    event: &RawEvent<'_>,
+    out: &mut OutBuffer,
+) -> Status {
+    // SAFETY: as in `execute`.
+    let plugin = unsafe { &*instance.cast::<P>() };
+    guarded(out, |_| {
+        plugin.on_event(&Context::new(ctx), &Event::new(event))
+    })
+}
+
+/// # Safety
+///
+/// The contract of [`EventModule`]: `instance` is a live instance of `P` made by `init`.
+unsafe extern "C" fn start<P: Plugin>(
+    instance: *const c_void,
+    emitter: u64,
+    out: &mut OutBuffer,
+) -> Status {
+    // SAFETY: as in `execute`.
+    let plugin = unsafe { &*instance.cast::<P>() };
+    guarded(out, |_| plugin.start(Emitter::new(emitter)))
+}
+
+/// # Safety
+///
+/// The contract of [`EventModule`]: `instance` is a live instance of `P` made by `init`.
+unsafe extern "C" fn stop<P: Plugin>(instance: *const c_void, out: &mut OutBuffer) -> Status {
+    // SAFETY: as in `execute`.
+    let plugin = unsafe { &*instance.cast::<P>() };
+    guarded(out, |_| plugin.stop())
+}
+
+/// # Safety
+///
 /// The contract of [`PluginVTable`]: `out` is a valid buffer.
 unsafe extern "C" fn validate_config<P: Plugin>(
     config: RSlice<'_, u8>,
@@ -383,7 +447,8 @@ unsafe extern "C" fn free_buffer(ptr: *mut u8, len: usize, cap: usize) {
 
 /// Exports a [`Plugin`](crate::Plugin) type from a `cdylib`: writes the
 /// `PLUGHOST_PLUGIN_HEADER` symbol and every `extern "C"` entry point, each wrapped in
-/// `catch_unwind`.
+/// `catch_unwind`, along with the optional exports (state hand-over, host callbacks,
+/// dependencies, events), which every plugin gets whether or not it uses them.
 ///
 /// Use it once per library, at the crate root:
 ///
@@ -416,6 +481,16 @@ macro_rules! export_plugin {
             #[unsafe(no_mangle)]
             pub static PLUGHOST_PLUGIN_DEPENDENCIES: __p::DependencyExport =
                 __p::dependency_export(&DEPENDENCY_MODULE);
+
+            const EMITS: &[&str] = <$plugin as $crate::Plugin>::EMITS;
+            const SUBSCRIBES: &[&str] = <$plugin as $crate::Plugin>::SUBSCRIBES;
+            static EMITS_FFI: [__p::RStr<'static>; EMITS.len()] = __p::rstr_array(EMITS);
+            static SUBSCRIBES_FFI: [__p::RStr<'static>; SUBSCRIBES.len()] =
+                __p::rstr_array(SUBSCRIBES);
+            static EVENT_MODULE: __p::EventModule =
+                __p::event_module::<$plugin>(&EMITS_FFI, &SUBSCRIBES_FFI);
+            #[unsafe(no_mangle)]
+            pub static PLUGHOST_PLUGIN_EVENTS: __p::EventExport = __p::event_export(&EVENT_MODULE);
         };
     };
 }

@@ -1,6 +1,6 @@
 //! The raw, FFI-safe contract: what a plugin library exports and what the host reads.
 //!
-//! Longer than the project's 500 lines on purpose: every type that crosses the boundary is in
+//! Longer than the project's 600 lines on purpose: every type that crosses the boundary is in
 //! this one file, so an ABI change is reviewed in one place.
 //!
 //! Plugin authors never touch this module: [`export_plugin!`](crate::export_plugin) writes it
@@ -36,6 +36,10 @@ pub const HOST_SYMBOL: &str = "PLUGHOST_PLUGIN_HOST";
 /// The name of the optional [`DependencyExport`] static (plugin-api 1.3): the plugins this one
 /// requires, and how it receives the callback that calls them.
 pub const DEPENDENCY_SYMBOL: &str = "PLUGHOST_PLUGIN_DEPENDENCIES";
+
+/// The name of the optional [`EventExport`] static (plugin-api 1.4): the topics a plugin
+/// publishes and subscribes to, its event handler, and, for an event source, start and stop.
+pub const EVENT_SYMBOL: &str = "PLUGHOST_PLUGIN_EVENTS";
 
 /// The name of the exported [`PluginHeader`] static, as written in the library's symbol table
 /// (Mach-O adds its usual leading underscore).
@@ -543,5 +547,108 @@ pub struct PluginCalls {
         out: &mut OutBuffer,
     ) -> Status,
     /// Frees an output the host allocated ([`BufferOwner::CALLEE`]).
+    pub free_buffer: unsafe extern "C" fn(ptr: *mut u8, len: usize, cap: usize),
+}
+
+/// Optional export (plugin-api 1.4), behind [`EVENT_SYMBOL`]: events. The host checks `layout`
+/// against its own [`EventModule`], checks every topic and pattern, and calls `install` once,
+/// after loading and before Init.
+#[repr(C)]
+pub struct EventExport {
+    /// abi_stable's description of [`EventModule`] as the plugin saw it.
+    pub layout: &'static TypeLayout,
+    /// The declarations and entry points.
+    pub module: &'static EventModule,
+}
+
+// SAFETY: as for `PluginHeader`: immutable `'static` data, only read.
+unsafe impl Sync for EventExport {}
+
+/// See [`EventExport`]. The entry points follow [`PluginVTable`]'s contract: `instance` is a
+/// live instance made by Init, `out` a host-lent buffer, and every one catches panics.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct EventModule {
+    /// The topics the plugin publishes (`user.created`): publishing any other is refused.
+    pub emits: RSlice<'static, RStr<'static>>,
+    /// The topic patterns it receives (`user.*` one level, `user.>` any depth below).
+    pub subscribes: RSlice<'static, RStr<'static>>,
+    /// Whether it is an event source: the host calls `start` once it serves, `stop` before
+    /// it is retired.
+    pub source: bool,
+    /// Stores the host's event table and the opaque identity to pass back with it.
+    pub install: unsafe extern "C" fn(api: &'static EventApi, plugin: *const c_void),
+    /// Delivers one event to the instance. May run while calls run; never twice at once.
+    pub on_event: unsafe extern "C" fn(
+        instance: *const c_void,
+        ctx: &CallContext,
+        event: &RawEvent<'_>,
+        out: &mut OutBuffer,
+    ) -> Status,
+    /// Starts the source, on a thread the host owns for it: it may return at once (having
+    /// started threads of its own) or run until `stop`. `emitter` is the token to publish
+    /// with ([`EventApi::publish`]); it dies when the source is stopped.
+    pub start:
+        unsafe extern "C" fn(instance: *const c_void, emitter: u64, out: &mut OutBuffer) -> Status,
+    /// Stops the source, from another thread than `start`'s: once it returns, `start` must
+    /// return soon and the plugin's own threads that publish must be joined.
+    pub stop: unsafe extern "C" fn(instance: *const c_void, out: &mut OutBuffer) -> Status,
+}
+
+/// One event, as it crosses the boundary: the CloudEvents attributes. Borrowed for the
+/// duration of the call it is passed to.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawEvent<'a> {
+    /// Unique per source (the host fills it in when a plugin publishes).
+    pub id: RStr<'a>,
+    /// Who published it: a plugin's name, `plughost` for the host's own events, or what the
+    /// embedding program chose (filled in by the host when a plugin publishes).
+    pub source: RStr<'a>,
+    /// The topic, dot-separated (`user.created`): CloudEvents' `type`.
+    pub topic: RStr<'a>,
+    /// When it happened, in nanoseconds since the Unix epoch (0 when a plugin publishes: the
+    /// host fills it in).
+    pub time_unix_nanos: u64,
+    /// The media type of `data` (`application/json` by convention).
+    pub datacontenttype: RStr<'a>,
+    /// The payload.
+    pub data: RSlice<'a, u8>,
+    /// CloudEvents extension attributes, as name and value.
+    pub extensions: RSlice<'a, Extension<'a>>,
+}
+
+/// A CloudEvents extension attribute.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct Extension<'a> {
+    /// Its name (lower-case letters and digits, as CloudEvents says).
+    pub name: RStr<'a>,
+    /// Its value, as text.
+    pub value: RStr<'a>,
+}
+
+/// How a plugin publishes, through the host. `plugin` is always the identity the host passed
+/// to [`EventModule::install`].
+///
+/// # Safety
+///
+/// The plugin calls these only with that identity, while its library is loaded; `event` and
+/// `out` are valid for the call, `out` following the [`OutBuffer`] protocol with the plugin as
+/// the lender (an answer marked [`BufferOwner::CALLEE`] goes back through `free_buffer`).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct EventApi {
+    /// Publishes `event` on behalf of the plugin: `emitter` is 0 from inside a call or an
+    /// event handler, else the token its source's `start` got. The host sets `id`, `source`
+    /// and `time`. [`Status::ERROR`] with the reason in `out` when refused: a topic not
+    /// declared in `emits`, an event too large, a dead emitter, a full queue.
+    pub publish: unsafe extern "C" fn(
+        plugin: *const c_void,
+        emitter: u64,
+        event: &RawEvent<'_>,
+        out: &mut OutBuffer,
+    ) -> Status,
+    /// Frees an answer the host allocated ([`BufferOwner::CALLEE`]).
     pub free_buffer: unsafe extern "C" fn(ptr: *mut u8, len: usize, cap: usize),
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::events::{Emitter, Event};
 use crate::ffi::{BufferOwner, CallContext, ConfigField, Dependency, OutBuffer};
 
 /// A plugin. Implement it for a `Default` type and export it with
@@ -44,6 +45,17 @@ pub trait Plugin: Default + Send + Sync + 'static {
     /// The plugins this one calls through [`Context::call`], each with the versions it
     /// accepts. The host starts them first and refuses this plugin while one is missing.
     const DEPENDENCIES: &'static [Dependency] = &[];
+    /// The topics this plugin publishes, exact and dot-separated (`"user.created"`). The host
+    /// refuses to publish any other topic for it. See [`Context::emit`] and [`Emitter`].
+    const EMITS: &'static [&'static str] = &[];
+    /// The topic patterns whose events the host delivers to [`on_event`](Plugin::on_event),
+    /// dot-separated as NATS subjects are: `*` matches exactly one token (`user.*` matches
+    /// `user.created`, not `user.created.eu`), and `>`, only as the last token, one or more
+    /// (`user.>` matches both, not `user`). A lone `">"` receives everything.
+    const SUBSCRIBES: &'static [&'static str] = &[];
+    /// Whether the plugin is an event source: if so the host calls [`start`](Plugin::start)
+    /// once the plugin serves and [`stop`](Plugin::stop) before it is retired.
+    const EVENT_SOURCE: bool = false;
 
     /// Checks a configuration before any instance exists. Called by the host's config checks
     /// and before every `init`.
@@ -90,6 +102,46 @@ pub trait Plugin: Default + Send + Sync + 'static {
     /// may change.
     fn restore_state(&mut self, state: &[u8]) -> Result<(), PluginError> {
         let _ = state;
+        Ok(())
+    }
+
+    /// Receives one event matching [`SUBSCRIBES`](Plugin::SUBSCRIBES), in publish order per
+    /// publisher, on a thread of the host's. It may run while `execute` calls run, but not
+    /// twice at once, except after a call overran the host's time limit for it
+    /// (`event_timeout`): delivery then goes on beside the late call. An error or a panic goes
+    /// to the host, as for `execute`; it cannot hurt the host or other subscribers. The
+    /// context's [`deadline`](Context::deadline) is that time limit; [`Context::emit`]
+    /// publishes from here.
+    fn on_event(&self, ctx: &Context<'_>, event: &Event<'_>) -> Result<(), PluginError> {
+        let _ = (ctx, event);
+        Ok(())
+    }
+
+    /// Starts an event source ([`EVENT_SOURCE`](Plugin::EVENT_SOURCE)); publish with
+    /// `emitter`, which can be cloned and sent to other threads.
+    ///
+    /// Called once the plugin serves, on a thread the host owns for the source. It may return
+    /// at once, after starting threads of its own (which [`stop`](Plugin::stop) must join), or
+    /// run until `stop` is called: a loop waiting on a `Condvar` with a timeout, say, that
+    /// `stop` notifies. An error or a panic goes to the host, as for `execute`.
+    ///
+    /// On a hot reload the host calls the running version's `stop`, then its
+    /// [`save_state`](Plugin::save_state), then the new version's `init` and
+    /// [`restore_state`](Plugin::restore_state), then the new version's `start`: a source
+    /// that hands over its position in `save_state` goes on exactly where it stopped. If the
+    /// new version is refused, the running one's `start` is called again (with a new emitter),
+    /// so `start` must work after a `stop`.
+    fn start(&self, emitter: Emitter) -> Result<(), PluginError> {
+        let _ = emitter;
+        Ok(())
+    }
+
+    /// Stops an event source. Called from another thread than [`start`](Plugin::start)'s, at
+    /// shutdown, disable or hot reload, before [`shutdown`](Plugin::shutdown). It must make
+    /// `start` return and join the threads the plugin started: the library may be unloaded
+    /// soon after. Once it returns the [`Emitter`] is dead: publishing through it fails with
+    /// an error, it never crashes.
+    fn stop(&self) -> Result<(), PluginError> {
         Ok(())
     }
 }
@@ -151,8 +203,8 @@ impl fmt::Display for PluginError {
     }
 }
 
-/// The host's per-call information: deadline and cancellation, and calls to the plugins this
-/// one depends on.
+/// The host's per-call information: deadline and cancellation, calls to the plugins this one
+/// depends on, and publishing events.
 pub struct Context<'a> {
     raw: &'a CallContext,
 }
@@ -183,6 +235,40 @@ impl<'a> Context<'a> {
     /// callee's message, or when `plugin` was not declared or is not loaded.
     pub fn call(&self, plugin: &str, input: &[u8]) -> Result<Vec<u8>, PluginError> {
         crate::calls::call(self.raw, plugin, input)
+    }
+
+    /// Publishes `value`, serialized as JSON (`application/json`), on `topic`, which must be
+    /// one of [`Plugin::EMITS`]. The host stamps id, source (this plugin's name) and time.
+    /// Fails with the host's reason when it refuses: an undeclared topic, an event too large,
+    /// a full queue, or a host older than plugin-api 1.4.
+    pub fn emit<T: serde::Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), PluginError> {
+        crate::events::publish_json(0, topic, value)
+    }
+
+    /// Publishes `data` as is, of media type `content_type`, on `topic`.
+    pub fn emit_bytes(
+        &self,
+        topic: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> Result<(), PluginError> {
+        crate::events::publish(0, topic, content_type, data, &[])
+    }
+
+    /// Like [`emit_bytes`](Context::emit_bytes), with CloudEvents extension attributes as
+    /// `(name, value)`; names are lower-case letters and digits.
+    pub fn emit_with(
+        &self,
+        topic: &str,
+        content_type: &str,
+        data: &[u8],
+        extensions: &[(&str, &str)],
+    ) -> Result<(), PluginError> {
+        crate::events::publish(0, topic, content_type, data, extensions)
     }
 }
 

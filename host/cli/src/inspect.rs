@@ -50,6 +50,15 @@ fn print_info(info: &PluginInfo, file: &Path) {
     println!("  tags:         {}", or_dash(&info.tags.join(", ")));
     let requires: Vec<String> = info.dependencies.iter().map(ToString::to_string).collect();
     println!("  requires:     {}", or_dash(&requires.join(", ")));
+    if !info.emits.is_empty() {
+        println!("  emits:        {}", info.emits.join(", "));
+    }
+    if !info.subscribes.is_empty() {
+        println!("  subscribes:   {}", info.subscribes.join(", "));
+    }
+    if info.event_source {
+        println!("  event source: yes");
+    }
     if info.config_schema.is_empty() {
         println!("  config:       (none)");
         return;

@@ -1,4 +1,13 @@
-//! The `plughost` command: `run | list | inspect | exec | config check | enable | disable`.
+//! The `plughost` command:
+//!
+//! - `run`: load the plugins folder, watch it, serve until Ctrl-C or SIGTERM, listening on a
+//!   control socket (`<plugins_dir>/.plughost.sock`, or `--control PATH`) for the commands
+//!   below that talk to a running host;
+//! - `list`, `inspect FILE`: what the folder or one library holds, events declared included;
+//! - `exec NAME INPUT`: load one plugin and call it once;
+//! - `emit TOPIC JSON`: publish an event through the running host (over its control socket);
+//! - `events`: the running host's event counts per topic and per subscriber;
+//! - `config check`, `enable NAME`, `disable NAME`: the settings file.
 //!
 //! Settings come from `--config FILE`, else `plughost.toml` in the working folder if present,
 //! else the defaults; `--plugins-dir` and `--shadow-dir` override the file. Logs go to stderr
@@ -10,6 +19,9 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod control;
+mod emit;
+mod events;
 mod exec;
 mod inspect;
 mod list;
@@ -39,6 +51,8 @@ struct Cli {
 enum Command {
     /// Load every plugin in the folder, then watch it: load new libraries, hot-reload changed
     /// ones, unload deleted ones. Runs until Ctrl-C or SIGTERM, then shuts everything down.
+    /// Meanwhile `emit` and `events` reach it through its control socket (.plughost.sock in the
+    /// folder, or --control PATH).
     Run {
         #[command(flatten)]
         dir: DirArgs,
@@ -53,8 +67,11 @@ enum Command {
         /// Check every plugin's health this often, in seconds, logging changes; 0 turns it off.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         health_interval: u64,
+        #[command(flatten)]
+        control: ControlArgs,
     },
-    /// Show every library in the folder: name, version, plugin-api version, file, status.
+    /// Show every library in the folder: name, version, plugin-api version, mode, file, the
+    /// events it emits or subscribes to, status.
     List(DirArgs),
     /// Validate one library and print its metadata and configuration schema. Exits 0 if it
     /// would load, 1 with the reason if not.
@@ -94,6 +111,30 @@ enum Command {
         #[command(flatten)]
         dir: DirArgs,
     },
+    /// Publish an event through the `plughost run` serving the plugins folder (over its control
+    /// socket), as source plughost-cli. Exits 1 if no host runs there or it refuses the event.
+    Emit {
+        /// The topic, e.g. user.created (topics under plughost. are the host's own).
+        topic: String,
+        /// The event's data, as JSON; `-` reads standard input.
+        #[arg(allow_hyphen_values = true)]
+        json: String,
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+    /// Show the event counts of the `plughost run` serving the plugins folder: per topic, and
+    /// per subscriber with its queue and latency.
+    Events {
+        /// Print the counts as JSON (durations in microseconds).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -126,6 +167,14 @@ struct DirArgs {
     /// Where private copies of loaded libraries go [default: <temp>/plughost-shadow-<uid>].
     #[arg(long, value_name = "DIR")]
     shadow_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ControlArgs {
+    /// The control socket of `plughost run`, which `emit` and `events` talk to [default:
+    /// .plughost.sock in the plugins folder].
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 impl DirArgs {
@@ -225,11 +274,19 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             no_watch,
             settle_ms,
             health_interval,
+            control,
         } => {
             let config = dir.apply(config);
             let watch = config.host.watch && !no_watch;
             let settle = settle_ms.map_or(config.host.debounce, Duration::from_millis);
-            run::run(config, watch, settle, Duration::from_secs(health_interval))
+            let socket = control::Socket::of(&config, control.control.as_deref());
+            run::run(
+                config,
+                watch,
+                settle,
+                Duration::from_secs(health_interval),
+                &socket,
+            )
         }
         Command::List(dir) => list::list(dir.apply(config)),
         Command::Inspect {
@@ -255,6 +312,26 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             isolated,
             dir.apply(config),
         ),
+        Command::Emit {
+            topic,
+            json,
+            control,
+            dir,
+        } => {
+            let config = dir.apply(config);
+            emit::emit(
+                &topic,
+                &json,
+                &control::Socket::of(&config, control.control.as_deref()),
+            )
+        }
+        Command::Events { json, control, dir } => {
+            let config = dir.apply(config);
+            events::events(
+                json,
+                &control::Socket::of(&config, control.control.as_deref()),
+            )
+        }
         Command::Config(ConfigCommand::Check(dir)) => config::check(dir.apply(config)),
         Command::Enable { name } => config::set_enabled(file, &name, true),
         Command::Disable { name } => config::set_enabled(file, &name, false),

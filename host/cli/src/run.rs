@@ -1,5 +1,6 @@
 //! `plughost run`: load every plugin in the folder, watch it and the settings file, check
-//! health, until Ctrl-C or SIGTERM.
+//! health, until Ctrl-C or SIGTERM; meanwhile serve `plughost emit` and `plughost events` on the
+//! control socket.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -9,11 +10,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use plughost::{CallPolicy, Dispatcher, Host, HostConfig, WatchOptions};
 
+use crate::control;
+
 pub(crate) fn run(
     config: HostConfig,
     watch: bool,
     settle: Duration,
     health_interval: Duration,
+    socket: &control::Socket,
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -26,6 +30,9 @@ pub(crate) fn run(
     };
     let plugins_dir = config.host.plugins_dir.clone();
     let host = Arc::new(Host::new(config)?);
+    // Before loading anything: a second host on the same folder is refused at once. Its
+    // requests are served while plugins load, and until the signal to stop.
+    let control = control::serve(socket, host.clone())?;
     // Watch first, so that nothing written while loading is missed.
     let watcher = if watch {
         let options = WatchOptions {
@@ -69,6 +76,8 @@ pub(crate) fn run(
     if let Some(health) = health {
         health.abort();
     }
+    // No more events from outside: the socket goes now, before plugins shut down.
+    drop(control);
     tracing::info!("shutting down (Ctrl-C again to exit at once)");
     // Bounded (each plugin's calls in flight and its Shutdown by host.shutdown_timeout), but
     // an operator may not want to wait: a second signal exits at once. The watcher stops in

@@ -124,6 +124,9 @@ pub struct HostSettings {
     /// own cgroup if it is the root of a writable hierarchy, else none (resource limits of the
     /// process instead).
     pub cgroup: Option<PathBuf>,
+    /// The largest event accepted from a plugin, the program or `plughost emit` (data, topic,
+    /// source and extensions together); a larger one is refused at publish. Default 1 MiB.
+    pub max_event_size: ByteSize,
 }
 
 /// The `probe` setting: see [`HostSettings::probe`].
@@ -179,6 +182,7 @@ impl Default for HostSettings {
             crash_window: Duration::from_secs(60),
             kill_grace: Duration::from_secs(1),
             cgroup: None,
+            max_event_size: ByteSize(1024 * 1024),
         }
     }
 }
@@ -217,6 +221,43 @@ pub struct PluginSettings {
     pub max_open_files: Option<u64>,
     /// Isolated only: processes and threads its worker may have (needs a cgroup).
     pub max_processes: Option<u64>,
+    /// Events only: how many events may wait for the plugin's handler. Default 1024.
+    pub event_queue: usize,
+    /// Events only: what a publisher meets when the queue is full: `"block"` (wait up to
+    /// `event_block`, then the event is dropped and the publisher told), `"drop_oldest"` or
+    /// `"drop_newest"`. Default `"block"`. Drops are counted and logged.
+    pub event_policy: QueuePolicy,
+    /// Events only: how long `block` waits for room. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub event_block: Duration,
+    /// Events only: how long the plugin's handler may take for one event before it is counted
+    /// as timed out and delivery goes on without it. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub event_timeout: Duration,
+}
+
+/// What a publisher meets when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuePolicy {
+    /// Wait for room up to a time limit, then drop the event and tell the publisher.
+    #[default]
+    Block,
+    /// Make room by dropping the oldest event waiting.
+    DropOldest,
+    /// Drop the event being published.
+    DropNewest,
+}
+
+impl QueuePolicy {
+    /// Its name in `plughost.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueuePolicy::Block => "block",
+            QueuePolicy::DropOldest => "drop_oldest",
+            QueuePolicy::DropNewest => "drop_newest",
+        }
+    }
 }
 
 impl Default for PluginSettings {
@@ -231,6 +272,10 @@ impl Default for PluginSettings {
             cpu: None,
             max_open_files: None,
             max_processes: None,
+            event_queue: 1024,
+            event_policy: QueuePolicy::Block,
+            event_block: Duration::from_secs(1),
+            event_timeout: Duration::from_secs(5),
         }
     }
 }

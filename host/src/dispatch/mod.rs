@@ -47,7 +47,7 @@ use layers::blocking::Blocking;
 use layers::breaker::BreakerLayer;
 use layers::deadline::DeadlineLayer;
 use layers::limit::{ConcurrencyLayer, RateLayer};
-use layers::metrics::{MetricsLayer, PluginMetrics};
+use layers::metrics::{MetricsLayer, OnFailure, PluginMetrics};
 use layers::{Layered, PluginCall};
 
 pub use layers::breaker::CircuitState;
@@ -188,8 +188,15 @@ impl Dispatcher {
             .or_default()
             .clone();
         let breaker = BreakerLayer::new(plugin.clone(), policy.breaker);
+        let host = Arc::downgrade(&self.host);
+        let failed = name.to_owned();
+        let on_failure: OnFailure = Arc::new(move |error, took| {
+            if let Some(host) = host.upgrade() {
+                host.call_failed(&failed, error, took);
+            }
+        });
         let stack = ServiceBuilder::new()
-            .layer(MetricsLayer::new(metrics.clone()))
+            .layer(MetricsLayer::new(metrics.clone()).on_failure(on_failure))
             .layer(breaker.clone())
             .layer(DeadlineLayer::new(
                 plugin.clone(),

@@ -15,7 +15,7 @@ use crate::dependencies::{self, DISABLED, NOT_LOADED};
 use crate::error::{CallError, LoadError};
 use crate::events::HostEvent;
 use crate::plugin_info::PluginInfo;
-use crate::runtime::{has_limits, Limits, PluginLibrary, RunningPlugin, Slot};
+use crate::runtime::{has_limits, Emitting, Limits, PluginLibrary, RunningPlugin, Slot};
 
 /// A version whose Init succeeded, waiting to be put in service by [`Host::commit`].
 pub(super) struct Prepared {
@@ -25,6 +25,21 @@ pub(super) struct Prepared {
     given: Option<Vec<u8>>,
     handed_over: bool,
     load_time: Duration,
+    /// The running version's event source, stopped for the hand-over: started again if this
+    /// is abandoned.
+    paused_source: Option<Arc<RunningPlugin>>,
+}
+
+impl Prepared {
+    /// Gives the new version up (shutting it down) and lets the running one go on, its event
+    /// source started again.
+    pub(super) fn abandon(self) {
+        let paused = self.paused_source.clone();
+        drop(self);
+        if let Some(old) = paused {
+            old.start_source();
+        }
+    }
 }
 
 impl Host {
@@ -177,6 +192,22 @@ impl Host {
             from_settings,
         )?;
         init_config.warn_unknown();
+        // An event source stops before its state is saved, so that the state is its last
+        // word and the new version goes on from there; it starts again if this one fails.
+        let paused_source = old
+            .as_ref()
+            .filter(|v| v.library().info().event_source)
+            .cloned();
+        if let Some(old) = &paused_source {
+            if let Err(e) = old.stop_source(lifecycle.config.host.shutdown_timeout) {
+                warn!("event source of the running version: {e}");
+            }
+        }
+        let restart_source = || {
+            if let Some(old) = &paused_source {
+                old.start_source();
+            }
+        };
         let state = match old.as_ref().map(|v| v.save_state()) {
             Some(Err(e)) => {
                 warn!("{e}; the new version starts without the old one's state");
@@ -195,6 +226,11 @@ impl Host {
         }
         let load_time = library.load_time();
         library.bind_dependencies(required);
+        library.bind_events(Arc::new(Emitting::new(
+            info.name.as_str().into(),
+            info.emits.clone(),
+            self.shared.events.bus().publisher(),
+        )));
         let settings = &lifecycle.config.host;
         let limits = Limits {
             init: settings.init_timeout,
@@ -203,6 +239,7 @@ impl Host {
         };
         let running = RunningPlugin::start(library, &init_config.bytes, state.as_deref(), limits)
             .map_err(|e| {
+            restart_source();
             if let LoadError::Init {
                 cause: CallError::Stuck { .. },
                 ..
@@ -218,6 +255,7 @@ impl Host {
             given,
             handed_over: state.is_some(),
             load_time,
+            paused_source,
         })
     }
 
@@ -235,6 +273,7 @@ impl Host {
             given,
             handed_over,
             load_time,
+            paused_source: _,
         } = prepared;
         let info = running.library().info().clone();
         let _span = info_span!("plugin", name = %info.name, version = %info.version).entered();
@@ -243,7 +282,15 @@ impl Host {
         }
         let file = running.library().file().to_owned();
         lifecycle.known.insert(info.name.clone(), file.clone());
-        let previous = slot.swap(Some(Arc::new(running)));
+        let running = Arc::new(running);
+        let previous = slot.swap(Some(running.clone()));
+        let settings = lifecycle.config.plugin(&info.name);
+        self.shared
+            .events
+            .bus()
+            .attach(&slot, &info.subscribes, &settings);
+        running.start_source();
+        drop(running);
         let took = noticed.elapsed();
         match previous {
             None => {

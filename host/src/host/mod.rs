@@ -11,6 +11,7 @@
 //! - [`sync`]: what a change of a file in the plugins folder does;
 //! - [`retire`]: taking a version out of service, unloading it, reporting how it went;
 //! - [`reconfigure`]: enable, disable, and live edits of `plughost.toml`;
+//! - [`publish`]: the program's events: publish, subscribe, statistics;
 //! - [`check`]: `plughost config check`, the whole configuration checked without starting
 //!   anything;
 //! - [`watch`]: the watcher that calls [`sync`] and [`reconfigure`] on file events.
@@ -23,6 +24,7 @@
 mod admit;
 mod check;
 mod init_config;
+mod publish;
 mod reconfigure;
 mod retire;
 mod start;
@@ -182,6 +184,7 @@ impl Host {
         self.shared
             .settings
             .store(Arc::new(lifecycle.config.clone()));
+        self.shared.events.bus().configure(&lifecycle.config);
         self.shared
             .settings_generation
             .fetch_add(1, Ordering::AcqRel);

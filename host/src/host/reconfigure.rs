@@ -49,7 +49,7 @@ impl Host {
             }
             lifecycle.switch(name, false);
             self.publish_settings(&lifecycle);
-            let version = self.registry.slot(name).and_then(|slot| slot.swap(None));
+            let version = self.take_from_slot(name, "it was disabled");
             info!("disabled {name}");
             // A plugin refused because it would have broken this one may start now.
             self.retry_waiting(&mut lifecycle, Vec::new());
@@ -362,8 +362,11 @@ impl Host {
                     let refused = load_refusal(&lifecycle.config, e);
                     lifecycle.config = old_config;
                     lifecycle.configs = old_api_configs;
-                    // Shuts the new instances down; the running versions never noticed.
-                    drop(prepared);
+                    // Shuts the new instances down; the running versions go on (their event
+                    // sources, stopped for the hand-over, start again).
+                    prepared
+                        .into_iter()
+                        .for_each(super::admit::Prepared::abandon);
                     return Err(refused);
                 }
             }

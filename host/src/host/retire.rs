@@ -24,7 +24,7 @@ impl Host {
     pub fn unload(&self, name: &str) -> Result<(), CallError> {
         let version = {
             let mut lifecycle = self.lifecycle();
-            let version = self.registry.slot(name).and_then(|slot| slot.swap(None));
+            let version = self.take_from_slot(name, "it was unloaded");
             if version.is_some() {
                 // A plugin refused because it would have broken this one may start now.
                 self.retry_waiting(&mut lifecycle, Vec::new());
@@ -48,7 +48,7 @@ impl Host {
 
     /// Empties `slot` and retires its version in the background once in-flight calls are done.
     pub(super) fn take_out_of_service(&self, slot: &Slot) -> Option<JoinHandle<()>> {
-        let version = slot.swap(None)?;
+        let version = self.take_from_slot(slot.name(), "it went out of service")?;
         let dependents = self.dependents_of(slot.name());
         if !dependents.is_empty() {
             warn!(
@@ -62,6 +62,17 @@ impl Host {
             self.shared.clone(),
             |old, mut retired, shared| report_unload(old, &mut retired, shared),
         ))
+    }
+
+    /// Empties plugin `name`'s slot: from now on no call reaches it, its subscription ends
+    /// (what was queued for it is dropped, said with `why`), and its event source is stopped
+    /// (it must not publish for a plugin out of service, nor wait for its calls to end).
+    /// Returns the version, to retire.
+    pub(super) fn take_from_slot(&self, name: &str, why: &str) -> Option<Arc<RunningPlugin>> {
+        let version = self.registry.slot(name)?.swap(None)?;
+        self.shared.events.bus().detach(name, why);
+        stop_source(&version, self.config().host.shutdown_timeout);
+        Some(version)
     }
 
     /// The plugins in service that require `name`.
@@ -107,12 +118,19 @@ impl Host {
                 .into_iter()
                 .filter_map(|i| slots[i].swap(None))
                 .collect();
+            // No more deliveries: what is still queued is dropped, counted and said.
+            self.shared.events.bus().close();
             (versions, std::mem::take(&mut lifecycle.retiring))
         };
         // One at a time: a later plugin may still be using an earlier one. One deadline for
         // them all, so that many stuck plugins do not add up; each still gets a moment for its
         // Shutdown, past it.
         let deadline = Instant::now() + timeout;
+        // No more publishes either: every source stops before any plugin shuts down.
+        for version in &versions {
+            let left = deadline.saturating_duration_since(Instant::now());
+            stop_source(version, left.max(Duration::from_millis(100)));
+        }
         for version in versions {
             match retire_by(version, deadline) {
                 Ok((old, mut retired)) => report_unload(old, &mut retired, &self.shared),
@@ -342,6 +360,14 @@ fn retire_within_limits(
         }
     };
     Ok((old, running.retire_within(shutdown)))
+}
+
+/// Stops `version`'s event source within `limit`, logging a failure (the version is on its way
+/// out regardless).
+fn stop_source(version: &RunningPlugin, limit: Duration) {
+    if let Err(e) = version.stop_source(limit) {
+        warn!("{}: event source: {e}", version.name());
+    }
 }
 
 /// [`retire_now`] on a thread of its own, then `report`.

@@ -1,5 +1,5 @@
 //! The optional exports added after plugin-api 1.0: state hand-over (1.1), host callbacks
-//! (1.2), dependencies (1.3). Each is its own symbol carrying abi_stable's layout of its table,
+//! (1.2), dependencies (1.3), events (1.4). Each is its own symbol carrying abi_stable's layout of its table,
 //! checked on its own, so a plugin built before the export existed still loads and one built
 //! with another layout of it is refused (docs/design.md, "Layout checks and the abi_stable
 //! pin"). One reader serves them all: [`read`].
@@ -10,8 +10,8 @@ use std::path::Path;
 use abi_stable::type_layout::TypeLayout;
 use abi_stable::StableAbi;
 use plugin_api::ffi::{
-    DependencyExport, DependencyModule, HostApi, HostExport, StateExport, StateVTable,
-    DEPENDENCY_SYMBOL, HOST_SYMBOL, STATE_SYMBOL,
+    DependencyExport, DependencyModule, EventExport, EventModule, HostApi, HostExport, StateExport,
+    StateVTable, DEPENDENCY_SYMBOL, EVENT_SYMBOL, HOST_SYMBOL, STATE_SYMBOL,
 };
 
 use super::validate;
@@ -93,6 +93,15 @@ optional_export!(
     "dependencies",
     DependencyModule,
     DependencyModule,
+    |e| *e.module
+);
+
+optional_export!(
+    EventExport,
+    EVENT_SYMBOL,
+    "events",
+    EventModule,
+    EventModule,
     |e| *e.module
 );
 

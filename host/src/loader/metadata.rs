@@ -51,7 +51,47 @@ pub(crate) fn plugin_info(
         tags: list("tags", meta.tags.as_slice())?,
         config_schema,
         dependencies: Vec::new(),
+        emits: Vec::new(),
+        subscribes: Vec::new(),
+        event_source: false,
     })
+}
+
+/// The event declarations from the plugin's event export, into `info`: every topic and
+/// pattern checked, and no topic under the host's own prefix.
+pub(crate) fn events(
+    path: &Path,
+    module: &plugin_api::ffi::EventModule,
+    info: &mut PluginInfo,
+) -> Result<(), LoadError> {
+    use crate::event::topic;
+    for raw in module.emits.iter() {
+        let emitted = text(path, "emitted topic", raw)?;
+        topic::check_topic(&emitted).map_err(|reason| {
+            bad(
+                path,
+                format!("declares a malformed emitted topic: {reason}"),
+            )
+        })?;
+        if emitted.starts_with(topic::HOST_PREFIX) {
+            return Err(bad(
+                path,
+                format!(
+                    "declares it emits {emitted:?}: topics under {} are the host's own",
+                    topic::HOST_PREFIX
+                ),
+            ));
+        }
+        info.emits.push(emitted);
+    }
+    for raw in module.subscribes.iter() {
+        let pattern = text(path, "subscription", raw)?;
+        topic::check_pattern(&pattern)
+            .map_err(|reason| bad(path, format!("declares a malformed subscription: {reason}")))?;
+        info.subscribes.push(pattern);
+    }
+    info.event_source = module.source;
+    Ok(())
 }
 
 /// One requirement from the plugin's dependency export.

@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use plugin_api::ffi::{
-    DependencyExport, HostApi, HostExport, PluginCalls, PluginHeader, PluginVTable, StateExport,
-    StateVTable, HEADER_SYMBOL,
+    DependencyExport, EventApi, EventExport, EventModule, HostApi, HostExport, PluginCalls,
+    PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL,
 };
 
 use crate::error::LoadError;
@@ -89,6 +89,7 @@ pub(crate) struct Library {
     state: Option<StateVTable>,
     install_host: Option<Install<HostApi>>,
     install_calls: Option<Install<PluginCalls>>,
+    events: Option<EventModule>,
     content_hash: u128,
     load_time: Duration,
     // Taken by `close` (explicitly, or from `Drop`): the library is closed before its file
@@ -213,8 +214,14 @@ impl Library {
         self.state.as_ref()
     }
 
+    /// The event declarations and entry points, if exported (plugin-api 1.4). Valid while
+    /// `self` lives.
+    pub(crate) fn event_module(&self) -> Option<&EventModule> {
+        self.events.as_ref()
+    }
+
     /// Gives the plugin the host's tables, each only if the plugin exported a way to take it
-    /// (plugin-api 1.2 and 1.3), with `identity` to pass back on every callback.
+    /// (plugin-api 1.2, 1.3 and 1.4), with `identity` to pass back on every callback.
     ///
     /// # Safety
     ///
@@ -224,8 +231,14 @@ impl Library {
         &self,
         host: &'static HostApi,
         calls: &'static PluginCalls,
+        events: &'static EventApi,
         identity: *const c_void,
     ) {
+        if let Some(module) = &self.events {
+            // SAFETY: the export passed its layout check; the table is a static and the
+            // identity outlives the library's code (the caller's promise).
+            unsafe { (module.install)(events, identity) };
+        }
         if let Some(install) = self.install_host {
             // SAFETY: the export passed its layout check; the table is a static and the
             // identity outlives the library's code (the caller's promise).
@@ -285,6 +298,7 @@ struct Loaded {
     state: Option<StateVTable>,
     install_host: Option<Install<HostApi>>,
     install_calls: Option<Install<PluginCalls>>,
+    events: Option<EventModule>,
 }
 
 impl Loaded {
@@ -331,6 +345,10 @@ impl Loaded {
         let state = exports::read::<StateExport>(path, &library)?;
         let install_host = exports::read::<HostExport>(path, &library)?;
         let dependencies = exports::read::<DependencyExport>(path, &library)?;
+        let events = exports::read::<EventExport>(path, &library)?;
+        if let Some(module) = &events {
+            metadata::events(path, module, &mut info)?;
+        }
         if let Some(module) = &dependencies {
             info.dependencies = module
                 .requires
@@ -345,6 +363,7 @@ impl Loaded {
             state,
             install_host,
             install_calls: dependencies.map(|module| module.install),
+            events,
         })
     }
 
@@ -364,6 +383,7 @@ impl Loaded {
             state: self.state,
             install_host: self.install_host,
             install_calls: self.install_calls,
+            events: self.events,
             content_hash,
             load_time: started.elapsed(),
             library: Some(self.library),

@@ -133,25 +133,48 @@ pub(crate) fn on_own_thread<R: Send + 'static>(
     plugin_code: impl FnOnce() -> R + Send + 'static,
 ) -> Option<R> {
     let deadline = Instant::now() + limit;
-    let (sender, answer) = std::sync::mpsc::sync_channel(1);
-    let (ended, thread_end) = std::sync::mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("plughost-plugin".into())
-        .spawn(move || {
-            // Registered before any plugin code runs, so destroyed after every thread-local the
-            // plugin registers: its message says the plugin's destructors have all run.
-            THREAD_END.with(|end| *end.borrow_mut() = Some(ThreadEnd(ended)));
-            let _ = sender.send(plugin_code());
-        })
-        .expect("spawn a thread for plugin code");
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let result = answer.recv_timeout(left()).ok()?;
-    // The thread-local destructors run as the thread ends: wait for them too, within the same
-    // bound, before anyone may close the library. (A destructor that never returns leaves the
-    // thread running; the caller then treats the library as stuck.)
-    match thread_end.recv_timeout(left()) {
-        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(result),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+    PluginThread::spawn("plughost-plugin", plugin_code).wait_until(deadline)
+}
+
+/// Plugin code running on a thread of its own, as [`on_own_thread`] runs it, to wait for
+/// later: an event source's `start`, which runs until its `stop`.
+pub(crate) struct PluginThread<R> {
+    answer: std::sync::mpsc::Receiver<R>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl<R: Send + 'static> PluginThread<R> {
+    pub(crate) fn spawn(name: &str, plugin_code: impl FnOnce() -> R + Send + 'static) -> Self {
+        let (sender, answer) = std::sync::mpsc::sync_channel(1);
+        let (ended, thread_end) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                // Registered before any plugin code runs, so destroyed after every
+                // thread-local the plugin registers: its message says the plugin's
+                // destructors have all run.
+                THREAD_END.with(|end| *end.borrow_mut() = Some(ThreadEnd(ended)));
+                let _ = sender.send(plugin_code());
+            })
+            .expect("spawn a thread for plugin code");
+        PluginThread {
+            answer,
+            ended: thread_end,
+        }
+    }
+
+    /// The code's result once it returned and its thread ended (thread-local destructors
+    /// included), or `None` if that did not happen by `deadline`.
+    pub(crate) fn wait_until(self, deadline: Instant) -> Option<R> {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let result = self.answer.recv_timeout(left()).ok()?;
+        // The thread-local destructors run as the thread ends: wait for them too, within the
+        // same bound, before anyone may close the library. (A destructor that never returns
+        // leaves the thread running; the caller then treats the library as stuck.)
+        match self.ended.recv_timeout(left()) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(result),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+        }
     }
 }
 

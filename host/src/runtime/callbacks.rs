@@ -1,5 +1,6 @@
-//! What the host offers plugins: its log through [`HostApi`] (plugin-api 1.2), and calls to
-//! the plugins they depend on through [`PluginCalls`] (plugin-api 1.3).
+//! What the host offers plugins: its log through [`HostApi`] (plugin-api 1.2), calls to the
+//! plugins they depend on through [`PluginCalls`] (plugin-api 1.3), and publishing events
+//! through [`EventApi`] (plugin-api 1.4).
 //!
 //! A plugin's log lines come out of the host's `tracing` output with target `plugin`, inside a
 //! `plugin` span carrying the plugin's name and version, so `RUST_LOG` filters them like the
@@ -11,11 +12,13 @@ use std::sync::{Arc, OnceLock};
 
 use abi_stable::std_types::{RSlice, RStr};
 use plugin_api::ffi::{
-    log_level, BufferOwner, CallContext, HostApi, OutBuffer, PluginCalls, Status,
+    log_level, BufferOwner, CallContext, EventApi, HostApi, OutBuffer, PluginCalls, RawEvent,
+    Status,
 };
 use tracing::Span;
 
 use super::abi::{status_of, written, FreeFn, Written};
+use super::emitting::Emitting;
 use super::instance::{Callee, RunningPlugin};
 use super::registry::Slot;
 
@@ -27,6 +30,8 @@ pub(crate) struct PluginIdentity {
     /// The slots of the plugins it declared as dependencies, bound by the host once they are
     /// known to be in service (before Init). A slot follows its plugin across reloads.
     dependencies: OnceLock<Vec<Arc<Slot>>>,
+    /// Its right to publish, bound by the host before Init.
+    events: OnceLock<Arc<Emitting>>,
 }
 
 impl PluginIdentity {
@@ -35,6 +40,7 @@ impl PluginIdentity {
             name: name.to_owned(),
             span: tracing::info_span!("plugin", name = %name, version = %version),
             dependencies: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 
@@ -43,6 +49,45 @@ impl PluginIdentity {
     pub(crate) fn bind_dependencies(&self, slots: Vec<Arc<Slot>>) {
         let _ = self.dependencies.set(slots);
     }
+
+    /// Lets the plugin publish, as `emitting` allows. Only the first binding counts.
+    pub(crate) fn bind_events(&self, emitting: Arc<Emitting>) {
+        let _ = self.events.set(emitting);
+    }
+}
+
+/// The event table every plugin that takes part in events gets.
+pub(crate) static EVENT_API: EventApi = EventApi {
+    publish,
+    free_buffer: free_host_buffer,
+};
+
+/// # Safety
+///
+/// `plugin` is the identity given at install; `event` and `out` are valid for the call, `out`
+/// lending `ptr[..cap]` of the caller's memory.
+unsafe extern "C" fn publish(
+    plugin: *const c_void,
+    emitter: u64,
+    event: &RawEvent<'_>,
+    out: &mut OutBuffer,
+) -> Status {
+    // SAFETY: as documented; the identity outlives every call the library can make.
+    let identity = unsafe { &*plugin.cast::<PluginIdentity>() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let Some(events) = identity.events.get() else {
+            let message = format!(
+                "{} publishes before the host bound its events",
+                identity.name
+            );
+            return reply(out, Status::ERROR, message.as_bytes());
+        };
+        match events.publish(emitter, event) {
+            Ok(()) => Status::OK,
+            Err(e) => reply(out, Status::ERROR, e.to_string().as_bytes()),
+        }
+    }));
+    outcome.unwrap_or_else(|_| reply(out, Status::ERROR, b"the host failed to publish"))
 }
 
 /// The call table every plugin that declares dependencies gets.

@@ -3,14 +3,15 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use abi_stable::std_types::RSlice;
 use plugin_api::ffi::{PluginVTable, StateVTable, Status};
 
 use super::abi::{call_error, on_own_thread, with_output};
-use super::callbacks::{PluginIdentity, HOST_API, PLUGIN_CALLS};
+use super::callbacks::{PluginIdentity, EVENT_API, HOST_API, PLUGIN_CALLS};
+use super::emitting::Emitting;
 use super::registry::Slot;
 use super::worker::Supervisor;
 use crate::error::CallError;
@@ -32,6 +33,8 @@ pub struct PluginLibrary {
     identity: Option<Box<PluginIdentity>>,
     /// Set when plugin code was given up on while still running.
     stuck: AtomicBool,
+    /// Its right to publish, bound before Init.
+    events: OnceLock<Arc<Emitting>>,
     /// How long reading, checking and loading took.
     load_time: Duration,
 }
@@ -57,13 +60,14 @@ impl PluginLibrary {
         let pointer = (&*identity as *const PluginIdentity).cast();
         // SAFETY: the identity is kept with the library and freed only after `close` found the
         // library unmapped (forgotten otherwise), so it outlives the library's code.
-        unsafe { library.install_callbacks(&HOST_API, &PLUGIN_CALLS, pointer) };
+        unsafe { library.install_callbacks(&HOST_API, &PLUGIN_CALLS, &EVENT_API, pointer) };
         PluginLibrary {
             worker: None,
             load_time: library.load_time(),
             library: Some(library),
             identity: Some(identity),
             stuck: AtomicBool::new(false),
+            events: OnceLock::new(),
         }
     }
 
@@ -76,6 +80,7 @@ impl PluginLibrary {
             library: None,
             identity: None,
             stuck: AtomicBool::new(false),
+            events: OnceLock::new(),
             load_time,
         }
     }
@@ -156,6 +161,26 @@ impl PluginLibrary {
         } else if let Some(identity) = &self.identity {
             identity.bind_dependencies(slots);
         }
+    }
+
+    /// Lets the plugin publish as `emitting` allows; once, before Init.
+    pub(crate) fn bind_events(&self, emitting: Arc<Emitting>) {
+        if let Some(worker) = &self.worker {
+            worker.bind_events(emitting.clone());
+        } else if let Some(identity) = &self.identity {
+            identity.bind_events(emitting.clone());
+        }
+        let _ = self.events.set(emitting);
+    }
+
+    /// Its right to publish, once bound.
+    pub(crate) fn emitting(&self) -> Option<&Arc<Emitting>> {
+        self.events.get()
+    }
+
+    /// The event entry points, if exported (in this process only). Valid while `self` lives.
+    pub(crate) fn event_module(&self) -> Option<&plugin_api::ffi::EventModule> {
+        self.library.as_ref().and_then(Library::event_module)
     }
 
     /// Asks the plugin whether `config` (JSON; empty means `{}`) is a configuration its Init

@@ -7,11 +7,13 @@
 //! - [`registry`]: one `Slot` per plugin name, holding the version that serves it;
 //! - [`handle`]: [`PluginHandle`], the cheap way callers reach a slot's version;
 //! - [`local`]: [`LocalHandle`], a thread's own handle that keeps the version between calls;
-//! - [`callbacks`]: what the host offers plugins (logging, calls to their dependencies);
+//! - [`callbacks`]: what the host offers plugins (logging, calls to their dependencies,
+//!   publishing events), and [`emitting`]: a version's right to publish;
 //! - [`worker`]: isolation: the same library run in a worker process of its own (Linux).
 
 mod abi;
 mod callbacks;
+pub(crate) mod emitting;
 mod handle;
 mod instance;
 mod isolation;
@@ -24,6 +26,7 @@ pub(crate) mod worker;
 #[path = "no_worker.rs"]
 pub(crate) mod worker;
 
+pub(crate) use emitting::{Emitting, Publisher};
 pub use handle::{PluginHandle, PluginHealth, PluginOutput};
 pub(crate) use instance::{Limits, Retired, RunningPlugin};
 pub(crate) use isolation::{has_limits, Workers};

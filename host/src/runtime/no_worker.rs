@@ -62,4 +62,16 @@ impl Supervisor {
     pub(crate) fn status(&self) -> WorkerStatus {
         match *self {}
     }
+    pub(crate) fn bind_events(&self, _: Arc<crate::runtime::emitting::Emitting>) {
+        match *self {}
+    }
+    pub(crate) fn on_event(&self, _: &crate::event::Event, _: Duration) -> Result<(), CallError> {
+        match *self {}
+    }
+    pub(crate) fn start_source(&self, _: u64) -> Result<(), CallError> {
+        match *self {}
+    }
+    pub(crate) fn stop_source(&self, _: Duration) -> Result<(), CallError> {
+        match *self {}
+    }
 }

@@ -129,6 +129,35 @@ pub(super) fn read(
         let span = spans.get(&keys[..]).map(|s| s.value.clone());
         return Err(located(span, format!("host.{key}: {rule}")));
     }
+    // The same for each plugin's event settings: a queue of none, a handler with no time.
+    for (name, plugin) in &raw.plugins {
+        let unworkable = [
+            ("event_queue", plugin.event_queue == 0, "must be at least 1"),
+            (
+                "event_queue",
+                plugin.event_queue > MAX_EVENT_QUEUE,
+                "must be at most 1000000",
+            ),
+            (
+                "event_timeout",
+                plugin.event_timeout.is_zero(),
+                "must be longer than 0",
+            ),
+        ];
+        if let Some((key, _, rule)) = unworkable.iter().find(|(_, bad, _)| *bad) {
+            let keys = ["plugins".to_owned(), name.clone(), (*key).to_owned()];
+            let span = spans.get(&keys[..]).map(|s| s.value.clone());
+            return Err(located(span, format!("plugins.{name}.{key}: {rule}")));
+        }
+    }
+    if host.max_event_size.0 > MAX_EVENT_SIZE {
+        let keys = ["host".to_owned(), "max_event_size".to_owned()];
+        let span = spans.get(&keys[..]).map(|s| s.value.clone());
+        return Err(located(
+            span,
+            "host.max_event_size: must be at most 64MiB".to_owned(),
+        ));
+    }
     let base = path.parent().unwrap_or(Path::new(""));
     host.plugins_dir = base.join(&host.plugins_dir);
     host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
@@ -150,6 +179,11 @@ pub(super) fn read(
         source,
     })
 }
+
+/// The longest event queue a plugin may ask for: queues hold events in memory.
+const MAX_EVENT_QUEUE: usize = 1_000_000;
+/// The largest `max_event_size`: an event is copied once per isolated subscriber.
+const MAX_EVENT_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Records the spans of every key under `table`, by key path.
 fn index(table: &DeTable<'_>, path: &mut Vec<String>, out: &mut HashMap<Vec<String>, Spans>) {

@@ -336,3 +336,35 @@ fn settings_that_cannot_work_are_refused_at_their_place() {
         assert_eq!(parse(text).unwrap_err(), expected);
     }
 }
+
+#[test]
+fn event_settings_are_read_and_checked_at_their_place() {
+    let config = parse(
+        "[host]\nmax_event_size = \"64KiB\"\n[plugins.audit]\nevent_queue = 16\nevent_policy = \
+         \"drop_oldest\"\nevent_block = \"50ms\"\nevent_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.host.max_event_size.0, 64 * 1024);
+    let audit = config.plugin("audit");
+    assert_eq!(audit.event_queue, 16);
+    assert_eq!(audit.event_policy, crate::config::QueuePolicy::DropOldest);
+    assert_eq!(audit.event_block, Duration::from_millis(50));
+    assert_eq!(audit.event_timeout, Duration::from_secs(2));
+    for (text, expected) in [
+        (
+            "[plugins.audit]\nevent_queue = 0\n",
+            "plughost.toml:2:15: plugins.audit.event_queue: must be at least 1",
+        ),
+        (
+            "[plugins.audit]\nevent_timeout = \"0s\"\n",
+            "plughost.toml:2:17: plugins.audit.event_timeout: must be longer than 0",
+        ),
+    ] {
+        assert_eq!(parse(text).unwrap_err(), expected);
+    }
+    let error = parse("[plugins.audit]\nevent_policy = \"sometimes\"\n").unwrap_err();
+    assert!(
+        error.starts_with("plughost.toml:2:16:") && error.contains("drop_oldest"),
+        "{error}"
+    );
+}

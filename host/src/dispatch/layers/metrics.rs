@@ -126,29 +126,48 @@ impl PluginMetrics {
     }
 }
 
+/// What is told of each failed call, with the time it took (the host's
+/// `plughost.call.failed` event).
+pub(crate) type OnFailure = Arc<dyn Fn(&CallError, Duration) + Send + Sync>;
+
 /// Records every call's outcome and time.
 #[derive(Clone)]
 pub struct MetricsLayer {
     metrics: Arc<PluginMetrics>,
+    on_failure: Option<OnFailure>,
 }
 
 impl MetricsLayer {
     /// Records into `metrics`.
     pub fn new(metrics: Arc<PluginMetrics>) -> Self {
-        MetricsLayer { metrics }
+        MetricsLayer {
+            metrics,
+            on_failure: None,
+        }
+    }
+
+    /// Also tells `on_failure` of every failed call.
+    pub(crate) fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = Some(on_failure);
+        self
     }
 }
 
 impl CallLayer for MetricsLayer {
     fn call<S: Next>(&self, inner: &mut S, call: PluginCall) -> CallFuture {
         let metrics = self.metrics.clone();
+        let on_failure = self.on_failure.clone();
         let in_flight = InFlight::new(metrics.clone());
         let started = std::time::Instant::now();
         let answer = inner.call(call);
         Box::pin(async move {
             let outcome = answer.await;
             drop(in_flight);
-            metrics.record(&outcome, started.elapsed());
+            let took = started.elapsed();
+            metrics.record(&outcome, took);
+            if let (Err(error), Some(on_failure)) = (&outcome, &on_failure) {
+                on_failure(error, took);
+            }
             if let Err(CallError::Panicked { plugin, message }) = &outcome {
                 let _span = tracing::info_span!("plugin", name = %plugin).entered();
                 tracing::warn!("plugin {plugin} panicked: {message}");

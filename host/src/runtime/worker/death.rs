@@ -17,6 +17,8 @@ pub(crate) enum Phase {
     Health = 4,
     SaveState = 5,
     Shutdown = 6,
+    Event = 7,
+    Source = 8,
 }
 
 impl Phase {
@@ -28,6 +30,8 @@ impl Phase {
             4 => Phase::Health,
             5 => Phase::SaveState,
             6 => Phase::Shutdown,
+            7 => Phase::Event,
+            8 => Phase::Source,
             _ => Phase::Idle,
         }
     }
@@ -41,6 +45,8 @@ impl Phase {
             Phase::Health => "during health",
             Phase::SaveState => "during save_state",
             Phase::Shutdown => "during shutdown",
+            Phase::Event => "during on_event",
+            Phase::Source => "during the event source's start or stop",
         }
     }
 }

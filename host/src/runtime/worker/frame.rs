@@ -29,6 +29,10 @@ pub(crate) enum Kind {
     /// (ns since the epoch, 0 for none); `status`: the lane it calls from, or 255;
     /// `first`: the plugin's name; `second`: the input.
     Call = 5,
+    /// Worker: the plugin publishes an event. `id`: to answer with (a `CallReply`);
+    /// `number`: the emitter token (0 from a call or handler); `first`: the
+    /// [`EventHeader`] as JSON; `second`: the data.
+    Emit = 6,
     /// Host: Init. `first`: the configuration; `second`: the state to take over, if any.
     Init = 10,
     /// Host: validate_config. `first`: the configuration.
@@ -41,6 +45,13 @@ pub(crate) enum Kind {
     Shutdown = 14,
     /// Host: the answer to the worker's call `id`. `status`, `first`: the callee's.
     CallReply = 15,
+    /// Host: deliver an event to the handler. `number`: its deadline (ns since the epoch);
+    /// `first`: the [`EventHeader`] as JSON; `second`: the data.
+    Event = 16,
+    /// Host: start the event source. `number`: the emitter token.
+    Start = 17,
+    /// Host: stop the event source and wait for its start to return.
+    Stop = 18,
 }
 
 impl Kind {
@@ -51,15 +62,35 @@ impl Kind {
             3 => Kind::Reply,
             4 => Kind::Log,
             5 => Kind::Call,
+            6 => Kind::Emit,
             10 => Kind::Init,
             11 => Kind::Validate,
             12 => Kind::Health,
             13 => Kind::SaveState,
             14 => Kind::Shutdown,
             15 => Kind::CallReply,
+            16 => Kind::Event,
+            17 => Kind::Start,
+            18 => Kind::Stop,
             _ => return None,
         })
     }
+}
+
+/// An event's attributes but its data, as they cross the control channel (as JSON: events
+/// cross it rarely next to calls, and a worker's bytes are checked by parsing them).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct EventHeader {
+    #[serde(default)]
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) source: String,
+    pub(crate) topic: String,
+    #[serde(default)]
+    pub(crate) time_unix_nanos: u64,
+    pub(crate) datacontenttype: String,
+    #[serde(default)]
+    pub(crate) extensions: Vec<(String, String)>,
 }
 
 /// One message on the control channel.

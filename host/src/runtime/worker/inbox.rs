@@ -10,16 +10,17 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use plugin_api::ffi::{log_level, CallContext, Status};
 use tracing::Span;
 
-use super::frame::{Frame, Kind};
+use super::frame::{EventHeader, Frame, Kind};
 use super::lanes::LANES;
 use super::process::{Process, TAIL_LINES};
 use crate::runtime::callbacks::{call_for_caller, dependency, NOT_LOADED};
+use crate::runtime::emitting::Emitting;
 use crate::runtime::registry::Slot;
 
 /// What a worker's threads share with the supervisor: the plugin's identity in the host.
@@ -32,6 +33,8 @@ pub(crate) struct Identity {
     pub(crate) dependencies: OnceLock<Vec<Arc<Slot>>>,
     /// Who restarts its workers.
     pub(crate) supervisor: OnceLock<std::sync::Weak<super::supervisor::Supervisor>>,
+    /// Its right to publish, bound before Init.
+    pub(crate) events: OnceLock<Arc<Emitting>>,
 }
 
 /// Reads the worker's pipe line by line, logging each under the plugin's span and keeping the
@@ -133,6 +136,7 @@ pub(super) fn read_channel(
 ) {
     let mut reader = std::io::BufReader::new(reader);
     let mut loaded = Some(loaded);
+    let mut publisher: Option<SyncSender<Frame>> = None;
     loop {
         let frame = match Frame::read_from(&mut reader) {
             Ok(Some(frame)) => frame,
@@ -160,6 +164,18 @@ pub(super) fn read_channel(
                 }
             }
             Kind::Log => log_line(&identity, frame.status, &frame.first),
+            // On a thread of their own, in order (the plugin's events stay in publish order):
+            // a publish may wait for room in a full `block` queue, and replies to the host's
+            // requests must not wait behind it.
+            Kind::Emit => {
+                let publisher = publisher
+                    .get_or_insert_with(|| start_publisher(process.clone(), identity.clone()));
+                if let Err(TrySendError::Full(frame) | TrySendError::Disconnected(frame)) =
+                    publisher.try_send(frame)
+                {
+                    refuse_publish(&process, &frame);
+                }
+            }
             Kind::Call => {
                 // Each runs on a thread of its own (it may wait on a slow plugin), so a worker
                 // that floods the channel with calls must not get a thread for each.
@@ -200,6 +216,7 @@ impl Identity {
             span: std::sync::RwLock::new(Span::none()),
             dependencies: OnceLock::new(),
             supervisor: OnceLock::new(),
+            events: OnceLock::new(),
         }
     }
 
@@ -257,6 +274,78 @@ pub(super) fn max_level() -> u8 {
     } else {
         log_level::ERROR
     }
+}
+
+/// Publishes a worker's plugin may have waiting at once; more are refused.
+const MAX_PUBLISHES: usize = 256;
+
+/// The thread that publishes, in order, what a worker's plugin publishes.
+fn start_publisher(process: Arc<Process>, identity: Arc<Identity>) -> SyncSender<Frame> {
+    let (sender, frames) = sync_channel::<Frame>(MAX_PUBLISHES);
+    let spawned = std::thread::Builder::new()
+        .name("plughost-worker-publish".into())
+        .spawn(move || {
+            for frame in frames {
+                publish(&process, &identity, frame);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a thread for a worker's events: {e}");
+    }
+    sender
+}
+
+/// Answers a publish of the worker's plugin that the host will not make.
+fn refuse_publish(process: &Process, emit: &Frame) {
+    let mut answer = Frame::new(Kind::CallReply);
+    answer.id = emit.id;
+    answer.status = Status::ERROR.0;
+    answer.first = format!(
+        "refused by the host: more than {MAX_PUBLISHES} publishes waiting from one isolated \
+         plugin"
+    )
+    .into_bytes();
+    let _ = answer.write_to(&mut *process.control.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// Publishes an event of the worker's plugin, and answers it.
+fn publish(process: &Process, identity: &Identity, emit: Frame) {
+    use abi_stable::std_types::{RSlice, RStr};
+    use plugin_api::ffi::{Extension, RawEvent};
+    let mut answer = Frame::new(Kind::CallReply);
+    answer.id = emit.id;
+    let outcome = match (
+        identity.events.get(),
+        serde_json::from_slice::<EventHeader>(&emit.first),
+    ) {
+        (None, _) => Err("the host has not bound this plugin's events".to_owned()),
+        (_, Err(e)) => Err(format!("the worker sent a damaged event: {e}")),
+        (Some(events), Ok(header)) => {
+            let extensions: Vec<Extension<'_>> = header
+                .extensions
+                .iter()
+                .map(|(name, value)| Extension {
+                    name: RStr::from_str(name),
+                    value: RStr::from_str(value),
+                })
+                .collect();
+            let raw = RawEvent {
+                id: RStr::from_str(""),
+                source: RStr::from_str(""),
+                topic: RStr::from_str(&header.topic),
+                time_unix_nanos: 0,
+                datacontenttype: RStr::from_str(&header.datacontenttype),
+                data: RSlice::from_slice(emit.second.as_deref().unwrap_or_default()),
+                extensions: RSlice::from_slice(&extensions),
+            };
+            events.publish(emit.number, &raw).map_err(|e| e.to_string())
+        }
+    };
+    if let Err(message) = outcome {
+        answer.status = Status::ERROR.0;
+        answer.first = message.into_bytes();
+    }
+    let _ = answer.write_to(&mut *process.control.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// Runs the worker's plugin's call to another plugin, and answers it.

@@ -181,7 +181,8 @@ impl Supervisor {
                         return;
                     }
                     let pid = process.pid();
-                    self.serve_with(life, process);
+                    self.serve_with(life, process.clone());
+                    self.restart_source(&process);
                     info!("{} restarted (worker process {pid})", self.name());
                     return;
                 }

@@ -22,10 +22,11 @@ use std::sync::{Mutex, OnceLock};
 
 use abi_stable::std_types::{RSlice, RStr};
 use plugin_api::ffi::{
-    health_level, CallContext, HostApi, OutBuffer, PluginCalls, PluginVTable, StateVTable, Status,
+    health_level, CallContext, EventApi, EventModule, Extension, HostApi, OutBuffer, PluginCalls,
+    PluginVTable, RawEvent, StateVTable, Status,
 };
 
-use super::frame::{Frame, Kind};
+use super::frame::{EventHeader, Frame, Kind};
 use super::lanes::{Region, LANES, MESSAGE_LIMIT, OP_QUIT, STATUS_TOO_LARGE};
 use crate::loader::Library;
 use crate::runtime::abi::{with_output, written, Written, BROKEN_PROTOCOL};
@@ -68,7 +69,10 @@ impl Side {
 struct Served {
     vtable: PluginVTable,
     state: Option<StateVTable>,
+    events: Option<EventModule>,
     instance: AtomicPtr<c_void>,
+    /// The event source's `start`, running or returned.
+    source: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Ends the process at once, without running the plugin's exit handlers or destructors (they
@@ -140,13 +144,17 @@ pub(crate) fn run(args: &[std::ffi::OsString]) -> ExitCode {
         }
     };
     // SAFETY: the tables are statics and the identity is unused (the worker has one plugin).
-    unsafe { library.install_callbacks(&WORKER_API, &WORKER_CALLS, std::ptr::null()) };
+    unsafe {
+        library.install_callbacks(&WORKER_API, &WORKER_CALLS, &WORKER_EVENTS, std::ptr::null())
+    };
     let mut loaded = Frame::new(Kind::Loaded);
     loaded.first = serde_json::to_vec(library.info()).unwrap_or_default();
     let served: &'static Served = Box::leak(Box::new(Served {
         vtable: *library.vtable(),
         state: library.state_vtable().copied(),
+        events: library.event_module().copied(),
         instance: AtomicPtr::new(std::ptr::null_mut()),
+        source: Mutex::new(None),
     }));
     // Never closed: the process's end unloads it.
     std::mem::forget(library);
@@ -327,6 +335,107 @@ fn serve_request(side: &Side, served: &Served, request: Frame) {
             }
             None => Status::OK,
         },
+        Kind::Event => match served.events {
+            Some(events) => {
+                let instance = served.instance.load(Ordering::Acquire);
+                match serde_json::from_slice::<EventHeader>(&request.first) {
+                    Err(e) => {
+                        bytes = format!("the host sent a damaged event: {e}").into_bytes();
+                        Status::ERROR
+                    }
+                    Ok(header) => {
+                        let extensions: Vec<Extension<'_>> = header
+                            .extensions
+                            .iter()
+                            .map(|(name, value)| Extension {
+                                name: RStr::from_str(name),
+                                value: RStr::from_str(value),
+                            })
+                            .collect();
+                        let raw = RawEvent {
+                            id: RStr::from_str(&header.id),
+                            source: RStr::from_str(&header.source),
+                            topic: RStr::from_str(&header.topic),
+                            time_unix_nanos: header.time_unix_nanos,
+                            datacontenttype: RStr::from_str(&header.datacontenttype),
+                            data: RSlice::from_slice(request.second.as_deref().unwrap_or_default()),
+                            extensions: RSlice::from_slice(&extensions),
+                        };
+                        let ctx = CallContext {
+                            cancelled: std::ptr::null(),
+                            deadline_unix_nanos: request.number,
+                        };
+                        // SAFETY: see above; the host delivers events only after Init.
+                        unsafe {
+                            with_output(&mut bytes, free, |out| {
+                                (events.on_event)(instance, &ctx, &raw, out)
+                            })
+                        }
+                    }
+                }
+            }
+            None => Status::OK,
+        },
+        Kind::Start => {
+            if let Some(events) = served.events {
+                let instance = InstancePtr(served.instance.load(Ordering::Acquire));
+                let token = request.number;
+                let thread = std::thread::Builder::new()
+                    .name("plughost-source".into())
+                    .spawn(move || {
+                        let instance = instance;
+                        let mut message = Vec::new();
+                        // SAFETY: see above; Shutdown comes only after Stop, which waits for
+                        // this thread.
+                        let status = unsafe {
+                            with_output(&mut message, free, |out| {
+                                (events.start)(instance.0, token, out)
+                            })
+                        };
+                        if status != Status::OK {
+                            let mut line = b"event source stopped with an error: ".to_vec();
+                            line.extend_from_slice(&message);
+                            let mut frame = Frame::new(Kind::Log);
+                            frame.status = plugin_api::ffi::log_level::WARN;
+                            frame.first = line;
+                            frame.first.truncate(64 * 1024);
+                            if let Some(side) = SIDE.get() {
+                                side.send(&frame);
+                            }
+                        }
+                    });
+                match thread {
+                    Ok(thread) => {
+                        *served.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread)
+                    }
+                    Err(e) => bytes = format!("cannot start a thread: {e}").into_bytes(),
+                }
+            }
+            if bytes.is_empty() {
+                Status::OK
+            } else {
+                Status::ERROR
+            }
+        }
+        Kind::Stop => match served.events {
+            Some(events) => {
+                let instance = served.instance.load(Ordering::Acquire);
+                // SAFETY: see above.
+                let status =
+                    unsafe { with_output(&mut bytes, free, |out| (events.stop)(instance, out)) };
+                let thread = served
+                    .source
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                // The host's time limit covers this wait: past it, this process is killed.
+                if let Some(thread) = thread {
+                    let _ = thread.join();
+                }
+                status
+            }
+            None => Status::OK,
+        },
         Kind::Shutdown => {
             let instance = served.instance.swap(std::ptr::null_mut(), Ordering::AcqRel);
             let status = if instance.is_null() {
@@ -365,6 +474,16 @@ static WORKER_CALLS: PluginCalls = PluginCalls {
     call: worker_call,
     free_buffer: free_host_buffer,
 };
+
+static WORKER_EVENTS: EventApi = EventApi {
+    publish: worker_publish,
+    free_buffer: free_host_buffer,
+};
+
+/// An instance pointer moved to the source's thread.
+struct InstancePtr(*mut c_void);
+// SAFETY: the plugin's instance may be used from any thread (`Plugin: Send + Sync`).
+unsafe impl Send for InstancePtr {}
 
 /// # Safety
 ///
@@ -405,29 +524,80 @@ unsafe extern "C" fn worker_call(
     if input.len() > MESSAGE_LIMIT {
         return reply(out, Status::ERROR, b"the input is too large for a call");
     }
-    let id = side.next_call.fetch_add(1, Ordering::Relaxed);
-    let (sender, answer) = sync_channel(1);
-    side.calls
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, sender);
     let mut frame = Frame::new(Kind::Call);
-    frame.id = id;
     frame.number = ctx.deadline_unix_nanos;
     frame.status = side.region.lane_of(ctx.cancelled).map_or(255, |i| i as u8);
     frame.first = name.as_rslice().as_slice().to_vec();
     frame.second = Some(input.as_slice().to_vec());
     if !frame.fits() {
-        side.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
         return reply(out, Status::ERROR, b"the call is too large for the channel");
     }
+    ask_host(side, frame, out)
+}
+
+/// Sends `frame` (a call or a publish) to the host and writes its answer into `out`.
+fn ask_host(side: &Side, mut frame: Frame, out: &mut OutBuffer) -> Status {
+    let id = side.next_call.fetch_add(1, Ordering::Relaxed);
+    frame.id = id;
+    let (sender, answer) = sync_channel(1);
+    side.calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, sender);
     side.send(&frame);
     // The host answers every call, within its deadline; if it died, so does this process.
     match answer.recv() {
         Ok(answer) => reply(out, Status(answer.status), &answer.first),
         Err(_) => reply(out, Status::ERROR, b"the host did not answer"),
     }
+}
+
+/// # Safety
+///
+/// `event` and `out` are valid for the call, `out` lending `ptr[..cap]`.
+unsafe extern "C" fn worker_publish(
+    _: *const c_void,
+    emitter: u64,
+    event: &RawEvent<'_>,
+    out: &mut OutBuffer,
+) -> Status {
+    let Some(side) = SIDE.get() else {
+        return reply(out, Status::ERROR, b"the worker is not set up");
+    };
+    // As in process: text that is not UTF-8 is refused, not mended.
+    let strings = [event.topic, event.datacontenttype]
+        .into_iter()
+        .chain(event.extensions.iter().flat_map(|e| [e.name, e.value]));
+    for text in strings {
+        if std::str::from_utf8(text.as_rslice().as_slice()).is_err() {
+            return reply(
+                out,
+                Status::ERROR,
+                b"an attribute of the event is not UTF-8",
+            );
+        }
+    }
+    let text = |s: RStr<'_>| String::from_utf8_lossy(s.as_rslice().as_slice()).into_owned();
+    let header = EventHeader {
+        topic: text(event.topic),
+        datacontenttype: text(event.datacontenttype),
+        extensions: event
+            .extensions
+            .iter()
+            .map(|e| (text(e.name), text(e.value)))
+            .collect(),
+        ..EventHeader::default()
+    };
+    let mut frame = Frame::new(Kind::Emit);
+    frame.number = emitter;
+    frame.first = serde_json::to_vec(&header).unwrap_or_default();
+    frame.second = Some(event.data.as_slice().to_vec());
+    if !frame.fits() {
+        let message = format!(
+            "cannot publish {}: the event is too large for an isolated plugin's channel",
+            header.topic
+        );
+        return reply(out, Status::ERROR, message.as_bytes());
+    }
+    ask_host(side, frame, out)
 }

@@ -1,0 +1,495 @@
+//! The CLI side of events, end to end with the real binary and real plugins: `plughost run`'s
+//! control socket, `plughost emit`, `plughost events`, and the event declarations `list` and
+//! `inspect` show.
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use plughost_tests::{lines_of, stderr, stdout, terminate, wait_line, PluginDir};
+use serde_json::Value;
+
+/// How long any one `plughost` command may take before the test fails.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `plughost run` in the background, stopped with SIGTERM (and waited for) when dropped,
+/// whatever the test's outcome.
+struct Running {
+    child: Option<Child>,
+    lines: Receiver<String>,
+}
+
+impl Running {
+    /// Starts `plughost run <extra>` on `dir` and waits until its plugins are loaded; the log
+    /// line that says how many.
+    fn start(dir: &PluginDir, extra: &[&str]) -> (Running, String) {
+        let mut child = dir
+            .command(&["run", "--health-interval", "0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start plughost run");
+        let lines = lines_of(&mut child);
+        let running = Running {
+            child: Some(child),
+            lines,
+        };
+        let line = running.wait_line("plugin(s) running");
+        (running, line)
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_line(&self, needle: &str) -> String {
+        wait_line(&self.lines, needle, Duration::from_secs(60))
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        terminate(&child);
+        let status = plughost_tests::exits_within(&mut child, Duration::from_secs(30));
+        assert!(status.success(), "plughost run exited with {status}");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // Not `exits_within`, which panics: this may run while a test is already panicking.
+        terminate(&child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Runs `command` to completion with `input` on its stdin, failing the test if it takes longer
+/// than [`COMMAND_LIMIT`].
+fn finish(mut command: Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plughost");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let status = plughost_tests::exits_within(&mut child, COMMAND_LIMIT);
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// `plughost <args>` on `dir` with `--config config`, to completion.
+fn cli(dir: &PluginDir, config: Option<&Path>, args: &[&str]) -> Output {
+    let mut command = dir.command(args);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    finish(command, b"")
+}
+
+/// A folder with a `plughost.toml` configuring `audit` to write to `audit.jsonl` beside it.
+fn audit_settings() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit.jsonl");
+    let config = work.path().join("plughost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins.audit.config]\nfile = {:?}\n",
+            audit.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    (work, config, audit)
+}
+
+/// Waits up to 10 s for a line of the JSON-lines file `path` that `wanted` accepts.
+fn wait_for_record(path: &Path, mut wanted: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Only whole lines: the last one may be half written.
+        let found = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| wanted(v));
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such record in {} within 10 s; it holds:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The row of a whitespace-aligned table whose first cell is `first`, split into cells.
+fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no row {first} in\n{table}"))
+}
+
+/// Sends one request line and reads one answer line.
+fn ask(stream: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
+    stream.get_mut().write_all(line).unwrap();
+    let mut answer = String::new();
+    stream.read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+fn connect(path: &Path) -> BufReader<UnixStream> {
+    let stream = UnixStream::connect(path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    BufReader::new(stream)
+}
+
+#[test]
+fn emit_reaches_a_subscribing_plugin_and_events_counts_it() {
+    let dir = PluginDir::new();
+    dir.add("audit");
+    let (_work, config, audit) = audit_settings();
+    let (host, running) = Running::start(&dir, &["--config", config.to_str().unwrap()]);
+    assert!(running.contains(" 1 plugin(s) running"), "{running}");
+    let socket = dir.path().join(".plughost.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    let out = cli(
+        &dir,
+        Some(&config),
+        &["emit", "user.created", r#"{"id":7}"#],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "queued for 1 subscriber\n");
+    let record = wait_for_record(&audit, |v| v["type"] == "user.created");
+    assert_eq!(record["data"]["id"], 7, "{record}");
+    assert_eq!(record["source"], "plughost-cli", "{record}");
+
+    // Data from standard input; a topic nobody subscribes to.
+    let out = finish(dir.command(&["emit", "user.deleted", "-"]), br#"{"id":8}"#);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "queued for 1 subscriber\n");
+    wait_for_record(&audit, |v| {
+        v["type"] == "user.deleted" && v["data"]["id"] == 8
+    });
+    let out = cli(&dir, None, &["emit", "nobody.listens", "[1,2]"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "published; nobody subscribes to nobody.listens\n"
+    );
+
+    let out = cli(&dir, None, &["events"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.starts_with("TOPIC"), "{table}");
+    // TOPIC PUBLISHED UNROUTED DELIVERED DROPPED FAILED
+    assert_eq!(row(&table, "user.created")[1..3], ["1", "0"], "{table}");
+    assert_eq!(row(&table, "nobody.listens")[1..3], ["1", "1"], "{table}");
+    let audit_row = row(&table, "audit");
+    assert_eq!(audit_row[1], "plugin", "{table}");
+    assert!(table.contains("ticker.>, user.>, plughost.>"), "{table}");
+
+    let out = cli(&dir, None, &["events", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let topic = stats["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "user.created")
+        .unwrap_or_else(|| panic!("{stats:#}"));
+    assert_eq!(topic["published"], 1, "{stats:#}");
+    let subscriber = &stats["subscribers"][0];
+    assert_eq!(subscriber["name"], "audit", "{stats:#}");
+    assert_eq!(subscriber["kind"], "plugin", "{stats:#}");
+    assert_eq!(subscriber["policy"], "block", "{stats:#}");
+    assert!(subscriber["latency"]["p99_us"].is_f64(), "{stats:#}");
+
+    // A second host on the same folder is refused at once, and leaves the socket alone.
+    let out = cli(&dir, Some(&config), &["run", "--no-watch"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("another plughost already serves") && err.contains(".plughost.sock"),
+        "{err}"
+    );
+    assert!(!err.contains("loaded audit"), "{err}");
+    let out = cli(&dir, None, &["emit", "user.updated", "{}"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    host.stop();
+    assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+#[test]
+fn emitting_a_reserved_topic_is_refused_and_a_stale_socket_is_replaced() {
+    let dir = PluginDir::new();
+    let socket = dir.path().join(".plughost.sock");
+    // What a host killed with SIGKILL leaves: a socket nobody listens on.
+    drop(UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let (host, _) = Running::start(&dir, &[]);
+
+    let out = cli(&dir, None, &["emit", "plughost.plugin.loaded", "{}"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot publish plughost.plugin.loaded")
+            && err.contains("topics under plughost. are the host's own"),
+        "{err}"
+    );
+    let out = cli(&dir, None, &["emit", "bad topic", "{}"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot publish bad topic"),
+        "{}",
+        stderr(&out)
+    );
+
+    host.stop();
+    assert!(!socket.exists());
+}
+
+#[test]
+fn emit_and_events_without_a_running_host_say_so() {
+    let dir = PluginDir::new();
+    for args in [&["emit", "user.created", "{}"][..], &["events"][..]] {
+        let out = cli(&dir, None, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let expected = format!(
+            "no plughost is running on {}/ (no control socket at {}/.plughost.sock): start one \
+             with plughost run",
+            dir.path().display(),
+            dir.path().display()
+        );
+        assert!(err.contains(&expected), "{err}");
+    }
+    // A socket left by a host that died is not a host.
+    drop(UnixListener::bind(dir.path().join(".plughost.sock")).unwrap());
+    let out = cli(&dir, None, &["emit", "user.created", "{}"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no plughost is running on") && err.contains("stale"),
+        "{err}"
+    );
+}
+
+#[test]
+fn emit_checks_the_json_before_anything_else() {
+    let dir = PluginDir::new();
+    let out = cli(&dir, None, &["emit", "user.x", "not json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the event's data is not valid JSON: expected ident at line 1 column 2"),
+        "{err}"
+    );
+    assert!(!err.contains("no plughost is running"), "{err}");
+
+    let out = finish(dir.command(&["emit", "user.x", "-"]), b"{\"id\": ");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not valid JSON: EOF while parsing"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_control_socket_survives_hostile_clients_and_never_delays_shutdown() {
+    let dir = PluginDir::new();
+    let work = tempfile::tempdir().unwrap();
+    let socket = work.path().join("control.sock");
+    let (host, _) = Running::start(&dir, &["--control", socket.to_str().unwrap()]);
+
+    // Only with --control: the folder's default place is empty.
+    let out = cli(&dir, None, &["events"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no plughost is running"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(
+        &dir,
+        None,
+        &["emit", "a.b", "-5", "--control", socket.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "published; nobody subscribes to a.b\n");
+
+    let mut first = connect(&socket);
+    let answer = ask(&mut first, b"{not json\n");
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request"),
+        "{answer}"
+    );
+    let answer = ask(&mut first, b"{\"op\":\"reboot\"}\n");
+    assert!(
+        answer["error"].as_str().unwrap().contains("unknown op"),
+        "{answer}"
+    );
+    let answer = ask(
+        &mut first,
+        b"{\"op\":\"emit\",\"topic\":\"a.b\",\"data\":1}\n",
+    );
+    assert_eq!(answer, serde_json::json!({"ok": true, "queued": 0}));
+    let answer = ask(&mut first, b"{\"op\":\"stats\"}\n");
+    assert_eq!(answer["ok"], true, "{answer}");
+    let topics = answer["stats"]["topics"].as_array().unwrap();
+    let topic = topics.iter().find(|t| t["topic"] == "a.b").unwrap();
+    assert_eq!(topic["published"], 2, "{answer}");
+
+    // A line past 1 MiB + 4 KiB: an error answer, then the connection is closed.
+    let mut client = connect(&socket);
+    let mut huge = b"{\"op\":\"emit\",\"topic\":\"a.b\",\"data\":\"".to_vec();
+    huge.resize(3 << 20, b'x');
+    // The host stops reading past the limit: the rest of the write may fail.
+    let _ = client.get_mut().write_all(&huge);
+    let mut answer = String::new();
+    client.read_line(&mut answer).unwrap();
+    assert!(answer.contains("request line longer than"), "{answer}");
+    answer.clear();
+    assert_eq!(
+        client.read_line(&mut answer).unwrap(),
+        0,
+        "closed: {answer}"
+    );
+
+    // Sixteen connections at once, and no more: the earlier ones closed first.
+    for mut done in [first, client] {
+        let _ = done.get_mut().shutdown(std::net::Shutdown::Write);
+        let mut rest = String::new();
+        assert_eq!(done.read_line(&mut rest).unwrap(), 0, "{rest}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let idle: Vec<_> = (0..16).map(|_| connect(&socket)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = connect(&socket);
+    let mut answer = String::new();
+    extra.read_line(&mut answer).unwrap();
+    assert!(answer.contains("too many control connections"), "{answer}");
+
+    // Idle connections are closed within the read timeout, and their places freed.
+    for mut connection in idle {
+        let mut rest = String::new();
+        assert_eq!(connection.read_line(&mut rest).unwrap(), 0, "{rest}");
+    }
+    let mut client = connect(&socket);
+    assert_eq!(ask(&mut client, b"{\"op\":\"stats\"}\n")["ok"], true);
+
+    // A client holding a connection open does not hold up SIGTERM.
+    let started = Instant::now();
+    host.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!socket.exists());
+    drop(client);
+}
+
+#[test]
+fn list_and_inspect_show_what_plugins_declare_about_events() {
+    let dir = PluginDir::new();
+    dir.add("audit");
+    let ticker = dir.add("ticker");
+    dir.add("transform");
+    let out = cli(&dir, None, &["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let line = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{table}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        line("audit").ends_with("libaudit.so subscribes ticker.>, user.>, plughost.> ok"),
+        "{table}"
+    );
+    assert!(
+        line("ticker").ends_with("libticker.so emits ticker.tick (source) ok"),
+        "{table}"
+    );
+    assert!(
+        line("transform").ends_with("libtransform.so - ok"),
+        "{table}"
+    );
+
+    let out = cli(&dir, None, &["inspect", ticker.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("\n  emits:        ticker.tick\n"), "{text}");
+    assert!(text.contains("\n  event source: yes\n"), "{text}");
+    assert!(!text.contains("subscribes:"), "{text}");
+
+    let audit = dir
+        .path()
+        .join(plughost_tests::library("audit").file_name().unwrap());
+    let out = cli(&dir, None, &["inspect", audit.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        info["subscribes"],
+        serde_json::json!(["ticker.>", "user.>", "plughost.>"])
+    );
+    assert_eq!(info["event_source"], false);
+}
