@@ -731,6 +731,18 @@ pub enum PublishError {
         /// How long the publisher waited.
         waited: std::time::Duration,
     },
+    /// A subscriber's queue was full and the publisher, a plugin, is being stopped: it stops
+    /// waiting for room (policy `block`), and the event is dropped for that subscriber.
+    #[error(
+        "{}: dropped for {subscriber}: its queue was full and the publisher is being stopped",
+        shown(topic)
+    )]
+    Stopping {
+        /// The topic.
+        topic: String,
+        /// The subscriber whose queue was full.
+        subscriber: String,
+    },
     /// The emitter of an event source was used after its source was stopped or replaced.
     #[error(
         "cannot publish {} for {plugin}: its emitter is dead (the source was stopped or \

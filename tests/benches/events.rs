@@ -17,8 +17,9 @@
 //!    0 subscribers (unrouted), 1 and 4 under `block` (drained), and 4 whose queues are always
 //!    full (handlers sleep 1 ms) under `drop_newest` and `drop_oldest`.
 //! 3. `latency`: publish-to-handler latency, p50 and p99, one subscriber, one event every
-//!    50 µs (the receiving thread goes to sleep between events), and every 10 µs (the bus's
-//!    taker, which spins 20 µs, stays awake): the bus to an app handler (stamped by the handler; also the bus's own statistics),
+//!    50 µs and every 10 µs (a thread that sleeps between events pays a wake-up; the bus's
+//!    taker yields up to twice the recent gap before sleeping): the bus to an app handler
+//!    (stamped by the handler; also the bus's own statistics),
 //!    the bus to the `tally` plugin in process (the bus's statistics: publish to handler start),
 //!    broadcast and crossbeam (stamped by the receiving thread).
 //! 4. `throughput`: N events (1,000,000; `EVENTS_N` to change) published as fast as possible

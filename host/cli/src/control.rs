@@ -18,9 +18,10 @@
 //! ```
 //!
 //! Emitted events are published with source `plughost-cli`. A request line longer than
-//! [`MAX_LINE`] bytes is refused and its connection closed; a connection quiet for 5 s is
-//! closed; at most 16 are served at once. Nothing a client sends can take the host down: each
-//! connection has a thread of its own, and the accept loop stops when `run` ends.
+//! [`MAX_LINE`] bytes is refused and its connection closed; so is a connection whose request
+//! has not arrived whole within 5 s (or whose answer is not taken within 5 s); at most 16 are
+//! served at once. Nothing a client sends can take the host down: each connection has a
+//! thread of its own, and the accept loop stops when `run` ends.
 
 // Elsewhere only the client's messages are used.
 #![cfg_attr(not(unix), allow(dead_code))]
@@ -209,9 +210,34 @@ mod imp {
         identity: (u64, u64),
     }
 
+    /// The longest socket path the platform takes (`sun_path`, less its NUL).
+    const MAX_SOCKET_PATH: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
+
+    /// Binds a socket at `path` that only its owner can connect to, whatever the umask: bound
+    /// in a folder of its own (mode 0700), made 0600 there, then renamed into place. (Bound
+    /// at `path` and changed after, it would be connectable by others in between, and a
+    /// connection made then stays open.) The staging folder's name is shorter than the
+    /// socket's, so a path that fits fits staged too.
+    fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let staging = parent.join(format!(".phs{}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+        let staged = staging.join("s");
+        let bound = UnixListener::bind(&staged).and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&staged, path)?;
+            Ok(listener)
+        });
+        let _ = std::fs::remove_file(&staged);
+        let _ = std::fs::remove_dir(&staging);
+        bound
+    }
+
     /// Binds `socket` (replacing a stale one, refusing if another host answers on it) and
-    /// serves `host` on it from a thread of its own.
-    pub(crate) fn serve(socket: &Socket, host: Arc<Host>) -> anyhow::Result<Server> {
+    /// serves `host` on it from a thread of its own; `None` (said in the log) when its path is
+    /// too long for a socket.
+    pub(crate) fn serve(socket: &Socket, host: Arc<Host>) -> anyhow::Result<Option<Server>> {
         let path = socket.path();
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -232,25 +258,25 @@ mod imp {
                 Err(e) => bail!("cannot use the control socket {}: {e}", path.display()),
             }
         }
-        let listener = UnixListener::bind(path).with_context(|| {
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            // Running matters more than being reachable: say so, and run without it.
+            tracing::warn!(
+                "no control socket: {} is {} bytes long, more than a Unix socket address \
+                 takes ({MAX_SOCKET_PATH}); plughost emit and events cannot reach this host \
+                 (pass --control with a shorter path)",
+                path.display(),
+                path.as_os_str().len()
+            );
+            return Ok(None);
+        }
+        let listener = bind_private(path).with_context(|| {
             format!(
                 "cannot listen on {} (pass --control PATH for another place)",
                 path.display()
             )
         })?;
-        // Only the owner may connect: emitting events is the host's business.
-        let protect = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::symlink_metadata(path));
-        let meta = match protect {
-            Ok(meta) => meta,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                bail!(
-                    "cannot restrict the control socket {} to its owner: {e}",
-                    path.display()
-                );
-            }
-        };
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("cannot read the control socket {}", path.display()))?;
         listener
             .set_nonblocking(true)
             .context("cannot make the control socket non-blocking")?;
@@ -263,12 +289,12 @@ mod imp {
             })
             .context("cannot start the control thread")?;
         tracing::info!("control socket {}", path.display());
-        Ok(Server {
+        Ok(Some(Server {
             stop,
             accepting: Some(accepting),
             path: path.to_owned(),
             identity: (meta.dev(), meta.ino()),
-        })
+        }))
     }
 
     impl Drop for Server {
@@ -348,12 +374,59 @@ mod imp {
         }
     }
 
-    /// Answers each request line of `stream` until it ends, goes quiet, or misbehaves.
+    /// How long one request may take to arrive whole, and one answer to be taken: a client
+    /// trickling a byte at a time must not hold a connection's place for ever.
+    const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+    /// Reads and writes `stream` within a deadline that [`converse`] sets per request.
+    struct Deadlined<'a> {
+        stream: &'a UnixStream,
+        deadline: std::time::Instant,
+    }
+
+    impl Deadlined<'_> {
+        /// The time left, as the socket's timeout for the next read or write, or an error once
+        /// it is up.
+        fn left(&self) -> std::io::Result<Duration> {
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(ErrorKind::TimedOut, "deadline passed"));
+            }
+            Ok(left.min(READ_TIMEOUT))
+        }
+    }
+
+    impl Read for Deadlined<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.stream.set_read_timeout(Some(self.left()?))?;
+            (&mut &*self.stream).read(buf)
+        }
+    }
+
+    impl Write for Deadlined<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.stream.set_write_timeout(Some(self.left()?))?;
+            (&mut &*self.stream).write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Answers each request line of `stream` until it ends, goes quiet, or misbehaves. Each
+    /// request must arrive, and its answer be taken, within [`REQUEST_DEADLINE`].
     fn converse(stream: UnixStream, host: &Host) {
-        let mut reader = BufReader::new(&stream);
+        let deadlined = Deadlined {
+            stream: &stream,
+            deadline: std::time::Instant::now() + REQUEST_DEADLINE,
+        };
+        let mut reader = BufReader::new(deadlined);
         let mut line = Vec::new();
         loop {
             line.clear();
+            reader.get_mut().deadline = std::time::Instant::now() + REQUEST_DEADLINE;
             let limit = MAX_LINE as u64 + 1;
             match reader.by_ref().take(limit).read_until(b'\n', &mut line) {
                 Ok(0) => return,
@@ -374,7 +447,9 @@ mod imp {
             let text = line.trim_ascii();
             if !text.is_empty() {
                 let answer = answer(host, text);
-                if send(&stream, &answer).is_err() {
+                let out = reader.get_mut();
+                out.deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+                if send(out, &answer).is_err() {
                     return;
                 }
             }
@@ -385,10 +460,10 @@ mod imp {
         }
     }
 
-    fn send(mut stream: &UnixStream, answer: &Value) -> std::io::Result<()> {
+    fn send(mut out: impl Write, answer: &Value) -> std::io::Result<()> {
         let mut bytes = serde_json::to_vec(answer)?;
         bytes.push(b'\n');
-        stream.write_all(&bytes)
+        out.write_all(&bytes)
     }
 
     /// The answer to one request line.
@@ -506,9 +581,9 @@ mod imp {
     pub(crate) fn serve(
         _socket: &Socket,
         _host: std::sync::Arc<plughost::Host>,
-    ) -> anyhow::Result<Server> {
+    ) -> anyhow::Result<Option<Server>> {
         tracing::debug!("no control socket: not supported on this platform");
-        Ok(Server)
+        Ok(None)
     }
 
     pub(crate) fn request(_socket: &Socket, _request: &Value) -> anyhow::Result<Value> {

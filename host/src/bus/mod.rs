@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use plugin_api::ffi::RawEvent;
 use tracing::{error, warn};
 
-use queue::{Item, Pushed};
+use queue::{Item, Pushed, Queued};
 use stats::TopicCounters;
 pub use stats::{EventStats, Percentiles, SubscriberStats, TopicStats};
 use subscriber::{Handler, Subscriber, Target, MAX_STRANDED};
@@ -139,7 +139,9 @@ impl SubscribeOptions {
     /// A plugin's event settings from its `plughost.toml` table.
     fn of(settings: &PluginSettings) -> Self {
         SubscribeOptions {
-            capacity: settings.event_queue,
+            // A queue of none would drop everything: plughost.toml refuses 0, and settings
+            // built in code get one.
+            capacity: settings.event_queue.max(1),
             policy: settings.event_policy,
             block: settings.event_block,
             timeout: settings.event_timeout,
@@ -475,7 +477,7 @@ impl Inner {
         self.check(event.topic(), event.size())?;
         check_extensions(event.topic(), event.extensions())?;
         let route = self.route(event.topic())?;
-        self.queue(&route, event, may_block)
+        self.queue(&route, event, may_block, &|| false)
     }
 
     /// What every publish must pass before its event is built: the host open, the size.
@@ -498,24 +500,34 @@ impl Inner {
 
     /// Puts `event` in the queue of every subscriber of `route`. Returns how many it was
     /// queued for; an error if a `block` subscriber's queue stayed full.
-    fn queue(&self, route: &Route, event: Event, may_block: bool) -> Result<usize, PublishError> {
+    /// `cancelled`: whether a publisher waiting for room is being stopped.
+    fn queue(
+        &self,
+        route: &Route,
+        event: Event,
+        may_block: bool,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<usize, PublishError> {
         route.counters.published.fetch_add(1, Ordering::Relaxed);
         if route.subscribers.is_empty() {
             route.counters.unrouted.fetch_add(1, Ordering::Relaxed);
             return Ok(0);
         }
-        let item = Item {
-            event: Arc::new(event),
+        let item: Item = Arc::new(Queued {
+            event,
             topic: route.counters.clone(),
             published: Instant::now(),
-        };
+        });
         let mut queued = 0;
         let mut refused = None;
         for subscriber in &route.subscribers {
             let dropped_oldest = |old: Item| {
                 old.topic.dropped.fetch_add(1, Ordering::Relaxed);
             };
-            match subscriber.queue.push(&item, may_block, dropped_oldest) {
+            match subscriber
+                .queue
+                .push(&item, may_block, cancelled, dropped_oldest)
+            {
                 Pushed::Queued => queued += 1,
                 Pushed::DroppedOldest => {
                     queued += 1;
@@ -531,6 +543,14 @@ impl Inner {
                             waited,
                         });
                     }
+                }
+                Pushed::Cancelled => {
+                    subscriber.counters.dropped(1);
+                    route.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    refused.get_or_insert(PublishError::Stopping {
+                        topic: route.topic.to_string(),
+                        subscriber: subscriber.name.to_string(),
+                    });
                 }
                 Pushed::Closed => {}
             }
@@ -685,6 +705,7 @@ impl Publisher for Inner {
         plugin: &Arc<str>,
         emits: &[String],
         raw: &RawEvent<'_>,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(), PublishError> {
         let topic = raw.topic.as_str();
         // Checked at load too; again here, since a worker's report of its plugin's
@@ -730,6 +751,6 @@ impl Publisher for Inner {
             raw.data.as_slice(),
             extensions,
         );
-        self.queue(&route, event, true).map(drop)
+        self.queue(&route, event, true, cancelled).map(drop)
     }
 }

@@ -14,6 +14,11 @@ use super::stats::TopicCounters;
 use crate::config::QueuePolicy;
 use crate::event::Event;
 
+/// How many free slots wake publishers blocked on a full queue of `capacity`.
+fn room(capacity: usize) -> usize {
+    (capacity / 8).max(1)
+}
+
 /// How long a taker has recently waited for events: an exponential moving average.
 #[derive(Debug, Default)]
 pub(crate) struct Pace {
@@ -40,10 +45,13 @@ impl Pace {
     }
 }
 
-/// An event waiting for one subscriber.
-#[derive(Clone)]
-pub(crate) struct Item {
-    pub(crate) event: Arc<Event>,
+/// An event waiting for its subscribers: one allocation per publish, shared by every queue it
+/// is in (a copy costs one reference count).
+pub(crate) type Item = Arc<Queued>;
+
+/// What [`Item`] shares.
+pub(crate) struct Queued {
+    pub(crate) event: Event,
     pub(crate) topic: Arc<TopicCounters>,
     pub(crate) published: Instant,
 }
@@ -80,7 +88,12 @@ pub(crate) enum Pushed {
     },
     /// Not queued: the subscriber has left.
     Closed,
+    /// Not queued: the queue was full and the publisher is being stopped.
+    Cancelled,
 }
+
+/// How often a blocked publisher looks whether it is being stopped.
+const CANCEL_CHECK: Duration = Duration::from_millis(10);
 
 impl Queue {
     pub(crate) fn new(capacity: usize, policy: QueuePolicy, block: Duration) -> Self {
@@ -120,10 +133,13 @@ impl Queue {
     /// Adds a copy of `item` under the queue's policy; `may_block`: whether the publisher may
     /// wait (the host's own lifecycle events never do: they are dropped as by `drop_newest`).
     /// `on_drop_oldest` is given the item dropped to make room.
+    /// Under `block`, the wait ends early once `cancelled()` says so (its publisher is being
+    /// stopped), as [`Pushed::Cancelled`].
     pub(crate) fn push(
         &self,
         item: &Item,
         may_block: bool,
+        cancelled: &dyn Fn() -> bool,
         on_drop_oldest: impl FnOnce(Item),
     ) -> Pushed {
         let mut state = self.lock();
@@ -151,10 +167,14 @@ impl Queue {
                                 waited: Some(started.elapsed()),
                             };
                         }
+                        if cancelled() {
+                            return Pushed::Cancelled;
+                        }
                         state.blocked += 1;
+                        // In slices, to see a cancellation soon.
                         let (next, _) = self
                             .not_full
-                            .wait_timeout(state, left)
+                            .wait_timeout(state, left.min(CANCEL_CHECK))
                             .unwrap_or_else(|e| e.into_inner());
                         state = next;
                         state.blocked -= 1;
@@ -198,9 +218,12 @@ impl Queue {
             if let Some(item) = state.items.pop_front() {
                 let len = state.items.len();
                 self.len.store(len, Ordering::Relaxed);
-                // Publishers blocked on a full queue are woken once it is half empty, not
-                // for every slot: waking one per item would hand events over one at a time.
-                if state.blocked > 0 && len <= state.capacity / 2 {
+                // Publishers blocked on a full queue are woken once an eighth of it is free
+                // (every slot, for queues of up to 8): waking them for every slot of a large
+                // queue would hand events over one at a time.
+                if state.blocked > 0
+                    && state.capacity - len.min(state.capacity) >= room(state.capacity)
+                {
                     self.not_full.notify_all();
                 }
                 drop(state);
@@ -268,11 +291,11 @@ mod tests {
     use super::*;
 
     fn item(n: u8) -> Item {
-        Item {
-            event: Arc::new(Event::new("t", "text/plain", vec![n])),
+        Arc::new(Queued {
+            event: Event::new("t", "text/plain", vec![n]),
             topic: Arc::default(),
             published: Instant::now(),
-        }
+        })
     }
 
     fn drain(queue: &Queue) -> Vec<u8> {
@@ -287,13 +310,17 @@ mod tests {
     #[test]
     fn drop_newest_keeps_the_first_and_drop_oldest_the_last() {
         let queue = Queue::new(2, QueuePolicy::DropNewest, Duration::ZERO);
-        let pushed: Vec<Pushed> = (1..=3).map(|n| queue.push(&item(n), true, drop)).collect();
+        let pushed: Vec<Pushed> = (1..=3)
+            .map(|n| queue.push(&item(n), true, &|| false, drop))
+            .collect();
         assert_eq!(pushed[2], Pushed::DroppedNewest { waited: None });
         assert_eq!(drain(&queue), [1, 2]);
         let queue = Queue::new(2, QueuePolicy::DropOldest, Duration::ZERO);
         let mut dropped = Vec::new();
         for n in 1..=3 {
-            queue.push(&item(n), true, |old| dropped.push(old.event.data()[0]));
+            queue.push(&item(n), true, &|| false, |old| {
+                dropped.push(old.event.data()[0])
+            });
         }
         assert_eq!((drain(&queue), dropped), (vec![2, 3], vec![1]));
     }
@@ -301,8 +328,8 @@ mod tests {
     #[test]
     fn block_waits_for_room_then_gives_up() {
         let queue = Arc::new(Queue::new(1, QueuePolicy::Block, Duration::from_millis(50)));
-        queue.push(&item(1), true, drop);
-        let waited = queue.push(&item(2), true, drop);
+        queue.push(&item(1), true, &|| false, drop);
+        let waited = queue.push(&item(2), true, &|| false, drop);
         assert!(
             matches!(waited, Pushed::DroppedNewest { waited: Some(w) } if w >= Duration::from_millis(50))
         );
@@ -320,13 +347,13 @@ mod tests {
         let queue_long = Queue::new(1, QueuePolicy::Block, Duration::from_secs(5));
         drop(queue_long);
         queue.configure(1, QueuePolicy::Block, Duration::from_secs(5));
-        assert_eq!(queue.push(&item(3), true, drop), Pushed::Queued);
+        assert_eq!(queue.push(&item(3), true, &|| false, drop), Pushed::Queued);
         assert_eq!(taker.join().unwrap(), 1);
         assert_eq!(drain(&queue), [3]);
         // The host's own events never wait.
-        queue.push(&item(4), true, drop);
+        queue.push(&item(4), true, &|| false, drop);
         assert_eq!(
-            queue.push(&item(5), false, drop),
+            queue.push(&item(5), false, &|| false, drop),
             Pushed::DroppedNewest { waited: None }
         );
     }

@@ -2,7 +2,7 @@
 //! source, which emitter is alive. Both the in-process callback and a worker's publish frames
 //! come through [`Emitting::publish`]; the bus behind it ([`Publisher`]) checks the rest.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use plugin_api::ffi::RawEvent;
@@ -12,12 +12,14 @@ use crate::error::PublishError;
 /// What publishes for plugins: the bus. A trait, so that the runtime does not depend on the
 /// bus that depends on it.
 pub(crate) trait Publisher: Send + Sync {
-    /// Publishes `raw` for `plugin`, which declared `emits`.
+    /// Publishes `raw` for `plugin`, which declared `emits`; a wait for room in a full
+    /// queue ends early once `cancelled()` (the plugin is being stopped).
     fn publish_for(
         &self,
         plugin: &Arc<str>,
         emits: &[String],
         raw: &RawEvent<'_>,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<(), PublishError>;
 }
 
@@ -31,6 +33,9 @@ pub(crate) struct Emitting {
     publisher: Weak<dyn Publisher>,
     /// The token of the emitter its running source holds; 0 when no source runs.
     live: AtomicU64,
+    /// Set while its source is being stopped: a publish waiting for room gives up, so that
+    /// the source's threads can end.
+    stopping: AtomicBool,
 }
 
 impl Emitting {
@@ -40,6 +45,7 @@ impl Emitting {
             emits,
             publisher,
             live: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -69,14 +75,21 @@ impl Emitting {
                 topic: raw.topic.as_str().to_owned(),
             });
         };
-        publisher.publish_for(&self.name, &self.emits, raw)
+        let stopping = || self.stopping.load(Ordering::Acquire);
+        publisher.publish_for(&self.name, &self.emits, raw, &stopping)
     }
 
     /// A new live emitter for a source starting; any earlier one is dead.
     pub(crate) fn open(&self) -> u64 {
+        self.stopping.store(false, Ordering::Release);
         let token = NEXT_EMITTER.fetch_add(1, Ordering::Relaxed);
         self.live.store(token, Ordering::Release);
         token
+    }
+
+    /// The source is being stopped: publishes waiting for room give up.
+    pub(crate) fn stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// The source stopped: its emitter is dead.
@@ -100,6 +113,7 @@ mod tests {
             _: &Arc<str>,
             _: &[String],
             _: &RawEvent<'_>,
+            _: &dyn Fn() -> bool,
         ) -> Result<(), PublishError> {
             self.0.fetch_add(1, Ordering::Relaxed);
             Ok(())

@@ -258,8 +258,9 @@ impl RunningPlugin {
         if let Err(e) = self.stop_source(self.limits.shutdown) {
             tracing::warn!(plugin = %self.name, "event source: {e}");
         }
-        self.limits.shutdown = deadline
-            .saturating_duration_since(Instant::now())
+        // Whole milliseconds (rounded up), for the messages that name it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.limits.shutdown = Duration::from_millis(left.as_nanos().div_ceil(1_000_000) as u64)
             .max(Duration::from_millis(100));
         let instance = match &mut self.callee {
             Callee::Worker(worker) => return worker.shutdown(self.limits.shutdown),
@@ -378,14 +379,22 @@ impl RunningPlugin {
 impl RunningPlugin {
     /// Delivers `event` to the plugin's handler, which has `timeout` (passed on as the
     /// context's deadline; an isolated plugin's worker is killed past it). `None` if this
-    /// version takes no events. `scratch`: a buffer for the event's id, reused across calls.
+    /// version does not take events of its topic. `scratch`: a buffer for the event's id, reused across calls.
     pub(crate) fn on_event(
         &self,
         event: &Event,
         timeout: Duration,
         scratch: &mut String,
     ) -> Option<Result<(), CallError>> {
-        if self.library().info().subscribes.is_empty() {
+        // Only topics this version subscribes to: the queue it is delivered from may hold
+        // events its previous version subscribed to.
+        let subscribed = self
+            .library()
+            .info()
+            .subscribes
+            .iter()
+            .any(|pattern| crate::event::topic::matches(pattern, event.topic()));
+        if !subscribed {
             return None;
         }
         let (instance, free_buffer) = match &self.callee {
@@ -497,6 +506,10 @@ impl RunningPlugin {
         let Some(emitting) = self.library.as_ref().and_then(|l| l.emitting()) else {
             return Ok(());
         };
+        if self.library().info().event_source {
+            // A publish of its waiting for room would hold `stop` up: it gives up now.
+            emitting.stopping();
+        }
         let (instance, free_buffer) = match &self.callee {
             Callee::Worker(worker) => {
                 if !self.library().info().event_source {
