@@ -24,7 +24,7 @@ pub const JSON: &str = "application/json";
 /// use plughost::Event;
 /// let event = Event::json("user.created", &serde_json::json!({"id": 7}))?;
 /// assert_eq!(event.topic(), "user.created");
-/// assert_eq!(event.json::<serde_json::Value>()?["id"], 7);
+/// assert_eq!(event.json_data::<serde_json::Value>()?["id"], 7);
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone)]
