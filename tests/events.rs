@@ -10,7 +10,9 @@ use plughost::{
     Event, HostConfig, HostEvent, Isolation, PluginSettings, PublishError, QueuePolicy,
     SubscribeOptions,
 };
-use plughost_tests::{bytes_of, rebuilt, wait_for, PluginDir};
+use plughost_tests::{
+    bytes_of, eventually, file_lines, plugin_table, rebuilt, subscriber, wait_for, PluginDir,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,35 +25,14 @@ fn with_plugin(
     edit: impl FnOnce(&mut PluginSettings),
 ) -> HostConfig {
     let mut settings = dir.config();
-    add_plugin(&mut settings, plugin, config, edit);
+    plugin_table(&mut settings, plugin, config, edit);
     settings
-}
-
-fn add_plugin(
-    settings: &mut HostConfig,
-    plugin: &str,
-    config: serde_json::Value,
-    edit: impl FnOnce(&mut PluginSettings),
-) {
-    let mut table = PluginSettings {
-        config: config.as_object().cloned().unwrap_or_default(),
-        ..PluginSettings::default()
-    };
-    edit(&mut table);
-    settings.plugins.insert(plugin.to_owned(), table);
 }
 
 /// The lines of `file`, waiting up to `WAIT` for at least `n`.
 fn lines(file: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= n || Instant::now() >= deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(WAIT, || file_lines(file).len() >= n);
+    file_lines(file)
 }
 
 fn seq(n: u64) -> Event {
@@ -84,14 +65,6 @@ fn until(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn subscriber<'a>(stats: &'a plughost::EventStats, name: &str) -> &'a plughost::SubscriberStats {
-    stats
-        .subscribers
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no subscriber {name} in {stats:#?}"))
 }
 
 #[test]
@@ -246,7 +219,7 @@ fn a_source_emits_from_its_own_thread_until_it_is_unloaded() {
     let file = sink_file(&dir);
     // The subscriber starts first: an event published before it subscribes reaches nobody.
     let mut settings = with_plugin(&dir, "sink", json!({"file": file}), |p| p.priority = 10);
-    add_plugin(&mut settings, "emitter", json!({"interval_ms": 1}), |_| {});
+    plugin_table(&mut settings, "emitter", json!({"interval_ms": 1}), |_| {});
     let host = plughost::Host::new(settings).unwrap();
     host.load_all().unwrap();
     let seen = lines(&file, 20);
@@ -328,7 +301,7 @@ fn a_handler_that_errors_panics_or_hangs_is_counted_and_delivery_goes_on() {
         p.event_timeout = Duration::from_millis(300);
     });
     let file = sink_file(&dir);
-    add_plugin(&mut settings, "sink", json!({"file": file}), |_| {});
+    plugin_table(&mut settings, "sink", json!({"file": file}), |_| {});
     let host = plughost::Host::new(settings).unwrap();
     host.load_all().unwrap();
     host.publish(Event::json("mood.error", &json!({"seq": 1})).unwrap())
@@ -515,7 +488,7 @@ fn isolated_plugins_subscribe_and_publish_through_their_workers() {
         p.isolation = Some(Isolation::Process);
         p.priority = 10;
     });
-    add_plugin(
+    plugin_table(
         &mut settings,
         "emitter",
         json!({"count": 50, "interval_ms": 1}),
@@ -542,7 +515,7 @@ fn the_example_ticker_goes_on_across_reloads_and_audit_records_every_tick() {
     dir.add("audit");
     let audit = dir.path().join("audit.jsonl");
     let mut settings = with_plugin(&dir, "audit", json!({"file": audit}), |p| p.priority = 10);
-    add_plugin(&mut settings, "ticker", json!({"interval": "10ms"}), |_| {});
+    plugin_table(&mut settings, "ticker", json!({"interval": "10ms"}), |_| {});
     let host = Arc::new(plughost::Host::new(settings).unwrap());
     let events = host.subscribe();
     let _watcher = host.watch(plughost::WatchOptions::default()).unwrap();

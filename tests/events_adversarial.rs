@@ -2,63 +2,18 @@
 //! or docs/design.md "The event bus". A failing test here is a bug report; its message says
 //! what went wrong. Every wait is bounded, so none can hang.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plughost::{
-    Event, EventStats, Host, HostConfig, HostEvent, PluginSettings, PublishError, QueuePolicy,
-    SubscribeOptions, SubscriberStats,
+use plughost::{Event, Host, HostConfig, HostEvent, PublishError, QueuePolicy, SubscribeOptions};
+use plughost_tests::{
+    bytes_of, counting, eventually, file_lines, plugin_table, rebuilt, subscriber, wait_for,
+    PluginDir,
 };
-use plughost_tests::{bytes_of, rebuilt, wait_for, PluginDir};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn add_plugin(
-    settings: &mut HostConfig,
-    plugin: &str,
-    config: serde_json::Value,
-    edit: impl FnOnce(&mut PluginSettings),
-) {
-    let mut table = PluginSettings {
-        config: config.as_object().cloned().unwrap_or_default(),
-        ..PluginSettings::default()
-    };
-    edit(&mut table);
-    settings.plugins.insert(plugin.to_owned(), table);
-}
-
-/// Polls `done` every 5 ms for up to `within`; whether it became true.
-fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn subscriber<'a>(stats: &'a EventStats, name: &str) -> &'a SubscriberStats {
-    stats
-        .subscribers
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no subscriber {name} in {stats:#?}"))
-}
-
-fn lines(file: &Path) -> Vec<String> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 /// An event whose handler (see [`sleepy`]) sleeps `sleep_ms`, then records `n`.
 fn job(topic: &str, n: u64, sleep_ms: u64) -> Event {
@@ -189,7 +144,7 @@ fn reloading_a_subscriber_that_ran_out_of_threads_lets_it_receive_again() {
     dir.replace_atomically("libmoody.so", &moody);
     let file = dir.path().join("moody.log");
     let mut settings = dir.config();
-    add_plugin(&mut settings, "moody", json!({ "file": file }), |p| {
+    plugin_table(&mut settings, "moody", json!({ "file": file }), |p| {
         p.event_timeout = Duration::from_millis(80);
     });
     let host = Arc::new(Host::new(settings).unwrap());
@@ -205,7 +160,7 @@ fn reloading_a_subscriber_that_ran_out_of_threads_lets_it_receive_again() {
     wait_for(&events, WAIT, |e| matches!(e, HostEvent::Reloaded { .. }));
     host.publish(Event::json("mood.ok", &json!({"seq": 1})).unwrap())
         .unwrap();
-    let handled = eventually(Duration::from_secs(4), || lines(&file) == ["ok 1"]);
+    let handled = eventually(Duration::from_secs(4), || file_lines(&file) == ["ok 1"]);
     let stats = host.event_stats();
     assert!(
         handled,
@@ -371,7 +326,7 @@ fn a_new_version_only_receives_the_topics_it_subscribes_to() {
     dir.replace_atomically("libadvpat.so", &v1);
     let file = dir.path().join("advpat.log");
     let mut settings = dir.config();
-    add_plugin(
+    plugin_table(
         &mut settings,
         "advpat",
         json!({ "file": file, "delay_ms": 30 }),
@@ -397,7 +352,7 @@ fn a_new_version_only_receives_the_topics_it_subscribes_to() {
         let s = subscriber(&stats, "advpat");
         s.delivered + s.dropped + s.failed >= 40 && s.queue_depth == 0
     });
-    let wrong: Vec<String> = lines(&file)
+    let wrong: Vec<String> = file_lines(&file)
         .into_iter()
         .filter(|l| l.starts_with("2.0.0 advpat.a"))
         .collect();
@@ -417,7 +372,7 @@ fn a_disabled_subscriber_is_no_longer_a_subscriber() {
     dir.add("fixture-sink");
     let file = dir.path().join("sink.log");
     let mut settings = dir.config();
-    add_plugin(&mut settings, "sink", json!({ "file": file }), |_| {});
+    plugin_table(&mut settings, "sink", json!({ "file": file }), |_| {});
     let host = Host::new(settings).unwrap();
     host.load_all().unwrap();
     let seq = || Event::json("seq.one", &json!({ "seq": 1 })).unwrap();
@@ -441,24 +396,12 @@ fn a_disabled_source_stops_publishing_even_while_its_handler_runs() {
     let dir = PluginDir::new();
     dir.add("fixture-adv-duo");
     let mut settings = dir.config();
-    add_plugin(&mut settings, "duo", json!({ "interval_ms": 5 }), |p| {
+    plugin_table(&mut settings, "duo", json!({ "interval_ms": 5 }), |p| {
         p.event_timeout = Duration::from_secs(10);
     });
     let host = Arc::new(Host::new(settings).unwrap());
     host.load_all().unwrap();
-    let ticks = Arc::new(AtomicU64::new(0));
-    let count = ticks.clone();
-    let _ticks = host
-        .subscribe_events(
-            "ticks",
-            &["adv.tick"],
-            SubscribeOptions::default(),
-            move |_| {
-                count.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            },
-        )
-        .unwrap();
+    let (_ticks, ticks) = counting(&host, "ticks", &["adv.tick"]);
     assert!(eventually(WAIT, || ticks.load(Ordering::Relaxed) > 5));
     // duo's handler is busy for 3 s when it is disabled.
     host.publish(Event::json("adv.cmd.sleep", &3000).unwrap())
@@ -496,7 +439,7 @@ fn a_slow_block_subscriber_does_not_get_an_isolated_publishers_worker_killed() {
     let file = dir.path().join("duo.log");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(2);
-    add_plugin(
+    plugin_table(
         &mut settings,
         "duo",
         json!({ "file": file, "interval_ms": 1 }),
@@ -556,7 +499,7 @@ fn shutdown_keeps_to_its_timeout_with_a_slow_stop_and_a_slow_shutdown() {
     dir.add("fixture-adv-duo");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(1);
-    add_plugin(
+    plugin_table(
         &mut settings,
         "duo",
         json!({ "stop_ms": 900, "shutdown_ms": 5000 }),
@@ -581,7 +524,7 @@ fn shutdown_keeps_to_its_timeout_with_a_source_that_ignores_stop() {
     dir.add("fixture-adv-duo");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(1);
-    add_plugin(
+    plugin_table(
         &mut settings,
         "duo",
         json!({ "ignore_stop": true, "interval_ms": 2 }),
@@ -603,7 +546,7 @@ fn shutdown_keeps_to_its_timeout_with_stuck_handlers() {
     dir.add("fixture-adv-duo");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(1);
-    add_plugin(&mut settings, "duo", json!({}), |p| {
+    plugin_table(&mut settings, "duo", json!({}), |p| {
         p.event_timeout = Duration::from_secs(60);
     });
     let host = Host::new(settings).unwrap();
@@ -772,7 +715,7 @@ fn events_reach_a_subscriber_in_publish_order_per_publisher() {
 
 fn duo_settings(dir: &PluginDir, config: serde_json::Value, isolated: bool) -> HostConfig {
     let mut settings = dir.config();
-    add_plugin(&mut settings, "duo", config, |p| {
+    plugin_table(&mut settings, "duo", config, |p| {
         if isolated {
             p.isolation = Some(plughost::Isolation::Process);
         }
@@ -785,19 +728,7 @@ fn refused_reinit_restarts_the_running_source(isolated: bool) {
     dir.add("fixture-adv-duo");
     let host = Host::new(duo_settings(&dir, json!({ "interval_ms": 5 }), isolated)).unwrap();
     host.load_all().unwrap();
-    let ticks = Arc::new(AtomicU64::new(0));
-    let count = ticks.clone();
-    let _ticks = host
-        .subscribe_events(
-            "ticks",
-            &["adv.tick"],
-            SubscribeOptions::default(),
-            move |_| {
-                count.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            },
-        )
-        .unwrap();
+    let (_ticks, ticks) = counting(&host, "ticks", &["adv.tick"]);
     assert!(eventually(WAIT, || ticks.load(Ordering::Relaxed) > 5));
     let refused = host.reconfigure(duo_settings(
         &dir,
@@ -831,7 +762,7 @@ fn an_isolated_ticker_goes_on_across_reloads_without_repeating_or_skipping() {
     let ticker = bytes_of("ticker");
     dir.replace_atomically("libticker.so", &ticker);
     let mut settings = dir.config();
-    add_plugin(
+    plugin_table(
         &mut settings,
         "ticker",
         json!({ "interval": "10ms" }),

@@ -14,41 +14,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plughost::{
-    Event, Host, HostConfig, HostEvent, PluginSettings, PublishError, SubscribeOptions,
-    Subscription, UnloadStatus,
+    Event, Host, HostEvent, PublishError, SubscribeOptions, Subscription, UnloadStatus,
 };
-use plughost_tests::{bytes_of, lines_of, terminate, wait_for, PluginDir};
+use plughost_tests::{
+    bytes_of, eventually, lines_of, plugin_table, terminate, wait_for, PluginDir,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn add_plugin(
-    settings: &mut HostConfig,
-    plugin: &str,
-    config: serde_json::Value,
-    edit: impl FnOnce(&mut PluginSettings),
-) {
-    let mut table = PluginSettings {
-        config: config.as_object().cloned().unwrap_or_default(),
-        ..PluginSettings::default()
-    };
-    edit(&mut table);
-    settings.plugins.insert(plugin.to_owned(), table);
-}
-
-/// Polls `done` every 5 ms for up to `within`; whether it became true.
-fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// A program's subscriber whose handler reports each event it starts (its JSON number) on
 /// `started`, then waits for one token on `tokens` before it returns: the test decides when
@@ -217,7 +190,7 @@ fn a_publisher_blocked_across_a_reload_does_not_reach_a_version_that_does_not_su
     dir.replace_atomically("libadvpat.so", &v1);
     let file = dir.path().join("advpat.log");
     let mut settings = dir.config();
-    add_plugin(
+    plugin_table(
         &mut settings,
         "advpat",
         json!({ "file": file, "delay_ms": 4000 }),
@@ -283,7 +256,7 @@ fn a_plugin_queue_of_zero_given_in_code_is_refused_or_raised_to_one() {
     dir.add("fixture-sink");
     let file = dir.path().join("sink.log");
     let mut settings = dir.config();
-    add_plugin(&mut settings, "sink", json!({ "file": file }), |p| {
+    plugin_table(&mut settings, "sink", json!({ "file": file }), |p| {
         p.event_queue = 0;
         p.event_block = Duration::from_millis(300);
     });
@@ -320,7 +293,7 @@ fn disabling_a_source_that_waits_for_room_does_not_leave_it_loaded() {
     dir.add("fixture-adv-duo");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(1);
-    add_plugin(&mut settings, "duo", json!({ "interval_ms": 5 }), |_| {});
+    plugin_table(&mut settings, "duo", json!({ "interval_ms": 5 }), |_| {});
     let host = Arc::new(Host::new(settings).unwrap());
     let events = host.subscribe();
     let gated = Gated::new(

@@ -395,3 +395,76 @@ pub struct BenchEcho {
     /// The plugins and shadow folders, deleted when this is dropped.
     pub folders: [TempDir; 2],
 }
+
+/// Sets `plugin`'s table in `settings`: `config` (a JSON object) as its Init configuration,
+/// then `edit` for the rest.
+pub fn plugin_table(
+    settings: &mut HostConfig,
+    plugin: &str,
+    config: serde_json::Value,
+    edit: impl FnOnce(&mut plughost::PluginSettings),
+) {
+    let mut table = plughost::PluginSettings {
+        config: config.as_object().cloned().unwrap_or_default(),
+        ..plughost::PluginSettings::default()
+    };
+    edit(&mut table);
+    settings.plugins.insert(plugin.to_owned(), table);
+}
+
+/// Polls `done` every 5 ms for up to `within`; whether it became true.
+pub fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The counts of subscriber `name` in `stats`; panics, showing them, if it is not there.
+pub fn subscriber<'a>(
+    stats: &'a plughost::EventStats,
+    name: &str,
+) -> &'a plughost::SubscriberStats {
+    stats
+        .subscribers
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no subscriber {name} in {stats:#?}"))
+}
+
+/// The lines of `file` now (none if it does not exist yet).
+pub fn file_lines(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A handler of the program's, named `name`, counting the events matching `patterns`.
+pub fn counting(
+    host: &Host,
+    name: &str,
+    patterns: &[&str],
+) -> (plughost::Subscription, Arc<std::sync::atomic::AtomicU64>) {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = count.clone();
+    let subscription = host
+        .subscribe_events(
+            name,
+            patterns,
+            plughost::SubscribeOptions::default(),
+            move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            },
+        )
+        .expect("subscribe");
+    (subscription, count)
+}
