@@ -9,29 +9,33 @@
 //! policy; the [`subscriber`]'s thread takes it and runs the handler of the plugin version in
 //! service. Nothing runs on the publisher's thread but the checks and the queueing.
 //!
-//! A watchdog thread times handlers out and logs drops and failures at most once a second per
-//! subscriber.
+//! A [`watchdog`] thread times handlers out and logs drops and failures at most once a second
+//! per subscriber. The program subscribes through a [`Subscription`] ([`subscription`]);
+//! [`stats`] holds the counts.
 
 #![forbid(unsafe_code)]
 
 mod queue;
 pub(crate) mod stats;
 mod subscriber;
+mod subscription;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use plugin_api::ffi::RawEvent;
-use tracing::{error, warn};
+use tracing::warn;
 
 use queue::{Item, Pushed, Queued};
 use stats::TopicCounters;
 pub use stats::{EventStats, Percentiles, SubscriberStats, TopicStats};
-use subscriber::{Handler, Subscriber, Target, MAX_STRANDED};
+use subscriber::{Handler, Subscriber, Target};
+pub use subscription::{SubscribeOptions, Subscription};
 
-use crate::config::{HostConfig, PluginSettings, QueuePolicy};
+use crate::config::{HostConfig, PluginSettings};
 use crate::error::PublishError;
 use crate::event::topic::{self, HOST_PREFIX};
 use crate::event::Event;
@@ -72,102 +76,6 @@ struct Route {
     topic: Arc<str>,
     counters: Arc<TopicCounters>,
     subscribers: Vec<Arc<Subscriber>>,
-}
-
-/// An open subscription of the program's: [`Host::subscribe_events`](crate::Host).
-/// Dropping it (or [`close`](Self::close)) unsubscribes; events still queued for it are
-/// dropped and counted.
-pub struct Subscription {
-    bus: Weak<Inner>,
-    subscriber: Arc<Subscriber>,
-}
-
-impl Subscription {
-    /// Its name, as the statistics show it.
-    pub fn name(&self) -> &str {
-        &self.subscriber.name
-    }
-
-    /// Events waiting for the handler now.
-    pub fn queue_depth(&self) -> usize {
-        self.subscriber.queue.len()
-    }
-
-    /// Unsubscribes.
-    pub fn close(self) {}
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let Some(bus) = self.bus.upgrade() {
-            bus.remove(&self.subscriber, "unsubscribed");
-        }
-    }
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("name", &self.subscriber.name)
-            .field("patterns", &self.subscriber.patterns())
-            .finish()
-    }
-}
-
-/// How the program's handler is subscribed: its queue and time limit, as a plugin's
-/// `plughost.toml` settings say them.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SubscribeOptions {
-    /// How many events may wait. Default 1024.
-    pub capacity: usize,
-    /// What a publisher meets when the queue is full. Default `block`.
-    pub policy: QueuePolicy,
-    /// How long `block` waits. Default 1 s.
-    pub block: Duration,
-    /// How long the handler may take per event. Default 5 s.
-    pub timeout: Duration,
-}
-
-impl Default for SubscribeOptions {
-    fn default() -> Self {
-        SubscribeOptions::of(&PluginSettings::default())
-    }
-}
-
-impl SubscribeOptions {
-    /// A plugin's event settings from its `plughost.toml` table.
-    fn of(settings: &PluginSettings) -> Self {
-        SubscribeOptions {
-            // A queue of none would drop everything: plughost.toml refuses 0, and settings
-            // built in code get one.
-            capacity: settings.event_queue.max(1),
-            policy: settings.event_policy,
-            block: settings.event_block,
-            timeout: settings.event_timeout,
-        }
-    }
-
-    /// With queue capacity `capacity`.
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
-        self
-    }
-    /// With full-queue policy `policy`.
-    pub fn policy(mut self, policy: QueuePolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-    /// With `block` waiting at most `block`.
-    pub fn block(mut self, block: Duration) -> Self {
-        self.block = block;
-        self
-    }
-    /// With handler time limit `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
 }
 
 impl Default for Bus {
@@ -569,7 +477,7 @@ impl Inner {
         let bus = Arc::downgrade(self);
         *watchdog = std::thread::Builder::new()
             .name("plughost-events-watch".into())
-            .spawn(move || watch(bus))
+            .spawn(move || watchdog::watch(bus))
             .map_err(|e| warn!("events: cannot start the watchdog thread: {e}"))
             .ok();
     }
@@ -608,95 +516,6 @@ fn dropped(subscriber: &Subscriber, left: &[Item], why: &str) {
         left.len(),
         subscriber.name
     );
-}
-
-/// Times handlers out, and logs drops and failures once per interval.
-fn watch(bus: Weak<Inner>) {
-    let mut last_summary = Instant::now();
-    loop {
-        let tick = {
-            let Some(bus) = bus.upgrade() else { return };
-            if bus.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let subscribers = bus.subscribers();
-            let now = Instant::now();
-            for subscriber in &subscribers {
-                let until = subscriber.busy_until.load(Ordering::Acquire);
-                let late = until != 0 && until < subscriber.nanos_since_epoch(now);
-                if late && subscriber.time_out(until) {
-                    timed_out(subscriber);
-                }
-            }
-            if last_summary.elapsed() >= Duration::from_secs(1) {
-                let interval = last_summary.elapsed();
-                last_summary = Instant::now();
-                for subscriber in &subscribers {
-                    summarize(subscriber, interval);
-                }
-            }
-            // A quarter of the shortest handler time limit: a late handler is noticed
-            // within 25% of its limit.
-            subscribers
-                .iter()
-                .map(|s| s.timeout() / 4)
-                .min()
-                .unwrap_or(Duration::from_millis(250))
-                .clamp(Duration::from_millis(2), Duration::from_millis(250))
-        };
-        std::thread::park_timeout(tick);
-    }
-}
-
-/// A handler ran past its time (counted already): a new thread takes over the queue, unless
-/// too many are stranded in late handlers at once.
-fn timed_out(subscriber: &Arc<Subscriber>) {
-    let stranded = subscriber.stranded.fetch_add(1, Ordering::AcqRel) + 1;
-    if stranded > MAX_STRANDED {
-        error!(
-            "event handler of {} did not return within {}, and {} earlier threads are still \
-             in it: no more threads are given to it; its events are dropped as its queue \
-             fills (reload or disable it)",
-            subscriber.name,
-            humantime::format_duration(subscriber.timeout()),
-            stranded - 1
-        );
-        subscriber.exhausted.store(true, Ordering::Release);
-        subscriber.stop_taker();
-        return;
-    }
-    warn!(
-        "event handler of {} did not return within {}: counted as timed out; its thread \
-         is left to finish, and a new one delivers its next events",
-        subscriber.name,
-        humantime::format_duration(subscriber.timeout())
-    );
-    subscriber.start_taker();
-}
-
-fn summarize(subscriber: &Subscriber, interval: Duration) {
-    let dropped = subscriber
-        .counters
-        .dropped_unlogged
-        .swap(0, Ordering::Relaxed);
-    if dropped > 0 {
-        let (capacity, policy) = subscriber.queue.settings();
-        warn!(
-            "{dropped} events dropped for {} in the last {:.1} s: its queue ({capacity}) was \
-             full (policy {})",
-            subscriber.name,
-            interval.as_secs_f64(),
-            policy.as_str()
-        );
-    }
-    let failures = subscriber.failures_unlogged.swap(0, Ordering::Relaxed);
-    if failures > 0 {
-        warn!(
-            "event handler of {} failed {failures} more times in the last {:.1} s",
-            subscriber.name,
-            interval.as_secs_f64()
-        );
-    }
 }
 
 impl Publisher for Inner {

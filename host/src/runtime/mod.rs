@@ -3,7 +3,8 @@
 //! boundary after loading lives here, and its rules live in one module, [`abi`].
 //!
 //! - [`library`]: [`PluginLibrary`], a validated library with the host's callbacks installed;
-//! - [`instance`]: `RunningPlugin`, a library plus the instance its Init created;
+//! - [`instance`]: `RunningPlugin`, a library plus the instance its Init created, and
+//!   [`delivery`]: what it does with events (its handler, its event source);
 //! - [`registry`]: one `Slot` per plugin name, holding the version that serves it;
 //! - [`handle`]: [`PluginHandle`], the cheap way callers reach a slot's version;
 //! - [`local`]: [`LocalHandle`], a thread's own handle that keeps the version between calls;
@@ -13,6 +14,7 @@
 
 mod abi;
 mod callbacks;
+mod delivery;
 pub(crate) mod emitting;
 mod handle;
 mod instance;

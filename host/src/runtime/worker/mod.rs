@@ -14,6 +14,7 @@
 //! with their host".
 
 mod death;
+mod delivery;
 mod frame;
 mod inbox;
 mod lanes;

@@ -3,8 +3,12 @@
 //! lanes' memory file as fd 4. It loads the private copy the host checked (checking it again),
 //! says who the plugin is, then serves: one thread per lane runs Execute, one thread runs
 //! what the host asks on the control channel (Init, validate_config, health, state, Shutdown),
-//! and the main thread reads the channel. The plugin's log lines and its calls to other
-//! plugins go to the host as frames.
+//! and the main thread reads the channel. The plugin's log lines, its calls to other plugins
+//! and its publishes go to the host as frames; events come as requests, and its event source
+//! runs on a thread of its own.
+//!
+//! Slightly longer than the project's 600 lines on purpose: this is the whole worker process,
+//! and what it does with each request reads top to bottom in one `match`.
 //!
 //! It dies with its host: the kernel kills it when the host does (parent-death signal), and it
 //! exits when the control channel closes.
