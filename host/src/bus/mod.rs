@@ -45,7 +45,7 @@ use crate::runtime::{Publisher, Slot};
 /// `(other topics)` and are routed afresh on every publish.
 const MAX_TOPICS: usize = 4096;
 
-/// The bus. Cloning it is cheap; the last clone dropped stops its threads.
+/// The bus. Cloning it is cheap; the last clone dropped ends its threads.
 #[derive(Clone)]
 pub(crate) struct Bus {
     inner: Arc<Inner>,
@@ -277,6 +277,21 @@ impl Bus {
         if let Some(watchdog) = watchdog {
             watchdog.thread().unpark();
             let _ = watchdog.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// A bus dropped without [`Bus::close`] still lets its subscribers' threads end (the
+    /// watchdog ends on its own: it holds the bus weakly).
+    fn drop(&mut self) {
+        let subscribers = self
+            .subscribers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for subscriber in subscribers.drain(..) {
+            subscriber.stop_taker();
+            subscriber.queue.close();
         }
     }
 }
