@@ -152,6 +152,8 @@ pub mod ffi;
 pub mod json;
 pub mod log;
 mod plugin;
+pub mod schema;
+pub mod testing;
 
 pub use events::{Emitter, Event};
 pub use ffi::{ConfigField, ConfigType, Dependency, API_VERSION};

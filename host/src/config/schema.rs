@@ -3,6 +3,7 @@
 //! reported (and still passed on: the plugin has the last word). Sensitive values are masked
 //! wherever the host shows a configuration.
 
+use plugin_api::schema::SchemaKey;
 use serde_json::{Map, Value};
 
 use crate::plugin_info::PluginInfo;
@@ -10,23 +11,7 @@ use crate::plugin_info::PluginInfo;
 /// What a sensitive value is shown as.
 pub(crate) const MASK: &str = "***";
 
-/// A configuration that fits the schema.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Fitted {
-    /// The configuration Init gets: the given keys plus the defaults of missing ones.
-    pub(crate) config: Map<String, Value>,
-    /// Keys the schema does not know (passed on all the same).
-    pub(crate) unknown: Vec<String>,
-}
-
-/// A key that does not fit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Problem {
-    /// The key.
-    pub(crate) key: String,
-    /// What is wrong, e.g. "is required but missing", "must be an integer, found a string".
-    pub(crate) reason: String,
-}
+pub(crate) use plugin_api::schema::{Fitted, Problem};
 
 /// Checks `given` against `plugin`'s schema (a plugin without one accepts anything), for a
 /// configuration some of whose values may have come from elsewhere:
@@ -39,47 +24,19 @@ pub(crate) fn fit_with(
     given: &Map<String, Value>,
     origin: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Fitted, Problem> {
-    let mut config = given.clone();
-    for key in &plugin.config_schema {
-        match given.get(&key.key) {
-            Some(value) => {
-                if !fits(key.ty, value) {
-                    let found = match origin(&key.key) {
-                        Some(origin) => format!("{} ({origin})", describe(value, true)),
-                        None => describe(value, key.sensitive),
-                    };
-                    return Err(Problem {
-                        key: key.key.clone(),
-                        reason: format!("must be {}, found {found}", with_article(key.ty)),
-                    });
-                }
-            }
-            None if key.required => {
-                return Err(Problem {
-                    key: key.key.clone(),
-                    reason: format!("is required ({}) but missing", key.ty),
-                });
-            }
-            None => {
-                if let Some(default) = &key.default {
-                    // Checked when the descriptor was read (metadata): the default is JSON.
-                    if let Ok(value) = serde_json::from_str(default) {
-                        config.insert(key.key.clone(), value);
-                    }
-                }
-            }
-        }
-    }
-    let unknown = if plugin.config_schema.is_empty() {
-        Vec::new()
-    } else {
-        given
-            .keys()
-            .filter(|k| !plugin.config_schema.iter().any(|s| &s.key == *k))
-            .cloned()
-            .collect()
-    };
-    Ok(Fitted { config, unknown })
+    // The rule itself lives with the contract, which a plugin's own tests use too.
+    let schema: Vec<SchemaKey<'_>> = plugin
+        .config_schema
+        .iter()
+        .map(|key| SchemaKey {
+            key: &key.key,
+            ty: key.ty,
+            required: key.required,
+            sensitive: key.sensitive,
+            default_json: key.default.as_deref().unwrap_or(""),
+        })
+        .collect();
+    plugin_api::schema::fit(&schema, given, origin)
 }
 
 /// `config` with every sensitive value of `plugin`'s schema replaced by [`MASK`], whatever
@@ -125,44 +82,6 @@ pub(crate) fn scrub(message: &str, secrets: &[String]) -> String {
     secrets.iter().fold(message.to_owned(), |text, secret| {
         text.replace(secret.as_str(), MASK)
     })
-}
-
-fn fits(ty: &str, value: &Value) -> bool {
-    match ty {
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "float" => value.is_number(),
-        "bool" => value.is_boolean(),
-        "array" => value.is_array(),
-        "object" => value.is_object(),
-        _ => true,
-    }
-}
-
-fn with_article(ty: &str) -> String {
-    match ty {
-        "integer" | "array" | "object" => format!("an {ty}"),
-        "float" => "a number".into(),
-        "bool" => "true or false".into(),
-        other => format!("a {other}"),
-    }
-}
-
-fn describe(value: &Value, sensitive: bool) -> String {
-    let kind = match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_f64() => "a float",
-        Value::Number(_) => "an integer",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a table",
-    };
-    if sensitive || matches!(value, Value::Array(_) | Value::Object(_)) {
-        kind.to_owned()
-    } else {
-        format!("{kind} ({value})")
-    }
 }
 
 #[cfg(test)]

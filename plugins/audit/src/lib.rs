@@ -252,6 +252,25 @@ mod tests {
     }
 
     #[test]
+    fn an_event_becomes_one_json_line() -> Result<(), plugin_api::testing::TestError> {
+        let file = std::env::temp_dir().join(format!("audit-test-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let config = serde_json::json!({ "file": file }).to_string();
+        let audit = plugin_api::testing::Harness::<Audit>::init(&config)?;
+        audit.on_event("user.created", &serde_json::json!({ "id": 7 }))?;
+        assert_eq!(audit.execute_str("")?, "1");
+        audit.shutdown()?;
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&file).unwrap().trim()).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            (line["type"].as_str(), &line["data"]["id"]),
+            (Some("user.created"), &serde_json::json!(7))
+        );
+        Ok(())
+    }
+
+    #[test]
     fn json_types() {
         assert!(is_json("application/json"));
         assert!(is_json("Application/JSON; charset=utf-8"));

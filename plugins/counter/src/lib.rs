@@ -103,3 +103,27 @@ impl Plugin for Counter {
 }
 
 export_plugin!(Counter);
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::testing::Harness;
+
+    use super::Counter;
+
+    #[test]
+    fn counts_from_start_by_step() -> Result<(), plugin_api::testing::TestError> {
+        let counter = Harness::<Counter>::init(r#"{"start": 10, "step": 5}"#)?;
+        assert_eq!(counter.execute_str("")?, "15");
+        assert_eq!(counter.execute_str("")?, "20");
+        Ok(())
+    }
+
+    #[test]
+    fn its_own_check_refuses_a_zero_step() {
+        let error = Harness::<Counter>::init(r#"{"step": 0}"#).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "plugin counter returned an error: step must be at least 1"
+        );
+    }
+}
