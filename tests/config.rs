@@ -683,8 +683,11 @@ fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
     read_until(&mut child, "plugin(s) running");
 
     let toggle = |verb: &str| {
-        let out = Command::new(plughost())
-            .args([verb, "notes", "--config"])
+        // The folder the host serves: `notes` is known there, not in the file.
+        let out = setup
+            .dir
+            .command(&[verb, "notes"])
+            .arg("--config")
             .arg(setup.config_path())
             .output()
             .unwrap();
@@ -722,6 +725,76 @@ fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
             "not JSON: {line}"
         );
     }
+}
+
+#[test]
+fn cli_enable_and_disable_refuse_a_missing_file_and_unknown_names_and_keep_comments() {
+    let setup = Setup::new(&["transform", "filter", "counter"]);
+    // No plughost.toml in the working folder and none named: refused, nothing created (a
+    // running host started without a file would not follow one created now).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = setup
+        .dir
+        .command(&["disable", "counter"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "error: plughost disable counter: no plughost.toml in the working folder {}; \
+             create one there",
+            elsewhere.path().display()
+        )),
+        "{said}"
+    );
+    assert!(said.contains("--config FILE"), "{said}");
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+    // A name neither in the plugins folder nor in the file: refused, the file left alone.
+    let original = "[plugins.counter]\nenabled = true   # keep this\n\n[plugins.gone]\n";
+    setup.write_config(original);
+    let out = setup.cli(&["disable", "nosuch"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: plughost disable nosuch: no plugin named nosuch in {} (found: counter, \
+             filter, transform) nor in {}; check the name, or pass --force to set it anyway\n",
+            setup.dir.path().join("").display(),
+            setup.config_path().display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(setup.config_path()).unwrap(),
+        original
+    );
+    let out = setup.cli(&["enable", "nosuch"]);
+    assert!(
+        stderr(&out).contains("no plugin named nosuch in"),
+        "{}",
+        stderr(&out)
+    );
+
+    // In the folder, or in the file (its library gone), or with --force: set, and the comment
+    // on the `enabled` line stays.
+    for args in [
+        &["disable", "counter"][..],
+        &["enable", "filter"],
+        &["disable", "gone"],
+        &["disable", "nosuch", "--force"],
+    ] {
+        let out = setup.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(
+        std::fs::read_to_string(setup.config_path()).unwrap(),
+        "[plugins.counter]\nenabled = false   # keep this\n\n[plugins.gone]\nenabled = false\n\n\
+         [plugins.filter]\nenabled = true\n\n[plugins.nosuch]\nenabled = false\n"
+    );
 }
 
 #[test]
@@ -794,8 +867,10 @@ fn cli_edits_go_through_a_symlink_keep_permissions_and_need_no_host_environment(
     let _stop = StopOnFailure(child.id());
     read_until(&mut child, "plugin(s) running");
     let toggle = |verb: &str| {
-        let out = Command::new(plughost())
-            .args([verb, "notes", "--config"])
+        let out = setup
+            .dir
+            .command(&[verb, "notes"])
+            .arg("--config")
             .arg(&link)
             .env_remove("PLUGHOST_TEST_HOST_ONLY")
             .output()

@@ -1,7 +1,7 @@
 //! Project chores, shared by `cargo xtask` and the end-to-end tests: building plugin crates
 //! with cargo and installing their libraries safely.
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -50,8 +50,27 @@ pub struct BuiltLibrary {
     pub path: PathBuf,
 }
 
-/// Builds `packages` and returns their dynamic libraries (`cdylib` targets).
+/// What a build shows while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing: cargo's messages are kept and shown only if the build fails (the tests' builds).
+    Quiet,
+    /// Cargo's own progress on stderr (`Compiling ...` lines, and its progress bar at a
+    /// terminal), as `cargo xtask build-plugins` shows it.
+    Show,
+}
+
+/// Builds `packages` and returns their dynamic libraries (`cdylib` targets), quietly.
 pub fn build_libraries(packages: &[String], release: bool) -> anyhow::Result<Vec<BuiltLibrary>> {
+    build_libraries_with(packages, release, Progress::Quiet)
+}
+
+/// [`build_libraries`], showing cargo's progress or not.
+pub fn build_libraries_with(
+    packages: &[String],
+    release: bool,
+    progress: Progress,
+) -> anyhow::Result<Vec<BuiltLibrary>> {
     if packages.is_empty() {
         return Ok(Vec::new());
     }
@@ -60,7 +79,7 @@ pub fn build_libraries(packages: &[String], release: bool) -> anyhow::Result<Vec
         args.extend(["--package".to_owned(), package.clone()]);
     }
     let mut built = Vec::new();
-    cargo_build(&args, release, |artifact| {
+    cargo_build(&args, release, progress, |artifact| {
         if !artifact
             .target
             .kind
@@ -85,7 +104,7 @@ pub fn build_libraries(packages: &[String], release: bool) -> anyhow::Result<Vec
 pub fn build_binary(package: &str, bin: &str, release: bool) -> anyhow::Result<PathBuf> {
     let args = ["build", "--package", package, "--bin", bin].map(str::to_owned);
     let mut executable = None;
-    cargo_build(&args, release, |artifact| {
+    cargo_build(&args, release, Progress::Quiet, |artifact| {
         if artifact.target.name == bin {
             if let Some(path) = &artifact.executable {
                 executable = Some(path.clone().into_std_path_buf());
@@ -96,9 +115,12 @@ pub fn build_binary(package: &str, bin: &str, release: bool) -> anyhow::Result<P
 }
 
 /// Runs `cargo <args>` in the workspace, handing every artifact message to `on_artifact`.
+/// Cargo's messages for people go to stderr: passed through with [`Progress::Show`], else
+/// kept (their last lines) for the error if the build fails.
 fn cargo_build(
     args: &[String],
     release: bool,
+    progress: Progress,
     mut on_artifact: impl FnMut(&cargo_metadata::Artifact),
 ) -> anyhow::Result<()> {
     let mut command = Command::new(cargo());
@@ -110,16 +132,38 @@ fn cargo_build(
     if release {
         command.arg("--release");
     }
+    if progress == Progress::Quiet {
+        command.stderr(Stdio::piped());
+    }
     let mut child = command.spawn().context("cannot run cargo build")?;
     let stdout = child.stdout.take().context("cargo build has no stdout")?;
+    // Read on a thread of its own while stdout is read here: neither pipe may fill up.
+    let said = child.stderr.take().map(|stderr| {
+        std::thread::spawn(move || {
+            let mut tail = std::collections::VecDeque::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tail.len() == 200 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Vec::from(tail).join("\n")
+        })
+    });
     for message in Message::parse_stream(BufReader::new(stdout)) {
         if let Message::CompilerArtifact(artifact) = message.context("reading cargo's output")? {
             on_artifact(&artifact);
         }
     }
     let status = child.wait().context("waiting for cargo build")?;
+    let said = said
+        .and_then(|reader| reader.join().ok())
+        .unwrap_or_default();
     if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
+        if said.is_empty() {
+            bail!("cargo {} failed ({status})", args.join(" "));
+        }
+        bail!("cargo {} failed ({status}):\n{said}", args.join(" "));
     }
     Ok(())
 }

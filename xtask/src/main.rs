@@ -1,8 +1,10 @@
 //! `cargo xtask <chore>`: see `cargo xtask --help`.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use xtask::Progress;
 
 /// plughost project chores.
 #[derive(Debug, Parser)]
@@ -29,12 +31,30 @@ enum Chore {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Chore::BuildPlugins { release, dest } => {
+            let started = Instant::now();
             let dest = dest.unwrap_or_else(|| xtask::workspace_root().join("plugins"));
             let packages = xtask::packages_under("plugins")?;
-            for library in xtask::build_libraries(&packages, release)? {
+            // Cargo's own lines follow (a first build compiles the dependencies too, and takes
+            // minutes): say first what they are for.
+            eprintln!(
+                "building {} plugin crate(s) ({}) in {} mode; a first build also compiles \
+                 their dependencies",
+                packages.len(),
+                packages.join(", "),
+                if release { "release" } else { "debug" }
+            );
+            let libraries = xtask::build_libraries_with(&packages, release, Progress::Show)?;
+            for library in &libraries {
                 let installed = xtask::install(&library.path, &dest)?;
                 println!("installed {} -> {}", library.package, installed.display());
             }
+            eprintln!(
+                "{} plugin librar{} installed in {} ({:.1} s)",
+                libraries.len(),
+                if libraries.len() == 1 { "y" } else { "ies" },
+                dest.display(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
     }

@@ -32,20 +32,93 @@ pub(crate) fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-/// `plughost enable` / `disable`: sets `plugins.NAME.enabled` in the file (`plughost.toml` in
-/// the working folder, created if missing, unless `--config` names one), keeping the rest of
-/// it as it was. A running `plughost run` watching the file applies the change.
+/// The settings `plughost enable` / `disable` go by: the file (`--config FILE`, else
+/// `plughost.toml` in the working folder) read with this process's environment, else as far as
+/// it can be without it (values using a variable it lacks left at their defaults: the file is
+/// the host's, whose environment may differ). Their `file` is `None` if there is no file to
+/// read or it cannot be read; [`set_enabled`] then says why, or the edit does.
+pub(crate) fn settings_for_edit(file: Option<&Path>) -> HostConfig {
+    let path = file.unwrap_or(Path::new(HostConfig::DEFAULT_FILE));
+    HostConfig::load(path)
+        .or_else(|_| HostConfig::load_structure(path))
+        .unwrap_or_default()
+}
+
+/// `plughost enable` / `disable`: sets `plugins.NAME.enabled` in the file (`--config FILE`,
+/// else `plughost.toml` in the working folder, which must exist: a host started without a
+/// file would not follow one created now), keeping the rest of it as it was. A name that is
+/// neither a plugin in the plugins folder nor a table of the file is refused (a typo would
+/// otherwise go unnoticed), unless `force`. A running `plughost run` watching the file applies
+/// the change.
 pub(crate) fn set_enabled(
     file: Option<&Path>,
     name: &str,
     enabled: bool,
+    force: bool,
+    settings: HostConfig,
 ) -> anyhow::Result<ExitCode> {
+    let verb = if enabled { "enable" } else { "disable" };
     let path = file.unwrap_or(Path::new(HostConfig::DEFAULT_FILE));
-    HostConfig::set_enabled_in(path, name, enabled, file.is_none())?;
+    if file.is_none() && std::fs::symlink_metadata(path).is_err() {
+        let here = std::env::current_dir().unwrap_or_default();
+        anyhow::bail!(
+            "plughost {verb} {name}: no {} in the working folder {}; create one there (an \
+             empty file will do, and start plughost run with it) or name the file your plughost \
+             run reads with --config FILE",
+            HostConfig::DEFAULT_FILE,
+            here.display()
+        );
+    }
+    // Settings that could not be read are the edit's to report.
+    if !force && settings.file.is_some() && !settings.plugins.contains_key(name) {
+        let folder = settings.host.plugins_dir.clone();
+        let (found, unreadable) = plugins_in(settings)?;
+        if !found.iter().any(|n| n == name) {
+            let found = if found.is_empty() {
+                "none".to_owned()
+            } else {
+                found.join(", ")
+            };
+            anyhow::bail!(
+                "plughost {verb} {name}: no plugin named {name} in {} (found: {}{}) nor in {}; \
+                 check the name, or pass --force to set it anyway",
+                folder.join("").display(),
+                found,
+                unreadable,
+                path.display()
+            );
+        }
+    }
+    HostConfig::set_enabled_in(path, name, enabled, false)?;
     println!(
-        "{} {name} in {}; a running plughost applies it now",
-        if enabled { "enabled" } else { "disabled" },
+        "{verb}d {name} in {}; a plughost run watching this file applies it now",
         path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The names of the plugins in the settings' plugins folder (sorted, each once), and a note
+/// naming the files there that would not load (whose names are not known), if any.
+fn plugins_in(settings: HostConfig) -> anyhow::Result<(Vec<String>, String)> {
+    let host = Host::new(settings)?;
+    let files = match host.discover() {
+        Ok(files) => files,
+        Err(error) => return Ok((Vec::new(), format!("; cannot list it: {error}"))),
+    };
+    let mut names = Vec::new();
+    let mut refused = Vec::new();
+    for file in files {
+        match host.open(&file) {
+            Ok(library) => names.push(library.info().name.clone()),
+            Err(_) => refused.push(crate::table::file_name(&file)),
+        }
+    }
+    names.sort();
+    names.dedup();
+    let note = if refused.is_empty() {
+        String::new()
+    } else {
+        format!("; would not load: {}", refused.join(", "))
+    };
+    Ok((names, note))
 }

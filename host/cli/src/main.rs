@@ -7,7 +7,8 @@
 //! - `exec NAME INPUT`: load one plugin and call it once;
 //! - `emit TOPIC JSON`: publish an event through the running host (over its control socket);
 //! - `events`: the running host's event counts per topic and per subscriber;
-//! - `config check`, `enable NAME`, `disable NAME`: the settings file.
+//! - `config check`, `enable NAME`, `disable NAME`: the settings file;
+//! - `new NAME`: write a new plugin crate.
 //!
 //! Settings come from `--config FILE`, else `plughost.toml` in the working folder if present,
 //! else the defaults; `--plugins-dir` and `--shadow-dir` override the file. Logs go to stderr
@@ -25,6 +26,7 @@ mod events;
 mod exec;
 mod inspect;
 mod list;
+mod new;
 mod run;
 mod table;
 
@@ -142,12 +144,36 @@ enum Command {
     Enable {
         /// The plugin's name.
         name: String,
+        /// Also a name that is neither a plugin in the plugins folder nor in the file.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        dir: DirArgs,
     },
     /// Disable a plugin in the configuration file; a running `plughost run` shuts it down and
     /// unloads it (its file is left alone).
     Disable {
         /// The plugin's name.
         name: String,
+        /// Also a name that is neither a plugin in the plugins folder nor in the file.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+    /// Write a new plugin crate in DIR that builds and loads as it is: a greeting plugin with
+    /// a typed configuration, its schema, a unit test and a README.
+    New {
+        /// The crate's name; the plugin's name is the same with `-` as `_`.
+        name: String,
+        /// Where to write it; must not exist or be empty [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Where the crate gets plugin-api: path:DIR, git:URL[#TAG] or version:X [default:
+        /// the source this plughost was built from if present, else its version from the
+        /// registry].
+        #[arg(long, value_name = "SPEC")]
+        api: Option<String>,
     },
 }
 
@@ -197,10 +223,13 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    // The file is read first: it says how to log. Not for enable / disable, which only edit
-    // it: reading it here would need the host's environment variables.
+    // The file is read first: it says how to log. Not for new. Enable / disable only edit it,
+    // and read it as far as they can without the host's environment variables.
     let config = match cli.command {
-        Command::Enable { .. } | Command::Disable { .. } => Ok(HostConfig::default()),
+        Command::Enable { .. } | Command::Disable { .. } => {
+            Ok(config::settings_for_edit(cli.config.as_deref()))
+        }
+        Command::New { .. } => Ok(HostConfig::default()),
         _ => HostConfig::discover(cli.config.as_deref()),
     };
     let format = config
@@ -257,7 +286,11 @@ fn init_logging(verbose_by_default: bool, format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false)
         // Colour only for a person at a terminal, never in files, pipes or journals.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        // NO_COLOR counts when set and not empty (no-color.org).
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         // Its report of a failed write is an `eprintln!`, which panics when stderr is full or
         // closed; a log line lost is better than a host aborted.
         .log_internal_errors(false);
@@ -333,7 +366,12 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             )
         }
         Command::Config(ConfigCommand::Check(dir)) => config::check(dir.apply(config)),
-        Command::Enable { name } => config::set_enabled(file, &name, true),
-        Command::Disable { name } => config::set_enabled(file, &name, false),
+        Command::Enable { name, force, dir } => {
+            config::set_enabled(file, &name, true, force, dir.apply(config))
+        }
+        Command::Disable { name, force, dir } => {
+            config::set_enabled(file, &name, false, force, dir.apply(config))
+        }
+        Command::New { name, path, api } => new::new(&name, path.as_deref(), api.as_deref()),
     }
 }

@@ -8,6 +8,15 @@ use std::path::Path;
 use super::{ConfigError, HostConfig};
 
 impl HostConfig {
+    /// Reads `path` as a process without the host's environment can: as [`load`](Self::load)
+    /// does, except that values using a variable (`${VAR}`, with or without a default) are left
+    /// at their defaults rather than substituted, as [`check_structure`](Self::check_structure)
+    /// reads. For commands that edit the file for a host whose environment may differ.
+    pub fn load_structure(path: &Path) -> Result<Self, ConfigError> {
+        let text = super::read_text(path, path, HostConfig::MAX_FILE_SIZE)?;
+        super::parse::read(path, &text, None)
+    }
+
     /// Sets `plugins.NAME.enabled` in the configuration file `path`. A running host watching
     /// the file applies the change.
     ///
@@ -74,7 +83,18 @@ fn with_enabled(text: &str, name: &str, enabled: bool) -> Result<String, String>
         .or_insert_with(|| toml_edit::Table::new().into())
         .as_table_like_mut()
         .ok_or_else(|| format!("plugins.{name} is not a table"))?;
-    plugin.insert("enabled", toml_edit::value(enabled));
+    match plugin.get_mut("enabled") {
+        // The new value takes the old one's place and its surroundings: the space after `=`
+        // and the comment at the end of the line stay.
+        Some(toml_edit::Item::Value(old)) => {
+            let decor = old.decor().clone();
+            *old = enabled.into();
+            *old.decor_mut() = decor;
+        }
+        _ => {
+            plugin.insert("enabled", toml_edit::value(enabled));
+        }
+    }
     Ok(document.to_string())
 }
 
@@ -138,6 +158,41 @@ mod tests {
         );
         let added = with_enabled("", "transform", true).unwrap();
         assert_eq!(added, "[plugins.transform]\nenabled = true\n");
+    }
+
+    #[test]
+    fn the_comment_on_the_enabled_line_stays() {
+        let text = "[plugins.counter]\nenabled = true   # keep this\npriority = 3 # and this\n";
+        let updated = with_enabled(text, "counter", false).unwrap();
+        assert_eq!(
+            updated,
+            "[plugins.counter]\nenabled = false   # keep this\npriority = 3 # and this\n"
+        );
+        assert_eq!(with_enabled(&updated, "counter", true).unwrap(), text);
+        // Inline tables too, and a value of the wrong type is replaced all the same.
+        let inline = "[plugins]\ncounter = { enabled = true, priority = 3 } # inline\n";
+        assert_eq!(
+            with_enabled(inline, "counter", false).unwrap(),
+            "[plugins]\ncounter = { enabled = false, priority = 3 } # inline\n"
+        );
+        let wrong = "[plugins.counter]\nenabled = \"yes\" # typo\n";
+        assert_eq!(
+            with_enabled(wrong, "counter", true).unwrap(),
+            "[plugins.counter]\nenabled = true # typo\n"
+        );
+    }
+
+    #[test]
+    fn the_structure_is_read_without_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plughost.toml");
+        let text = "[host]\nplugins_dir = \"${PLUGHOST_TEST_SURELY_UNSET}\"\n[plugins.a]\n";
+        std::fs::write(&path, text).unwrap();
+        assert!(HostConfig::load(&path).is_err());
+        let config = HostConfig::load_structure(&path).unwrap();
+        assert_eq!(config.host.plugins_dir, dir.path().join("plugins"));
+        assert!(config.plugins.contains_key("a"));
+        assert_eq!(config.file.as_deref(), Some(path.as_path()));
     }
 
     #[test]

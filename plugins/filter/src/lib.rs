@@ -1,7 +1,7 @@
 //! `filter`: a JSON array of numbers in, the numbers matching the configured rule out.
 //!
 //! ```text
-//! plughost exec filter '[1, 5, 10, 20]' --config '{"rule":"gt","value":5}'   # [10,20]
+//! plughost exec filter '[1, 5, 10, 20]' --init '{"rule":"gt","value":5}'   # [10,20]
 //! ```
 
 use plugin_api::{export_plugin, json, ConfigField, Context, Output, Plugin, PluginError};
@@ -95,3 +95,32 @@ impl Plugin for Filter {
 }
 
 export_plugin!(Filter);
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::testing::Harness;
+
+    use super::Filter;
+
+    #[test]
+    fn keeps_the_numbers_matching_the_rule() -> Result<(), plugin_api::testing::TestError> {
+        let filter = Harness::<Filter>::init(r#"{"rule": "gt", "value": 5}"#)?;
+        assert_eq!(filter.execute_str("[1, 5, 10, 20]")?, "[10,20]");
+        let error = filter.execute_str("not json").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("plugin filter returned an error"),
+            "{error}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_schema_fills_in_the_defaults() -> Result<(), plugin_api::testing::TestError> {
+        // rule "gt", value 0
+        let filter = Harness::<Filter>::init("")?;
+        assert_eq!(filter.execute_str("[-1, 0, 2]")?, "[2]");
+        Ok(())
+    }
+}

@@ -1,7 +1,7 @@
 //! `transform`: text in, text out, changed as the `mode` setting says.
 //!
 //! ```text
-//! plughost exec transform hello --config '{"mode":"upper"}'   # HELLO
+//! plughost exec transform hello --init '{"mode":"upper"}'   # HELLO
 //! ```
 
 use plugin_api::{export_plugin, ConfigField, Context, Output, Plugin, PluginError};
@@ -75,3 +75,29 @@ impl Plugin for Transform {
 }
 
 export_plugin!(Transform);
+
+#[cfg(test)]
+mod tests {
+    use plugin_api::testing::Harness;
+
+    use super::Transform;
+
+    #[test]
+    fn each_mode_through_the_real_entry_points() -> Result<(), plugin_api::testing::TestError> {
+        let upper = Harness::<Transform>::init(r#"{"mode": "upper"}"#)?;
+        assert_eq!(upper.execute_str("hello")?, "HELLO");
+        upper.shutdown()?;
+        let reverse = Harness::<Transform>::init(r#"{"mode": "reverse"}"#)?;
+        assert_eq!(reverse.execute_str("stressed")?, "desserts");
+        Ok(())
+    }
+
+    #[test]
+    fn a_wrong_config_is_refused_as_a_host_refuses_it() {
+        let error = Harness::<Transform>::init(r#"{"mode": 3}"#).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "plugin transform: config key `mode` must be a string, found an integer (3)"
+        );
+    }
+}
