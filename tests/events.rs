@@ -1,6 +1,6 @@
 //! The event bus, end to end: real plugins that subscribe, publish and run as event sources,
 //! the program's own publishes and handlers, the host's lifecycle hooks, and each delivery
-//! guarantee the README states.
+//! guarantee docs/events.md states.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

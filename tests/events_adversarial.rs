@@ -1,9 +1,9 @@
-//! Adversarial tests of the event bus: each tries to break one guarantee of README "Events"
+//! Adversarial tests of the event bus: each tries to break one guarantee of docs/events.md
 //! or docs/design.md "The event bus". A failing test here is a bug report; its message says
 //! what went wrong. Every wait is bounded, so none can hang.
 //!
 //! Longer than 600 lines: the reproducers of one review, kept together with their shared
-//! scenarios; README "Events" lists the guarantees they hold the bus to.
+//! scenarios; docs/events.md lists the guarantees they hold the bus to.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};

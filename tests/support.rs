@@ -16,6 +16,11 @@ use tempfile::TempDir;
 #[path = "isolated.rs"]
 pub mod isolated;
 
+/// The documentation's Rust snippets and links, checked.
+#[cfg(any(test, doctest))]
+#[path = "doctests.rs"]
+mod doctests;
+
 /// The built library of a workspace package (an example under `plugins/` or a fixture under
 /// `tests/fixtures/`), e.g. `"transform"` or `"fixture-panicky"`.
 pub fn library(package: &str) -> &'static Path {

@@ -3,7 +3,7 @@
 //! [`plughost::Event`] with about 20 bytes of JSON data (the bus shares it as an `Arc`, the
 //! others are sent an `Arc<Event>`).
 //!
-//! One file of more than 600 lines on purpose: the README's events table comes from this one
+//! One file of more than 600 lines on purpose: the events table of docs/benchmarks.md comes from this one
 //! run, and the three transports' harnesses sit side by side so they stay alike.
 //!
 //! 1. `publish_4_subscribers` (criterion): the cost on the publisher's thread of one publish to

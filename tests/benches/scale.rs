@@ -31,7 +31,7 @@
 //! `/proc`); the load average of the machine is printed at the start and at the end.
 //!
 //! Longer than the project's 500 lines on purpose: one program, so that every figure of the
-//! README's scale table comes from the same template, folders and run, and reads in one place.
+//! docs/benchmarks.md's scale table comes from the same template, folders and run, and reads in one place.
 
 use std::collections::HashSet;
 use std::path::Path;
