@@ -127,6 +127,18 @@ impl Host {
         for (name, path) in unwanted {
             lifecycle.not_started(&name, &path);
         }
+        // A file the watcher loaded while this batch was being opened, with this very
+        // content, is not started again: that would be a reload of a version to itself.
+        // (Files running before `load_all` began are reloaded, as asked.)
+        libraries.retain(|library| {
+            let loaded_meanwhile = !running.contains(library.file())
+                && self
+                    .registry
+                    .find_by_file(library.file())
+                    .and_then(|slot| slot.current())
+                    .is_some_and(|v| v.library().content_hash() == library.content_hash());
+            !loaded_meanwhile
+        });
         libraries.retain(|library| lifecycle.admit(library));
         self.start_in_order(&mut lifecycle, libraries, |_| None, true, report);
     }
