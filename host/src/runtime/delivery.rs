@@ -193,7 +193,8 @@ impl RunningPlugin {
     }
 }
 
-fn unix_nanos(time: SystemTime) -> u64 {
+/// `time` in nanoseconds since the Unix epoch, as events and deadlines cross the boundary.
+pub(crate) fn unix_nanos(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }

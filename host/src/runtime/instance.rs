@@ -386,10 +386,12 @@ impl Drop for RunningPlugin {
     }
 }
 
-/// A raw instance pointer, carried to and from the thread that runs Init or Shutdown.
-pub(super) struct InstancePtr(pub(super) *mut c_void);
-// SAFETY: the instance may be created and shut down on any thread (`Plugin: Send`); the
-// pointer is only moved between the caller and that thread, never shared.
+/// A raw instance pointer, carried to and from the thread that runs plugin code the host runs
+/// itself: Init, Shutdown, an event source's `start` and `stop` (here and in a worker).
+pub(crate) struct InstancePtr(pub(crate) *mut c_void);
+// SAFETY: the instance may be created, used and shut down on any thread (`Plugin: Send +
+// Sync`); the pointer is only moved to that thread, and whoever frees the instance first
+// waits for the thread or leaves the library stuck (never freed).
 unsafe impl Send for InstancePtr {}
 
 /// The Init call for `library`, as code that owns what it uses, to run on a thread of its

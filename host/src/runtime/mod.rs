@@ -14,10 +14,10 @@
 
 mod abi;
 mod callbacks;
-mod delivery;
+pub(crate) mod delivery;
 pub(crate) mod emitting;
 mod handle;
-mod instance;
+pub(crate) mod instance;
 mod isolation;
 mod library;
 mod local;

@@ -11,6 +11,7 @@ use super::frame::{EventHeader, Frame, Kind};
 use super::process::{Process, Stop};
 use super::supervisor::Supervisor;
 use crate::error::CallError;
+use crate::runtime::delivery::unix_nanos;
 use crate::runtime::emitting::Emitting;
 
 /// How long an event waits for a worker restarting after a crash.
@@ -29,25 +30,9 @@ impl Supervisor {
         event: &crate::event::Event,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        let mut id = String::new();
-        let header = EventHeader {
-            id: event.id_into(&mut id).to_owned(),
-            source: event.source().to_owned(),
-            topic: event.topic().to_owned(),
-            time_unix_nanos: event
-                .time()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            datacontenttype: event.content_type().to_owned(),
-            extensions: event
-                .extensions()
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .collect(),
-        };
+        let header = EventHeader::of(event);
         let mut frame = Frame::new(Kind::Event);
-        frame.number = (std::time::SystemTime::now() + timeout)
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        frame.number = unix_nanos(std::time::SystemTime::now() + timeout);
         frame.first = serde_json::to_vec(&header).unwrap_or_default();
         frame.second = Some(event.data().to_vec());
         // A worker restarting after a crash is waited for, as a call waits for it: the event

@@ -10,6 +10,9 @@
 
 use std::io::{Read, Write};
 
+use abi_stable::std_types::{RSlice, RStr};
+use plugin_api::ffi::{Extension, RawEvent};
+
 use super::lanes::MESSAGE_LIMIT;
 
 /// What a frame is.
@@ -91,6 +94,53 @@ pub(crate) struct EventHeader {
     pub(crate) datacontenttype: String,
     #[serde(default)]
     pub(crate) extensions: Vec<(String, String)>,
+}
+
+impl EventHeader {
+    /// The header of `event` as the host sends it to a worker.
+    pub(crate) fn of(event: &crate::event::Event) -> Self {
+        let mut id = String::new();
+        EventHeader {
+            id: event.id_into(&mut id).to_owned(),
+            source: event.source().to_owned(),
+            topic: event.topic().to_owned(),
+            time_unix_nanos: crate::runtime::delivery::unix_nanos(event.time()),
+            datacontenttype: event.content_type().to_owned(),
+            extensions: event
+                .extensions()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Its extensions as the boundary carries them, for [`raw`](Self::raw).
+    pub(crate) fn extensions(&self) -> Vec<Extension<'_>> {
+        self.extensions
+            .iter()
+            .map(|(name, value)| Extension {
+                name: RStr::from_str(name),
+                value: RStr::from_str(value),
+            })
+            .collect()
+    }
+
+    /// The event as a plugin's entry points take it, with `data` and the `extensions` made
+    /// from this header.
+    pub(crate) fn raw<'a>(
+        &'a self,
+        extensions: &'a [Extension<'a>],
+        data: &'a [u8],
+    ) -> RawEvent<'a> {
+        RawEvent {
+            id: RStr::from_str(&self.id),
+            source: RStr::from_str(&self.source),
+            topic: RStr::from_str(&self.topic),
+            time_unix_nanos: self.time_unix_nanos,
+            datacontenttype: RStr::from_str(&self.datacontenttype),
+            data: RSlice::from_slice(data),
+            extensions: RSlice::from_slice(extensions),
+        }
+    }
 }
 
 /// One message on the control channel.

@@ -310,8 +310,6 @@ fn refuse_publish(process: &Process, emit: &Frame) {
 
 /// Publishes an event of the worker's plugin, and answers it.
 fn publish(process: &Process, identity: &Identity, emit: Frame) {
-    use abi_stable::std_types::{RSlice, RStr};
-    use plugin_api::ffi::{Extension, RawEvent};
     let mut answer = Frame::new(Kind::CallReply);
     answer.id = emit.id;
     let outcome = match (
@@ -321,23 +319,15 @@ fn publish(process: &Process, identity: &Identity, emit: Frame) {
         (None, _) => Err("the host has not bound this plugin's events".to_owned()),
         (_, Err(e)) => Err(format!("the worker sent a damaged event: {e}")),
         (Some(events), Ok(header)) => {
-            let extensions: Vec<Extension<'_>> = header
-                .extensions
-                .iter()
-                .map(|(name, value)| Extension {
-                    name: RStr::from_str(name),
-                    value: RStr::from_str(value),
-                })
-                .collect();
-            let raw = RawEvent {
-                id: RStr::from_str(""),
-                source: RStr::from_str(""),
-                topic: RStr::from_str(&header.topic),
+            // The host sets id, source and time: whatever the worker put there is ignored.
+            let header = EventHeader {
+                id: String::new(),
+                source: String::new(),
                 time_unix_nanos: 0,
-                datacontenttype: RStr::from_str(&header.datacontenttype),
-                data: RSlice::from_slice(emit.second.as_deref().unwrap_or_default()),
-                extensions: RSlice::from_slice(&extensions),
+                ..header
             };
+            let extensions = header.extensions();
+            let raw = header.raw(&extensions, emit.second.as_deref().unwrap_or_default());
             events.publish(emit.number, &raw).map_err(|e| e.to_string())
         }
     };

@@ -26,7 +26,7 @@ use std::sync::{Mutex, OnceLock};
 
 use abi_stable::std_types::{RSlice, RStr};
 use plugin_api::ffi::{
-    health_level, CallContext, EventApi, EventModule, Extension, HostApi, OutBuffer, PluginCalls,
+    health_level, CallContext, EventApi, EventModule, HostApi, OutBuffer, PluginCalls,
     PluginVTable, RawEvent, StateVTable, Status,
 };
 
@@ -35,6 +35,7 @@ use super::lanes::{Region, LANES, MESSAGE_LIMIT, OP_QUIT, STATUS_TOO_LARGE};
 use crate::loader::Library;
 use crate::runtime::abi::{with_output, written, Written, BROKEN_PROTOCOL};
 use crate::runtime::callbacks::{free_host_buffer, reply};
+use crate::runtime::instance::InstancePtr;
 
 /// The argument that starts a program in the worker role.
 pub const WORKER_ARG: &str = "__worker";
@@ -348,23 +349,9 @@ fn serve_request(side: &Side, served: &Served, request: Frame) {
                         Status::ERROR
                     }
                     Ok(header) => {
-                        let extensions: Vec<Extension<'_>> = header
-                            .extensions
-                            .iter()
-                            .map(|(name, value)| Extension {
-                                name: RStr::from_str(name),
-                                value: RStr::from_str(value),
-                            })
-                            .collect();
-                        let raw = RawEvent {
-                            id: RStr::from_str(&header.id),
-                            source: RStr::from_str(&header.source),
-                            topic: RStr::from_str(&header.topic),
-                            time_unix_nanos: header.time_unix_nanos,
-                            datacontenttype: RStr::from_str(&header.datacontenttype),
-                            data: RSlice::from_slice(request.second.as_deref().unwrap_or_default()),
-                            extensions: RSlice::from_slice(&extensions),
-                        };
+                        let extensions = header.extensions();
+                        let data = request.second.as_deref().unwrap_or_default();
+                        let raw = header.raw(&extensions, data);
                         let ctx = CallContext {
                             cancelled: std::ptr::null(),
                             deadline_unix_nanos: request.number,
@@ -483,11 +470,6 @@ static WORKER_EVENTS: EventApi = EventApi {
     publish: worker_publish,
     free_buffer: free_host_buffer,
 };
-
-/// An instance pointer moved to the source's thread.
-struct InstancePtr(*mut c_void);
-// SAFETY: the plugin's instance may be used from any thread (`Plugin: Send + Sync`).
-unsafe impl Send for InstancePtr {}
 
 /// # Safety
 ///
