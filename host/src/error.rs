@@ -662,6 +662,65 @@ pub enum HostError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A plugin asked for by name is not known to the host: never seen in a file, running or
+    /// not.
+    #[error("no plugin named {plugin:?} is known to this host")]
+    UnknownPlugin {
+        /// The name asked for.
+        plugin: String,
+    },
+    /// The plugin is disabled in the settings: enable it to start it.
+    #[error("plugin {plugin} is disabled: enable it first")]
+    PluginDisabled {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The plugin is known, but no file is known to hold it.
+    #[error("plugin {plugin}: no file is known to hold it")]
+    NoFile {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The plugin's file was read again and refused ([`Host::reload`](crate::Host::reload)):
+    /// the version in service, if any, keeps serving.
+    #[error("plugin {plugin} not reloaded: {source}")]
+    ReloadRefused {
+        /// The plugin.
+        plugin: String,
+        /// Why its file was refused.
+        #[source]
+        source: Box<LoadError>,
+    },
+}
+
+impl HostError {
+    /// The plugin the error is about, if it is about one: for telling "no such plugin"
+    /// ([`UnknownPlugin`](Self::UnknownPlugin), [`NoSuchPlugin`](Self::NoSuchPlugin)) from a
+    /// plugin that is there but refused.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            HostError::NoSuchPlugin { name, .. } | HostError::Requirement { name, .. } => {
+                Some(name)
+            }
+            HostError::UnknownPlugin { plugin }
+            | HostError::PluginDisabled { plugin }
+            | HostError::NoFile { plugin }
+            | HostError::ReloadRefused { plugin, .. } => Some(plugin),
+            HostError::Load(error) => error.plugin(),
+            HostError::PluginsDir { .. }
+            | HostError::Watch { .. }
+            | HostError::ShadowDir { .. } => None,
+        }
+    }
+
+    /// Whether the error says the plugin asked for does not exist (an HTTP API's 404), as
+    /// opposed to one that exists and could not do what was asked.
+    pub fn is_unknown_plugin(&self) -> bool {
+        matches!(
+            self,
+            HostError::UnknownPlugin { .. } | HostError::NoSuchPlugin { .. }
+        )
+    }
 }
 
 /// Why an event was not published (or, for [`Dropped`](PublishError::Dropped), not queued for

@@ -1,9 +1,14 @@
 //! What happens to plugins, as events an embedding program (or a test) can wait for instead of
 //! sleeping: [`Host::subscribe`](crate::Host::subscribe). Each is also published on the event
-//! bus under the reserved prefix `plughost.` (`plughost.plugin.loaded`, `.reloaded`,
-//! `.refused`, `.unloaded`, `plughost.config.applied`, `.refused`), where plugins subscribe to
-//! them like to any topic, with `plughost.call.failed` from the guarded call path. Their data
-//! is JSON; their source is `plughost`.
+//! bus under the reserved prefix `plughost.`, where plugins subscribe to them like to any topic.
+//! Their data is JSON; their source is `plughost`:
+//!
+//! - `plughost.plugin.loaded`, `.reloaded`, `.refused`, `.unloaded`: a plugin's life;
+//! - `plughost.config.applied`, `.refused`: the settings;
+//! - `plughost.circuit.changed`: a plugin's circuit in a [`Dispatcher`](crate::Dispatcher)
+//!   opened, half-opened or closed (`{"plugin", "from", "to"}`, states `closed`, `open`,
+//!   `half_open`);
+//! - `plughost.call.failed`: a call through the guarded path failed (bus only).
 
 #![forbid(unsafe_code)]
 
@@ -83,6 +88,59 @@ pub enum HostEvent {
         /// Why, naming the line or the plugin.
         reason: String,
     },
+    /// A plugin's circuit breaker in a [`Dispatcher`](crate::Dispatcher) changed state:
+    /// opened after failures, half-opened for a trial call, closed again.
+    CircuitChanged {
+        /// The plugin.
+        plugin: String,
+        /// The state it left.
+        from: CircuitState,
+        /// The state it is in now.
+        to: CircuitState,
+    },
+}
+
+/// The state of one plugin's circuit in a [`Dispatcher`](crate::Dispatcher). Serialized as its
+/// name ([`as_str`](Self::as_str)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Calls go through; this many consecutive failures so far.
+    Closed {
+        /// Consecutive failures.
+        failures: u32,
+    },
+    /// Calls fail fast until `until`.
+    Open {
+        /// When the next call is let through.
+        until: tokio::time::Instant,
+        /// The failures that opened it.
+        failures: u32,
+    },
+    /// One trial call is in flight; others fail fast until it has answered.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// Its name: `closed`, `open`, `half_open`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CircuitState::Closed { .. } => "closed",
+            CircuitState::Open { .. } => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl std::fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for CircuitState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// The open subscriptions, and the bus the events also go to.
@@ -189,6 +247,10 @@ fn hook_event(happened: &HostEvent) -> Event {
         HostEvent::ConfigRefused { file, reason } => event(
             "plughost.config.refused",
             json!({"file": file, "reason": reason}),
+        ),
+        HostEvent::CircuitChanged { plugin, from, to } => event(
+            "plughost.circuit.changed",
+            json!({"plugin": plugin, "from": from.as_str(), "to": to.as_str()}),
         ),
     }
 }

@@ -12,12 +12,16 @@
 //! - [`HostConfig`]: the settings, from `plughost.toml` ([`HostConfig::load`]) or built in code
 //!   ([`HostConfig::with_plugins_dir`]): where plugins live, which are enabled, each one's
 //!   configuration, priority, call timeout, and whether it runs in a worker process of its
-//!   own ([`Isolation`]).
+//!   own ([`Isolation`]); and where an admin API listens ([`AdminSettings`], its token a
+//!   [`Secret`] never shown).
 //! - [`Host`]: owns every plugin. [`Host::load_all`] starts everything in the plugins folder
 //!   in dependency order; [`Host::load`] starts one plugin of the folder by name, the plugins
 //!   it requires first; [`Host::load_file`] starts one library file from anywhere;
 //!   [`Host::watch`] keeps the host in line with the folder and the settings file (hot
-//!   reload). Dropping it shuts every plugin down.
+//!   reload); [`Host::reload`] and [`Host::set_plugin_config`] do the same on request.
+//!   Dropping it shuts every plugin down.
+//! - [`PluginStatus`]: where a plugin stands ([`Host::status`]): its [`PluginState`], version,
+//!   file, reloads and the last [`Refusal`]; never waits for a load in progress.
 //! - [`PluginLibrary`]: a library checked and loaded but not started ([`Host::open`]), to
 //!   read its [`PluginInfo`] or ask whether it would accept a configuration.
 //! - [`PluginHandle`]: how a caller reaches one plugin: taken once ([`Host::handle`]), cloned
@@ -26,7 +30,8 @@
 //! - [`LocalHandle`]: one thread's handle for a hot loop ([`PluginHandle::local`]), at about
 //!   the cost of a direct call; it keeps the version it last called loaded until its next call.
 //! - [`Dispatcher`]: async calls guarded by a [`CallPolicy`] per plugin (timeout with
-//!   cancellation, concurrency and rate limits, circuit breaker), with metrics and health.
+//!   cancellation, concurrency and rate limits, circuit breaker), with metrics
+//!   ([`MetricsSnapshot`], latency buckets for Prometheus) and health.
 //! - [`HostEvent`]: what happened to plugins, from [`Host::subscribe`], to wait on instead of
 //!   sleeping.
 //! - [`Event`]: an event on the bus (CloudEvents attributes): the program publishes with
@@ -98,8 +103,8 @@ pub use bus::{
     EventStats, Percentiles, SubscribeOptions, SubscriberStats, Subscription, TopicStats,
 };
 pub use config::{
-    ByteSize, ConfigError, CpuLimit, HostConfig, HostSettings, Isolation, Location, LogFormat,
-    PluginSettings, ProbeSetting, QueuePolicy,
+    AdminSettings, ByteSize, ConfigError, CpuLimit, HostConfig, HostSettings, Isolation, Location,
+    LogFormat, PluginSettings, ProbeSetting, QueuePolicy, Secret,
 };
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
@@ -107,7 +112,10 @@ pub use dispatch::{
 pub use error::{CallError, HostError, LoadError, PublishError};
 pub use event::Event;
 pub use events::HostEvent;
-pub use host::{ConfigReport, Host, LoadReport, WatchOptions, Watcher};
+pub use host::{
+    ConfigChange, ConfigReport, Host, LoadReport, PluginState, PluginStatus, Refusal, WatchOptions,
+    Watcher,
+};
 pub use loader::residency::UnloadStatus;
 pub use plugin_info::{ConfigKey, PluginInfo, Requirement};
 pub use runtime::{LocalHandle, PluginHandle, PluginHealth, PluginLibrary, PluginOutput};

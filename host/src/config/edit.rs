@@ -1,9 +1,12 @@
-//! Changing `plughost.toml` on the operator's behalf (`plughost enable` / `disable`): one value
-//! set, the rest of the file (comments, order, formatting) kept as it was, and the file
-//! replaced whole so that a host watching it never reads half of it.
+//! Changing `plughost.toml` on the operator's behalf (`plughost enable` / `disable`, a
+//! plugin's config set through the API): only what changes is set, the rest of the file
+//! (comments, order, formatting, `${VAR}` values) kept as it was, and the file replaced whole so
+//! that a host watching it never reads half of it.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
 
 use super::{ConfigError, HostConfig};
 
@@ -62,6 +65,188 @@ impl HostConfig {
             source,
         })
     }
+}
+
+/// A new text of the configuration file, checked, and what the host reads from it; not written
+/// yet, so that it is written only once the change it makes has been applied.
+pub(crate) struct Edit {
+    /// The file, as named.
+    path: PathBuf,
+    /// The file actually written (the target, if `path` is a symbolic link).
+    target: PathBuf,
+    text: String,
+    /// The settings as the host reads the new text, with its environment.
+    pub(crate) config: HostConfig,
+}
+
+impl Edit {
+    /// `path` with `[plugins.NAME.config]` set to `config`. Only what changes is written:
+    /// a key whose value stays is left as the file writes it, so a `${VAR}` whose value is
+    /// what the new config gives stays `${VAR}` (no secret lands in the file), and comments
+    /// and layout stay. Refused if the file does not read as the host reads it, or cannot
+    /// hold `config` exactly (TOML has no null).
+    pub(crate) fn plugin_config(
+        path: &Path,
+        name: &str,
+        config: &Map<String, Value>,
+    ) -> Result<Self, ConfigError> {
+        let target = std::fs::canonicalize(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let text = super::read_text(&target, path, HostConfig::MAX_FILE_SIZE)?;
+        // The values as the host reads them now, variables substituted: what "unchanged" means.
+        let before = HostConfig::parse(path, &text)?.plugin(name).config;
+        let edit_error = |reason| ConfigError::Edit {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = with_plugin_config(&text, name, config, &before).map_err(edit_error)?;
+        let after = HostConfig::parse(path, &text)?;
+        if after.plugin(name).config != *config {
+            return Err(edit_error(format!(
+                "plugins.{name}.config would not read back as given"
+            )));
+        }
+        Ok(Edit {
+            path: path.to_owned(),
+            target,
+            text,
+            config: after,
+        })
+    }
+
+    /// Replaces the file with the new text.
+    pub(crate) fn write(&self) -> Result<(), ConfigError> {
+        replace_file(&self.target, self.text.as_bytes()).map_err(|source| ConfigError::Write {
+            path: self.path.clone(),
+            target: self.target.clone(),
+            source,
+        })
+    }
+}
+
+/// `text` with `plugins.NAME.config` made `config`, `before` being its values as read now:
+/// keys whose value stays are not touched, others are set in place (keeping the comment on
+/// their line), added or removed.
+fn with_plugin_config(
+    text: &str,
+    name: &str,
+    config: &Map<String, Value>,
+    before: &Map<String, Value>,
+) -> Result<String, String> {
+    let mut document: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.to_string())?;
+    let plugins = document
+        .entry("plugins")
+        .or_insert_with(|| {
+            let mut table = toml_edit::Table::new();
+            table.set_implicit(true);
+            table.into()
+        })
+        .as_table_like_mut()
+        .ok_or("plugins is not a table")?;
+    let plugin = plugins.entry(name).or_insert_with(|| {
+        let mut table = toml_edit::Table::new();
+        table.set_implicit(true);
+        table.into()
+    });
+    let inline = plugin.is_inline_table();
+    let plugin = plugin
+        .as_table_like_mut()
+        .ok_or_else(|| format!("plugins.{name} is not a table"))?;
+    if !plugin.contains_key("config") {
+        if config.is_empty() {
+            return Ok(document.to_string());
+        }
+        // A table of its own under a table of its own; inside an inline table, inline.
+        let table = if inline {
+            toml_edit::Item::Value(toml_edit::InlineTable::new().into())
+        } else {
+            toml_edit::Table::new().into()
+        };
+        plugin.insert("config", table);
+    }
+    let table = plugin
+        .get_mut("config")
+        .and_then(toml_edit::Item::as_table_like_mut)
+        .ok_or_else(|| format!("plugins.{name}.config is not a table"))?;
+    merge(table, config, before, &format!("plugins.{name}.config"))?;
+    Ok(document.to_string())
+}
+
+/// Makes `table` hold `new`; `old` is what it holds now, as read.
+fn merge(
+    table: &mut dyn toml_edit::TableLike,
+    new: &Map<String, Value>,
+    old: &Map<String, Value>,
+    at: &str,
+) -> Result<(), String> {
+    let gone: Vec<String> = table
+        .iter()
+        .map(|(key, _)| key.to_owned())
+        .filter(|key| !new.contains_key(key))
+        .collect();
+    for key in gone {
+        table.remove(&key);
+    }
+    for (key, value) in new {
+        let path = format!("{at}.{key}");
+        if old.get(key) == Some(value) && table.contains_key(key) {
+            continue;
+        }
+        match (table.get_mut(key), value) {
+            (Some(item), Value::Object(inner)) if item.is_table_like() => {
+                let empty = Map::new();
+                let old = old.get(key).and_then(Value::as_object).unwrap_or(&empty);
+                let inner_table = item.as_table_like_mut().expect("checked: table-like");
+                merge(inner_table, inner, old, &path)?;
+            }
+            (Some(toml_edit::Item::Value(existing)), _) => {
+                // The new value takes the old one's place: the comment after it stays.
+                let decor = existing.decor().clone();
+                *existing = toml_value(value, &path)?;
+                *existing.decor_mut() = decor;
+            }
+            _ => {
+                table.insert(key, toml_edit::Item::Value(toml_value(value, &path)?));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `value` as TOML, or why TOML cannot hold it.
+fn toml_value(value: &Value, at: &str) -> Result<toml_edit::Value, String> {
+    Ok(match value {
+        Value::Null => {
+            return Err(format!(
+                "{at}: TOML has no null (leave the key out instead)"
+            ))
+        }
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.into(),
+            (None, Some(f)) if !n.is_u64() => f.into(),
+            _ => return Err(format!("{at}: {n} is out of TOML's integer range")),
+        },
+        Value::String(s) => s.as_str().into(),
+        Value::Array(items) => {
+            let mut array = toml_edit::Array::new();
+            for (i, item) in items.iter().enumerate() {
+                array.push(toml_value(item, &format!("{at}[{i}]"))?);
+            }
+            array.into()
+        }
+        Value::Object(map) => {
+            let mut table = toml_edit::InlineTable::new();
+            for (key, item) in map {
+                table.insert(key, toml_value(item, &format!("{at}.{key}"))?);
+            }
+            table.into()
+        }
+    })
 }
 
 /// `text` with `plugins.NAME.enabled` set, everything else kept; or why that cannot be done.
@@ -193,6 +378,115 @@ mod tests {
         assert_eq!(config.host.plugins_dir, dir.path().join("plugins"));
         assert!(config.plugins.contains_key("a"));
         assert_eq!(config.file.as_deref(), Some(path.as_path()));
+    }
+
+    fn map(value: serde_json::Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_plugin_config_is_written_keeping_comments_and_variables() {
+        let text = "# settings\n[plugins.storage] # the store\npriority = 1\n\n\
+                    [plugins.storage.config]\nnamespace = \"main\" # where\n\
+                    token = \"${TOKEN}\" # never in the file\ncapacity = 5\nold = true\n\n\
+                    [plugins.other]\nenabled = false # off\n";
+        // As the host read it: the token expanded.
+        let before = map(serde_json::json!({
+            "namespace": "main", "token": "s3cret", "capacity": 5, "old": true
+        }));
+        let new = map(serde_json::json!({
+            "namespace": "edited", "token": "s3cret", "capacity": 5, "nested": {"a": [1, 2]}
+        }));
+        let updated = with_plugin_config(text, "storage", &new, &before).unwrap();
+        assert_eq!(
+            updated,
+            "# settings\n[plugins.storage] # the store\npriority = 1\n\n\
+             [plugins.storage.config]\nnamespace = \"edited\" # where\n\
+             token = \"${TOKEN}\" # never in the file\ncapacity = 5\n\
+             nested = { a = [1, 2] }\n\n[plugins.other]\nenabled = false # off\n"
+        );
+        // A new token value replaces the variable: it is what was asked.
+        let new = map(serde_json::json!({"namespace": "main", "token": "other"}));
+        let updated = with_plugin_config(text, "storage", &new, &before).unwrap();
+        assert!(
+            updated.contains("token = \"other\" # never in the file"),
+            "{updated}"
+        );
+    }
+
+    #[test]
+    fn a_plugin_config_table_is_added_where_there_is_none() {
+        let new = map(serde_json::json!({"mode": "lower"}));
+        let empty = Map::new();
+        assert_eq!(
+            with_plugin_config("[host]\nwatch = true\n", "transform", &new, &empty).unwrap(),
+            "[host]\nwatch = true\n\n[plugins.transform.config]\nmode = \"lower\"\n"
+        );
+        // Inside an inline table, and as dotted keys, in their own style.
+        assert_eq!(
+            with_plugin_config(
+                "[plugins]\ntransform = { priority = 2 }\n",
+                "transform",
+                &new,
+                &empty
+            )
+            .unwrap(),
+            "[plugins]\ntransform = { priority = 2 , config = { mode = \"lower\" } }\n"
+        );
+        let before = map(serde_json::json!({"mode": "upper"}));
+        assert_eq!(
+            with_plugin_config(
+                "[plugins.transform]\nconfig.mode = \"upper\"\n",
+                "transform",
+                &new,
+                &before
+            )
+            .unwrap(),
+            "[plugins.transform]\nconfig.mode = \"lower\"\n"
+        );
+        // Nothing to write, nothing written.
+        assert_eq!(
+            with_plugin_config("", "transform", &Map::new(), &empty).unwrap(),
+            ""
+        );
+    }
+
+    #[test]
+    fn a_config_toml_cannot_hold_is_refused() {
+        let empty = Map::new();
+        let null = map(serde_json::json!({"a": {"b": null}}));
+        assert_eq!(
+            with_plugin_config("", "p", &null, &empty).unwrap_err(),
+            "plugins.p.config.a.b: TOML has no null (leave the key out instead)"
+        );
+        let huge = map(serde_json::json!({"n": u64::MAX}));
+        assert!(with_plugin_config("", "p", &huge, &empty)
+            .unwrap_err()
+            .contains("out of TOML's integer range"));
+    }
+
+    #[test]
+    fn an_edit_reads_back_as_the_host_reads_it() {
+        let variable = "PLUGHOST_TEST_EDIT_TOKEN_7F3A";
+        std::env::set_var(variable, "s3cret");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plughost.toml");
+        let text = format!("[plugins.storage.config] # mine\ntoken = \"${{{variable}}}\"\n");
+        std::fs::write(&path, &text).unwrap();
+        let new = map(serde_json::json!({"token": "s3cret", "namespace": "n"}));
+        let edit = Edit::plugin_config(&path, "storage", &new).unwrap();
+        assert_eq!(edit.config.plugin("storage").config, new);
+        edit.write().unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(!written.contains("s3cret"), "{written}");
+        assert!(
+            written.starts_with("[plugins.storage.config] # mine\n"),
+            "{written}"
+        );
+        assert_eq!(
+            HostConfig::load(&path).unwrap().plugin("storage").config,
+            new
+        );
     }
 
     #[test]

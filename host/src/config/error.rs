@@ -93,8 +93,30 @@ pub enum ConfigError {
         #[source]
         cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    /// The file cannot be changed as asked (`plughost enable`/`disable`): a key that must be
-    /// a table is not one.
+    /// A change names a plugin the host does not know: never seen in a file of the plugins
+    /// folder, and without a table in the settings.
+    #[error(
+        "{}: no plugin named {plugin:?} is known to this host",
+        settings_place(path.as_deref(), None)
+    )]
+    UnknownPlugin {
+        /// The configuration file; `None` when the settings come from no file.
+        path: Option<PathBuf>,
+        /// The name asked for.
+        plugin: String,
+    },
+    /// A change was to be written into the configuration file, and the settings come from no
+    /// file.
+    #[error(
+        "cannot write plugins.{plugin}.config into the configuration file: the settings come \
+         from no file (start the host with one, or apply the change without writing it)"
+    )]
+    NoFile {
+        /// The plugin whose change was to be written.
+        plugin: String,
+    },
+    /// The file cannot be changed as asked (`plughost enable`/`disable`, a plugin's config
+    /// written back): a key that must be a table is not one, or a value TOML cannot hold.
     #[error("{}: cannot update the file: {reason}", path.display())]
     Edit {
         /// The file.

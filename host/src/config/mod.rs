@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 pub(crate) mod edit;
 mod env;
 mod error;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::{AdminSettings, Secret};
 pub use error::{ConfigError, Location};
 pub use isolation::{ByteSize, CpuLimit, Isolation};
 use parse::{Source, Spans};
@@ -44,9 +46,14 @@ pub struct HostConfig {
     pub host: HostSettings,
     /// The `[plugins.NAME]` tables, by plugin name.
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// The `[admin]` table: the admin API's address and guards. A running host keeps the
+    /// table it started with: a live edit of it is logged and applies at the next start.
+    pub admin: AdminSettings,
     /// The `[host]` table as the file says it, before command-line flags change `host`: what a
     /// live edit is compared with.
     pub(crate) file_host: HostSettings,
+    /// The `[admin]` table as the file says it (flags may change `admin`), for the same reason.
+    pub(crate) file_admin: AdminSettings,
     /// Where each key and value sits in the file, for messages.
     spans: HashMap<Vec<String>, Spans>,
     /// The values that took something from the environment, by key path: their variables.
@@ -370,6 +377,29 @@ impl HostConfig {
         let variables = self.env_variables(&["plugins", plugin, "config", key])?;
         let variables: Vec<String> = variables.iter().map(|v| format!("${{{v}}}")).collect();
         Some(format!("value from {}", variables.join(", ")))
+    }
+
+    /// These settings with plugin `name`'s `config` replaced by `config`. The values it
+    /// changes no longer count as from the environment (messages may quote them as any value
+    /// given through the API); those it keeps still do.
+    pub(crate) fn with_plugin_config(
+        &self,
+        name: &str,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> HostConfig {
+        let mut new = self.clone();
+        let old = self.plugin(name).config;
+        new.from_env.retain(|keys, _| match keys.as_slice() {
+            [plugins, plugin, table, key, ..]
+                if plugins == "plugins" && plugin == name && table == "config" =>
+            {
+                old.get(key)
+                    .is_some_and(|value| config.get(key) == Some(value))
+            }
+            _ => true,
+        });
+        new.plugins.entry(name.to_owned()).or_default().config = config;
+        new
     }
 
     /// Where plugin `name` runs: its own `isolation`, else the host's.

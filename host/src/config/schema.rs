@@ -84,6 +84,38 @@ pub(crate) fn scrub(message: &str, secrets: &[String]) -> String {
     })
 }
 
+impl super::HostConfig {
+    /// Plugin `name`'s `config` as the settings give it, safe to show: the values of keys its
+    /// schema marks sensitive (`info`, when its library was opened) and every value that came
+    /// from the environment (`${VAR}`) shown as `"***"`.
+    pub fn masked_config(
+        &self,
+        name: &str,
+        info: Option<&crate::PluginInfo>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let config = self.plugin(name).config;
+        let mut shown = match info {
+            Some(info) => masked(info, &config),
+            // Without its schema (its library not opened: disabled, refused), any key may be
+            // a secret.
+            None => config
+                .into_iter()
+                .map(|(key, _)| (key, serde_json::Value::String(MASK.into())))
+                .collect(),
+        };
+        for keys in self.from_env.keys() {
+            if let [plugins, plugin, table, key, ..] = keys.as_slice() {
+                if plugins == "plugins" && plugin == name && table == "config" {
+                    if let Some(value) = shown.get_mut(key) {
+                        *value = serde_json::Value::String(MASK.into());
+                    }
+                }
+            }
+        }
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ use crate::error::CallError;
 use crate::host::Host;
 use crate::runtime::PluginHealth;
 use layers::blocking::Blocking;
-use layers::breaker::BreakerLayer;
+use layers::breaker::{BreakerLayer, OnChange};
 use layers::deadline::DeadlineLayer;
 use layers::limit::{ConcurrencyLayer, RateLayer};
 use layers::metrics::{MetricsLayer, OnFailure, PluginMetrics};
@@ -187,7 +187,14 @@ impl Dispatcher {
             .entry(name.to_owned())
             .or_default()
             .clone();
-        let breaker = BreakerLayer::new(plugin.clone(), policy.breaker);
+        let host = Arc::downgrade(&self.host);
+        let changed = name.to_owned();
+        let on_change: OnChange = Arc::new(move |from, to| {
+            if let Some(host) = host.upgrade() {
+                host.circuit_changed(&changed, from, to);
+            }
+        });
+        let breaker = BreakerLayer::new(plugin.clone(), policy.breaker).on_change(on_change);
         let host = Arc::downgrade(&self.host);
         let failed = name.to_owned();
         let on_failure: OnFailure = Arc::new(move |error, took| {
@@ -236,6 +243,22 @@ impl Dispatcher {
     /// The metrics of `plugin`, if it has been called through this dispatcher.
     pub fn metrics(&self, plugin: &str) -> Option<MetricsSnapshot> {
         lock(&self.metrics).get(plugin).map(|m| m.snapshot())
+    }
+
+    /// The metrics of every plugin called through this dispatcher, sorted by name: for a
+    /// scraper that does not know the names.
+    pub fn plugins_with_metrics(&self) -> Vec<(String, MetricsSnapshot)> {
+        // Copied out first: snapshots take each histogram's lock, not under the map's.
+        let all: Vec<(String, Arc<PluginMetrics>)> = lock(&self.metrics)
+            .iter()
+            .map(|(name, metrics)| (name.clone(), metrics.clone()))
+            .collect();
+        let mut all: Vec<(String, MetricsSnapshot)> = all
+            .into_iter()
+            .map(|(name, metrics)| (name, metrics.snapshot()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// The state of `plugin`'s circuit, if it has one.

@@ -284,6 +284,7 @@ impl Host {
         lifecycle.known.insert(info.name.clone(), file.clone());
         let running = Arc::new(running);
         let previous = slot.swap(Some(running.clone()));
+        self.shared.ledger.serving(&info, &file, previous.is_some());
         let settings = lifecycle.config.plugin(&info.name);
         self.shared
             .events
@@ -304,7 +305,7 @@ impl Host {
                     info.api_version,
                     isolation(&slot),
                 );
-                self.shared.events.emit(HostEvent::Loaded {
+                self.shared.emit(HostEvent::Loaded {
                     name: info.name,
                     version: info.version,
                     file,
@@ -334,7 +335,7 @@ impl Host {
                                 ""
                             },
                         );
-                        shared.events.emit(HostEvent::Reloaded {
+                        shared.emit(HostEvent::Reloaded {
                             name: info.name,
                             from: old.version,
                             to: info.version,

@@ -80,6 +80,10 @@ fn survey(config: &HostConfig, plugins: &[Surveyed<'_>], refused: &[LoadError]) 
     if let Ok(host) = toml::Value::try_from(&config.host) {
         effective.insert("host".into(), host);
     }
+    // The token shows as `***` (`Secret` serializes so).
+    if let Ok(admin) = toml::Value::try_from(&config.admin) {
+        effective.insert("admin".into(), admin);
+    }
     let mut tables = toml::Table::new();
     let mut candidates = Vec::new();
     for plugin in plugins {
@@ -242,9 +246,15 @@ mod tests {
         ];
         let config = settings(
             "[plugins.storage.config]\npath = \"/d\"\ntoken = \"hunter2\"\ncolour = \"red\"\n\
-             [plugins.absent]\nenabled = true\n",
+             [plugins.absent]\nenabled = true\n[admin]\ntoken = \"admin-s3cret\"\n",
         );
         let report = survey(&config, &plugins, &[]);
+        assert!(
+            !report.effective.contains("admin-s3cret")
+                && report.effective.contains("token = \"***\""),
+            "{}",
+            report.effective
+        );
         assert_eq!(
             report.problems,
             ["plughost.toml:1:18: plugin storage refuses its config: token *** was revoked"]

@@ -11,10 +11,12 @@
 //! - [`sync`]: what a change of a file in the plugins folder does;
 //! - [`retire`]: taking a version out of service, unloading it, reporting how it went;
 //! - [`reconfigure`]: enable, disable, and live edits of `plughost.toml`;
+//! - [`set_config`]: one plugin's config set on request, as a live edit;
 //! - [`publish`]: the program's events: publish, subscribe, statistics;
 //! - [`check`]: `plughost config check`, the whole configuration checked without starting
 //!   anything;
-//! - [`watch`]: the watcher that calls [`sync`] and [`reconfigure`] on file events.
+//! - [`watch`]: the watcher that calls [`sync`] and [`reconfigure`] on file events;
+//! - [`status`]: where each plugin stands, from a ledger kept beside the events.
 //!
 //! Every change of which version serves a name runs under one lifecycle lock, so changes never
 //! interleave; calls never take that lock.
@@ -27,19 +29,23 @@ mod init_config;
 mod publish;
 mod reconfigure;
 mod retire;
+mod set_config;
 mod start;
+mod status;
 mod sync;
 mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 pub use check::ConfigReport;
+pub use set_config::ConfigChange;
+pub use status::{PluginState, PluginStatus, Refusal};
 pub use watch::{WatchOptions, Watcher};
 
 use crate::config::{HostConfig, Isolation, ProbeSetting};
@@ -72,6 +78,10 @@ pub struct Host {
     registry: Registry,
     lifecycle: Mutex<Lifecycle>,
     shared: Arc<Shared>,
+    /// When the host was created.
+    started_at: SystemTime,
+    /// Set once a `load_all` has finished.
+    started: AtomicBool,
 }
 
 /// Whether the API switched a plugin on or off, and what the file said when it did.
@@ -108,6 +118,8 @@ struct Lifecycle {
     waiting: Vec<PathBuf>,
     /// Set by `shutdown`: nothing is loaded after it.
     closed: bool,
+    /// The status ledger (the one in [`Shared`]), told of plugins found in files.
+    ledger: Arc<status::Ledger>,
 }
 
 /// What background retirements share with the host.
@@ -126,6 +138,16 @@ struct Shared {
     /// Set as soon as shutdown is asked for, before it waits for the lifecycle lock: a load in
     /// progress starts nothing more.
     closing: std::sync::atomic::AtomicBool,
+    /// What each plugin went through, for [`Host::status`]; told of every event emitted.
+    ledger: Arc<status::Ledger>,
+}
+
+impl Shared {
+    /// Records `event` in the status ledger, then sends it to subscribers and the bus.
+    fn emit(&self, event: HostEvent) {
+        self.ledger.note(&event);
+        self.events.emit(event);
+    }
 }
 
 impl Host {
@@ -157,14 +179,21 @@ impl Host {
         );
         let verdicts = shadow.path().join("verdicts");
         let probe = Probe::new(program, config.host.probe_timeout, verdicts);
+        let shared = Arc::new(Shared::default());
+        let lifecycle = Lifecycle {
+            ledger: shared.ledger.clone(),
+            ..Lifecycle::default()
+        };
         let host = Host {
             plugins_dir: config.host.plugins_dir.clone(),
             shadow,
             probe,
             workers,
             registry: Registry::default(),
-            lifecycle: Mutex::default(),
-            shared: Arc::default(),
+            lifecycle: Mutex::new(lifecycle),
+            shared,
+            started_at: SystemTime::now(),
+            started: AtomicBool::new(false),
         };
         let mut lifecycle = host.lifecycle();
         lifecycle.config = config;
@@ -342,17 +371,30 @@ impl Host {
 
     /// Logs and announces a refusal. `kept`: the plugin that keeps serving, if any.
     fn refused(&self, error: &LoadError, kept: Option<&crate::runtime::Slot>) {
-        let kept = kept.and_then(|slot| slot.current()).map(|v| {
-            let info = v.library().info();
-            (info.name.clone(), info.version.clone())
-        });
+        if let Some(name) = error.plugin() {
+            // Counts toward the plugin it names, even from a file it was never seen in.
+            self.shared.ledger.refusing(name, error.path());
+        }
+        // A plugin serving from that file keeps serving, whichever path refused the new
+        // content (a reload, `load_all` again, `enable`).
+        let serving = kept
+            .is_none()
+            .then(|| self.registry.find_by_file(error.path()))
+            .flatten();
+        let kept = kept
+            .or(serving.as_deref())
+            .and_then(|slot| slot.current())
+            .map(|v| {
+                let info = v.library().info();
+                (info.name.clone(), info.version.clone())
+            });
         match &kept {
             Some((name, version)) => {
                 tracing::warn!("kept {name} {version}: new file refused: {error}")
             }
             None => tracing::warn!("refused {error}"),
         }
-        self.shared.events.emit(HostEvent::Refused {
+        self.shared.emit(HostEvent::Refused {
             file: error.path().to_owned(),
             reason: error.to_string(),
             kept,
@@ -380,10 +422,8 @@ impl Lifecycle {
     fn admit(&mut self, library: &PluginLibrary) -> bool {
         let info = library.info();
         let enabled = self.config.plugin(&info.name).enabled;
-        if enabled {
-            self.known
-                .insert(info.name.clone(), library.file().to_owned());
-        } else {
+        self.know(&info.name, library.file(), Some(info));
+        if !enabled {
             self.not_started(&info.name, library.file());
         }
         enabled
@@ -391,8 +431,16 @@ impl Lifecycle {
 
     /// Notes where plugin `name`, disabled in the settings, lives, and says it was not started.
     fn not_started(&mut self, name: &str, file: &Path) {
-        self.known.insert(name.to_owned(), file.to_owned());
+        self.know(name, file, None);
+        // Its file is fine, only switched off: not among the refused files.
+        self.ledger.not_refused(file);
         tracing::info!("{name} in {} is disabled: not started", file.display());
+    }
+
+    /// Notes that `file` holds plugin `name` (`info`, if its library was opened).
+    fn know(&mut self, name: &str, file: &Path, info: Option<&PluginInfo>) {
+        self.known.insert(name.to_owned(), file.to_owned());
+        self.ledger.seen(name, file, info);
     }
 
     /// `libraries` as candidates for [`start_order`](crate::dependencies::start_order).

@@ -49,6 +49,20 @@ impl Host {
         self.shared.events.bus().stats()
     }
 
+    /// Announces that `plugin`'s circuit in a dispatcher changed state.
+    pub(crate) fn circuit_changed(
+        &self,
+        plugin: &str,
+        from: crate::events::CircuitState,
+        to: crate::events::CircuitState,
+    ) {
+        self.shared.emit(crate::events::HostEvent::CircuitChanged {
+            plugin: plugin.to_owned(),
+            from,
+            to,
+        });
+    }
+
     /// Announces a failed call of the guarded path as `plughost.call.failed`.
     pub(crate) fn call_failed(&self, plugin: &str, error: &CallError, took: Duration) {
         self.shared

@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 
 use super::init_config::{checked_config, CheckedConfig};
 use super::{Host, Lifecycle, LoadReport, Switch};
-use crate::config::{ConfigError, HostConfig, HostSettings};
+use crate::config::{ConfigError, HostConfig};
 use crate::dependencies;
 use crate::error::{HostError, LoadError};
 use crate::events::HostEvent;
@@ -60,7 +60,7 @@ impl Host {
             // A failed Shutdown is logged there; the plugin is disabled all the same.
             let _ = self.retire_and_report(version);
         }
-        self.shared.events.emit(HostEvent::ConfigApplied {
+        self.shared.emit(HostEvent::ConfigApplied {
             file: None,
             changed: vec![name.to_owned()],
         });
@@ -112,7 +112,7 @@ impl Host {
         // Plugins waiting for this one may start now.
         self.retry_waiting(&mut lifecycle, Vec::new());
         drop(lifecycle);
-        self.shared.events.emit(HostEvent::ConfigApplied {
+        self.shared.emit(HostEvent::ConfigApplied {
             file: None,
             changed: vec![name.to_owned()],
         });
@@ -145,15 +145,13 @@ impl Host {
             // Only `name`'s library is opened here (when its probe tells names).
             match self.open_wanted(&file, &|found| found == name, settings) {
                 Ok(library) => {
-                    lifecycle
-                        .known
-                        .insert(library.info().name.clone(), file.clone());
+                    lifecycle.know(&library.info().name, &file, Some(library.info()));
                     if library.info().name == name {
                         return Ok(library);
                     }
                 }
                 Err(LoadError::Unwanted { name: other, .. }) => {
-                    lifecycle.known.insert(other, file.clone());
+                    lifecycle.know(&other, &file, None);
                 }
                 Err(_) => {}
             }
@@ -182,7 +180,7 @@ impl Host {
                 "refused the edit of {}: {e}; the running configuration stays",
                 file.display()
             );
-            self.shared.events.emit(HostEvent::ConfigRefused {
+            self.shared.emit(HostEvent::ConfigRefused {
                 file,
                 reason: e.to_string(),
             });
@@ -195,14 +193,28 @@ impl Host {
     /// running. Checks everything first: if any plugin's config does not fit its schema or is
     /// refused by the plugin (its Init included), or a running plugin would lose what it
     /// requires, nothing changes. Returns the plugins changed.
-    pub fn reconfigure(&self, mut new: HostConfig) -> Result<Vec<String>, ConfigError> {
+    pub fn reconfigure(&self, new: HostConfig) -> Result<Vec<String>, ConfigError> {
         if self.is_closing() {
             return Err(refusal(&new, "", "the host is shutting down".into()));
         }
         let mut lifecycle = self.lifecycle();
-        // Folders, watching and logging were set up at start (possibly by command-line
-        // flags, which the file does not know about): they stay.
-        warn_restart_only(&lifecycle.config.file_host, &new.file_host);
+        let changed = self.apply_settings(&mut lifecycle, new)?;
+        let file = lifecycle.config.file.clone();
+        drop(lifecycle);
+        Ok(self.applied(file, changed))
+    }
+
+    /// [`reconfigure`](Self::reconfigure) under the lifecycle lock, without announcing it.
+    /// Returns the plugins changed.
+    pub(super) fn apply_settings(
+        &self,
+        lifecycle: &mut Lifecycle,
+        mut new: HostConfig,
+    ) -> Result<Vec<String>, ConfigError> {
+        // Folders, watching, logging and the admin API were set up at start (possibly by
+        // command-line flags, which the file does not know about): they stay.
+        warn_restart_only(&lifecycle.config, &new);
+        new.admin = lifecycle.config.admin.clone();
         let running_host = &lifecycle.config.host;
         new.host.plugins_dir = running_host.plugins_dir.clone();
         new.host.shadow_dir = running_host.shadow_dir.clone();
@@ -272,7 +284,7 @@ impl Host {
             .collect();
         for name in switched_on {
             // Where it was last seen, else wherever it is now: files move and get replaced.
-            let library = match self.find_in_folder(&mut lifecycle, &name, Some(&new)) {
+            let library = match self.find_in_folder(lifecycle, &name, Some(&new)) {
                 Ok(library) => library,
                 Err(reason) => {
                     info!("{name} is enabled but does not start: {reason}");
@@ -338,7 +350,7 @@ impl Host {
         // A config the file now gives a plugin replaces the one given through the API.
         let Lifecycle {
             config, configs, ..
-        } = &mut *lifecycle;
+        } = lifecycle;
         configs.retain(|name, _| config.plugin(name).config.is_empty());
         let mut prepared = Vec::new();
         for (name, why) in &reinit {
@@ -355,7 +367,7 @@ impl Host {
                     let settings = lifecycle.config.clone();
                     self.open_bytes(file, &bytes, &|_| true, &settings)
                 })
-                .and_then(|library| self.prepare(&mut lifecycle, library, None))
+                .and_then(|library| self.prepare(lifecycle, library, None))
             {
                 Ok(version) => prepared.push(version),
                 Err(e) => {
@@ -374,7 +386,7 @@ impl Host {
 
         // Checked and initialised: apply.
         lifecycle.switched = switched;
-        self.publish_settings(&lifecycle);
+        self.publish_settings(lifecycle);
         let mut changed = Vec::new();
         for i in dependencies::stop_order(&stop) {
             let name = &stop[i].name;
@@ -386,25 +398,29 @@ impl Host {
             }
         }
         for version in prepared {
-            let slot = self.commit(&mut lifecycle, version, Instant::now());
+            let slot = self.commit(lifecycle, version, Instant::now());
             changed.push(slot.name().to_owned());
         }
         // Checked above, so these fail only in the plugin's Init: like a plugin failing at
         // start, it is reported and the rest of the edit stands.
         let mut report = LoadReport::default();
-        self.start_in_order(&mut lifecycle, starting, |_| None, true, &mut report);
+        self.start_in_order(lifecycle, starting, |_| None, true, &mut report);
         changed.extend(report.loaded.into_iter().map(|p| p.name));
         // The stopped plugins, and those waiting on plugins that started.
         let before: Vec<String> = self.plugins().into_iter().map(|p| p.name).collect();
-        self.retry_waiting(&mut lifecycle, stopped);
+        self.retry_waiting(lifecycle, stopped);
         changed.extend(
             self.plugins()
                 .into_iter()
                 .map(|p| p.name)
                 .filter(|name| !before.contains(name)),
         );
-        let file = lifecycle.config.file.clone();
-        drop(lifecycle);
+        Ok(changed)
+    }
+
+    /// Logs and announces applied settings, from `file` if they came from one; returns
+    /// `changed`, the plugins they changed.
+    pub(super) fn applied(&self, file: Option<PathBuf>, changed: Vec<String>) -> Vec<String> {
         info!(
             "applied {}: {}",
             file.as_deref()
@@ -415,11 +431,11 @@ impl Host {
                 format!("changed {}", changed.join(", "))
             }
         );
-        self.shared.events.emit(HostEvent::ConfigApplied {
+        self.shared.emit(HostEvent::ConfigApplied {
             file,
             changed: changed.clone(),
         });
-        Ok(changed)
+        changed
     }
 }
 
@@ -434,17 +450,23 @@ fn ask_plugin(
     let name = &library.info().name;
     checked
         .ask(|bytes| library.validate_config(bytes, config.host.check_timeout))
-        .map_err(|reason| {
-            refusal(
-                config,
-                name,
-                format!("plugin {name} refuses {what}: {reason}"),
-            )
+        .map_err(|reason| ConfigError::Plugin {
+            path: config.file.clone(),
+            at: None,
+            plugin: name.to_owned(),
+            reason: format!("plugin {name} refuses {what}: {reason}"),
+            // Kept as the plugin's refusal, so a caller can tell an invalid config (the admin
+            // API's 422) from other refused changes.
+            cause: Some(Box::new(LoadError::ConfigRefused {
+                path: library.file().to_owned(),
+                name: name.to_owned(),
+                reason,
+            })),
         })
 }
 
 /// A refused change, naming the file the settings came from.
-fn refusal(config: &HostConfig, plugin: &str, reason: String) -> ConfigError {
+pub(super) fn refusal(config: &HostConfig, plugin: &str, reason: String) -> ConfigError {
     ConfigError::Plugin {
         path: config.file.clone(),
         at: None,
@@ -496,37 +518,40 @@ fn runs_elsewhere(old: &HostConfig, new: &HostConfig, name: &str) -> bool {
             && limits(old) != limits(new))
 }
 
-/// Settings a running host cannot change: say so instead of ignoring the edit silently.
-fn warn_restart_only(a: &HostSettings, b: &HostSettings) {
+/// Settings a running host cannot change: say so, in one line, instead of ignoring the edit
+/// silently. Compared as the files say them (flags may have changed what runs).
+fn warn_restart_only(old: &HostConfig, new: &HostConfig) {
+    let (a, b) = (&old.file_host, &new.file_host);
     let mut changed = Vec::new();
-    if a.plugins_dir != b.plugins_dir {
-        changed.push("plugins_dir");
-    }
-    if a.shadow_dir != b.shadow_dir {
-        changed.push("shadow_dir");
-    }
-    if a.watch != b.watch {
-        changed.push("watch");
-    }
-    if a.debounce != b.debounce {
-        changed.push("debounce");
-    }
-    if a.log_format != b.log_format {
-        changed.push("log_format");
-    }
-    if a.probe != b.probe {
-        changed.push("probe");
-    }
-    if a.probe_timeout != b.probe_timeout {
-        changed.push("probe_timeout");
-    }
-    if a.cgroup != b.cgroup {
-        changed.push("cgroup");
-    }
+    let mut host = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(format!("host.{key}"));
+        }
+    };
+    host("plugins_dir", a.plugins_dir != b.plugins_dir);
+    host("shadow_dir", a.shadow_dir != b.shadow_dir);
+    host("watch", a.watch != b.watch);
+    host("debounce", a.debounce != b.debounce);
+    host("log_format", a.log_format != b.log_format);
+    host("probe", a.probe != b.probe);
+    host("probe_timeout", a.probe_timeout != b.probe_timeout);
+    host("cgroup", a.cgroup != b.cgroup);
+    // The admin API is set up once, at start.
+    let (a, b) = (&old.file_admin, &new.file_admin);
+    let mut admin = |key: &'static str, differs: bool| {
+        if differs {
+            changed.push(format!("admin.{key}"));
+        }
+    };
+    admin("listen", a.listen != b.listen);
+    admin("token", a.token != b.token);
+    admin("max_body", a.max_body != b.max_body);
+    admin("rate_limit", a.rate_limit != b.rate_limit);
+    admin("write_config", a.write_config != b.write_config);
     if !changed.is_empty() {
         warn!(
-            "host.{} changed; it takes effect when plughost restarts",
-            changed.join(", host.")
+            "{} changed; it takes effect when plughost restarts",
+            changed.join(", ")
         );
     }
 }

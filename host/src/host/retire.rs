@@ -225,7 +225,7 @@ fn report_unload(old: OldVersion, retired: &mut Retired, shared: &Shared) {
             old.name, old.version
         ),
     }
-    shared.events.emit(HostEvent::Unloaded {
+    shared.emit(HostEvent::Unloaded {
         name: old.name,
         version: old.version,
         file: old.file,

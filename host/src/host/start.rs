@@ -81,13 +81,15 @@ impl Host {
         }
         for path in no_room {
             let error = LoadError::NoRoom { path, max };
-            self.shared.events.emit(HostEvent::Refused {
+            self.shared.emit(HostEvent::Refused {
                 file: error.path().to_owned(),
                 reason: error.to_string(),
                 kept: None,
             });
             report.refused.push(error);
         }
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(report)
     }
 

@@ -161,6 +161,12 @@ impl RunningPlugin {
         self.worker().and_then(|worker| worker.status().pid)
     }
 
+    /// Whether it is isolated and failed: it crashed too often and is not restarted.
+    pub(crate) fn worker_failed(&self) -> bool {
+        self.worker()
+            .is_some_and(|worker| worker.status().state == "failed")
+    }
+
     /// The supervisor of its worker process, if it is isolated.
     pub(crate) fn worker(&self) -> Option<&Arc<Supervisor>> {
         match &self.callee {

@@ -20,6 +20,7 @@ pub(crate) enum Supervisor {}
 /// See the Linux one: what `list` shows of an isolated plugin.
 pub(crate) struct WorkerStatus {
     pub(crate) pid: Option<u32>,
+    pub(crate) state: &'static str,
 }
 
 impl Supervisor {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 use super::env::{ExpandError, Lookup, Substitution};
-use super::{ConfigError, HostConfig, HostSettings, Location, PluginSettings};
+use super::{AdminSettings, ConfigError, HostConfig, HostSettings, Location, PluginSettings};
 use crate::plugin_info::shown;
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,7 @@ pub(super) struct Spans {
 struct RawFile {
     host: HostSettings,
     plugins: BTreeMap<String, PluginSettings>,
+    admin: AdminSettings,
 }
 
 /// Reads `text`, the content of `path`, with `lookup` as the environment; `None` leaves out
@@ -158,6 +159,7 @@ pub(super) fn read(
             "host.max_event_size: must be at most 64MiB".to_owned(),
         ));
     }
+    check_admin(&raw.admin, &spans, &from_env, &located)?;
     let base = path.parent().unwrap_or(Path::new(""));
     host.plugins_dir = base.join(&host.plugins_dir);
     host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
@@ -174,10 +176,48 @@ pub(super) fn read(
         file_host: host.clone(),
         host,
         plugins: raw.plugins,
+        file_admin: raw.admin.clone(),
+        admin: raw.admin,
         spans,
         from_env,
         source,
     })
+}
+
+/// The `[admin]` rules: no empty token, and no address beyond loopback without a token
+/// ([`AdminSettings::check_exposure`], the one home of that rule), each pointing at its value.
+fn check_admin(
+    admin: &AdminSettings,
+    spans: &HashMap<Vec<String>, Spans>,
+    from_env: &HashMap<Vec<String>, Vec<String>>,
+    located: &dyn Fn(Option<Range<usize>>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let at = |key: &str| {
+        let keys = ["admin".to_owned(), key.to_owned()];
+        spans.get(&keys[..]).map(|s| s.value.clone())
+    };
+    if admin.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+        // Named by its variables if it came from the environment: an unset-but-empty
+        // variable is the usual cause.
+        let keys = ["admin".to_owned(), "token".to_owned()];
+        let origin = from_env
+            .get(&keys[..])
+            .map_or_else(String::new, |variables| {
+                let variables: Vec<String> =
+                    variables.iter().map(|v| format!("${{{v}}}")).collect();
+                format!(" (value from {})", variables.join(", "))
+            });
+        return Err(located(
+            at("token"),
+            format!("admin.token{origin}: {}", super::admin::EMPTY_TOKEN),
+        ));
+    }
+    if let Some(listen) = admin.listen {
+        admin
+            .check_exposure(listen)
+            .map_err(|reason| located(at("listen"), format!("admin.listen: {reason}")))?;
+    }
+    Ok(())
 }
 
 /// The longest event queue a plugin may ask for: queues hold events in memory.

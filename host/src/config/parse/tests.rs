@@ -368,3 +368,121 @@ fn event_settings_are_read_and_checked_at_their_place() {
         "{error}"
     );
 }
+
+#[test]
+fn the_admin_table_is_read_with_its_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.admin, crate::config::AdminSettings::default());
+    assert_eq!(config.admin.listen, None);
+    assert_eq!(config.admin.max_body.0, 1024 * 1024);
+    assert_eq!(config.admin.rate_limit, 1000);
+    assert!(!config.admin.write_config);
+
+    let config = parse_with_env(
+        "[admin]\nlisten = \"0.0.0.0:9477\"\ntoken = \"${ADMIN}\"\nmax_body = \"64KiB\"\n\
+         rate_limit = 0\nwrite_config = true\n",
+        &[("ADMIN", "s3cret")],
+    )
+    .unwrap();
+    assert_eq!(config.admin.listen, Some("0.0.0.0:9477".parse().unwrap()));
+    assert_eq!(config.admin.token.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(config.admin.max_body.0, 64 * 1024);
+    assert_eq!(config.admin.rate_limit, 0);
+    assert!(config.admin.write_config);
+    assert!(!format!("{config:?}").contains("s3cret"));
+}
+
+#[test]
+fn admin_errors_point_at_their_place_and_never_show_the_token() {
+    for (text, expected) in [
+        (
+            "[admin]\nlisen = \"127.0.0.1:1\"\n",
+            "plughost.toml:2:1: admin.lisen: unknown field `lisen`",
+        ),
+        (
+            "[admin]\nlisten = \"localhost\"\n",
+            "plughost.toml:2:10: admin.listen: invalid socket address syntax",
+        ),
+        (
+            "[admin]\nlisten = \"0.0.0.0:9477\"\n",
+            "plughost.toml:2:10: admin.listen: the admin API would listen on 0.0.0.0:9477, \
+             which is not a loopback address, without a token: anyone who can reach it could \
+             change plugins; set [admin] token = \"${PLUGHOST_ADMIN_TOKEN}\" or listen on \
+             127.0.0.1",
+        ),
+        (
+            "[admin]\ntoken = \"\"\n",
+            "plughost.toml:2:9: admin.token: must not be empty: an empty bearer token is no \
+             protection (set it, or leave the key out)",
+        ),
+        (
+            "[admin]\ntoken = 12345\n",
+            "plughost.toml:2:9: admin.token: must be a string, such as \
+             \"${PLUGHOST_ADMIN_TOKEN}\" (found a value of type integer, not shown)",
+        ),
+    ] {
+        let error = parse(text).unwrap_err();
+        assert!(error.starts_with(expected), "{error}\n  is not\n{expected}");
+        assert!(!error.contains("12345"), "{error}");
+    }
+    // Loopback needs no token.
+    assert!(parse("[admin]\nlisten = \"127.0.0.1:9477\"\n").is_ok());
+    assert!(parse("[admin]\nlisten = \"[::1]:9477\"\n").is_ok());
+    // An empty token from the environment names its variable.
+    let error = parse_with_env("[admin]\ntoken = \"${ADMIN}\"\n", &[("ADMIN", "")]).unwrap_err();
+    assert_eq!(
+        error,
+        "plughost.toml:2:9: admin.token (value from ${ADMIN}): must not be empty: an empty \
+         bearer token is no protection (set it, or leave the key out)"
+    );
+    // A token of the wrong kind from the environment is not quoted either.
+    let error = parse_with_env(
+        "[admin]\nlisten = \"${ADDR}\"\n",
+        &[("ADDR", "s3cret-not-an-address")],
+    )
+    .unwrap_err();
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(
+        error.starts_with("plughost.toml:2:10: admin.listen:"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_config_shown_masks_sensitive_keys_and_values_from_the_environment() {
+    let config = parse_with_env(
+        "[plugins.storage.config]\nnamespace = \"main\"\ntoken = \"literal\"\n\
+         password = \"${PASS}\"\nnested = { key = \"${PASS}\" }\n",
+        &[("PASS", "s3cret")],
+    )
+    .unwrap();
+    let mut info: crate::PluginInfo = serde_json::from_value(serde_json::json!({
+        "name": "storage", "version": "1.0.0", "api_version": "1.4.0", "description": "",
+        "author": "", "license": "", "capabilities": [], "tags": [], "config_schema": [],
+        "dependencies": []
+    }))
+    .unwrap();
+    info.config_schema = vec![crate::ConfigKey {
+        key: "token".into(),
+        ty: "string",
+        required: false,
+        sensitive: true,
+        default: None,
+        description: String::new(),
+    }];
+    let shown = serde_json::Value::Object(config.masked_config("storage", Some(&info)));
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "namespace": "main", "token": "***", "password": "***", "nested": "***"
+        })
+    );
+    let shown = serde_json::Value::Object(config.masked_config("storage", None));
+    assert_eq!(
+        shown,
+        serde_json::json!({
+            "namespace": "***", "token": "***", "password": "***", "nested": "***"
+        }),
+        "no schema known: any key may be a secret"
+    );
+}

@@ -1,7 +1,8 @@
 //! The circuit breaker: after `failures` consecutive failures (errors, panics, timeouts) a
 //! plugin's circuit opens and calls fail fast with [`CallError::CircuitOpen`] for the
 //! cool-down; then one call is let through (half-open): success closes the circuit, failure
-//! opens it again. Every change is logged.
+//! opens it again. Every change is logged, and told to the host (`on_change`), which announces
+//! it as [`HostEvent::CircuitChanged`](crate::HostEvent::CircuitChanged).
 
 use std::sync::{Arc, Mutex};
 
@@ -12,24 +13,11 @@ use super::{CallFuture, CallLayer, Next, PluginCall};
 use crate::dispatch::policy::Breaker;
 use crate::error::CallError;
 
-/// The state of one plugin's circuit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    /// Calls go through; this many consecutive failures so far.
-    Closed {
-        /// Consecutive failures.
-        failures: u32,
-    },
-    /// Calls fail fast until `until`.
-    Open {
-        /// When the next call is let through.
-        until: Instant,
-        /// The failures that opened it.
-        failures: u32,
-    },
-    /// One trial call is in flight; others fail fast until it has answered.
-    HalfOpen,
-}
+// Defined beside the event that carries it (events are below dispatch: nothing uses dispatch).
+pub use crate::events::CircuitState;
+
+/// What is told of each change of a circuit's state: from, to.
+pub(crate) type OnChange = Arc<dyn Fn(CircuitState, CircuitState) + Send + Sync>;
 
 /// Adds circuit breaking to a service (or nothing: a pass-through).
 #[derive(Clone)]
@@ -45,8 +33,17 @@ impl BreakerLayer {
                 plugin,
                 policy,
                 state: Arc::new(Mutex::new(CircuitState::Closed { failures: 0 })),
+                on_change: None,
             }),
         }
+    }
+
+    /// Also tells `on_change` of every change of state (not of a closed circuit's count).
+    pub(crate) fn on_change(mut self, on_change: OnChange) -> Self {
+        if let Some(circuit) = &mut self.circuit {
+            circuit.on_change = Some(on_change);
+        }
+        self
     }
 
     /// The circuit's state now, if there is a circuit.
@@ -61,6 +58,7 @@ struct Circuit {
     plugin: Arc<str>,
     policy: Breaker,
     state: Arc<Mutex<CircuitState>>,
+    on_change: Option<OnChange>,
 }
 
 impl Circuit {
@@ -74,9 +72,21 @@ impl Circuit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets the state to `next` and, once the lock is let go, tells `on_change` if that is a
+    /// change of state (a closed circuit counting failures is not).
+    fn set(&self, mut state: std::sync::MutexGuard<'_, CircuitState>, next: CircuitState) {
+        let before = std::mem::replace(&mut *state, next);
+        drop(state);
+        if std::mem::discriminant(&before) != std::mem::discriminant(&next) {
+            if let Some(on_change) = &self.on_change {
+                on_change(before, next);
+            }
+        }
+    }
+
     /// Lets a call through (`Ok(trial)`), or says it must fail fast.
     fn admit(&self) -> Result<bool, CallError> {
-        let mut state = self.lock();
+        let state = self.lock();
         match *state {
             CircuitState::Closed { .. } => Ok(false),
             CircuitState::Open { until, failures } => {
@@ -88,7 +98,7 @@ impl Circuit {
                         retry_in: until - now,
                     });
                 }
-                *state = CircuitState::HalfOpen;
+                self.set(state, CircuitState::HalfOpen);
                 info!(
                     "circuit of plugin {} half-open: letting one call through",
                     self.plugin
@@ -117,33 +127,35 @@ impl Circuit {
             ) => true,
             // Failed for good: no call can succeed until it is loaded again.
             Err(CallError::GaveUp { .. }) => {
-                let mut state = self.lock();
+                let state = self.lock();
                 if !matches!(*state, CircuitState::Open { .. }) {
                     warn!(
                         "circuit of plugin {} open: it crashed too often and is not restarted",
                         self.plugin
                     );
                 }
-                *state = CircuitState::Open {
+                let open = CircuitState::Open {
                     until: Instant::now() + self.policy.cool_down,
                     failures: self.policy.failures,
                 };
+                self.set(state, open);
                 return;
             }
             // Not the plugin's fault (limits, unloaded): no verdict, but a trial must end.
             Err(_) => {
                 if trial {
-                    *self.lock() = CircuitState::Open {
+                    let open = CircuitState::Open {
                         until: Instant::now(),
                         failures: self.policy.failures,
                     };
+                    self.set(self.lock(), open);
                 }
                 return;
             }
         };
-        let mut state = self.lock();
+        let state = self.lock();
         let now = Instant::now();
-        *state = match (*state, failed) {
+        let next = match (*state, failed) {
             (CircuitState::HalfOpen, false) => {
                 info!(
                     "circuit of plugin {} closed: the trial call succeeded",
@@ -182,6 +194,7 @@ impl Circuit {
             // Calls admitted before the circuit opened, answering late: no change.
             (open @ CircuitState::Open { .. }, _) => open,
         };
+        self.set(state, next);
     }
 }
 
@@ -214,13 +227,56 @@ struct TrialGuard(Option<Circuit>);
 impl Drop for TrialGuard {
     fn drop(&mut self) {
         if let Some(circuit) = &self.0 {
-            let mut state = circuit.lock();
+            let state = circuit.lock();
             if *state == CircuitState::HalfOpen {
-                *state = CircuitState::Open {
+                let open = CircuitState::Open {
                     until: Instant::now(),
                     failures: circuit.policy.failures,
                 };
+                circuit.set(state, open);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_of_state_is_told_once_and_counting_is_not() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let told = seen.clone();
+        let layer = BreakerLayer::new(
+            "p".into(),
+            Some(Breaker {
+                failures: 2,
+                cool_down: std::time::Duration::ZERO,
+            }),
+        )
+        .on_change(Arc::new(move |from, to| {
+            told.lock().unwrap().push((from.as_str(), to.as_str()));
+        }));
+        let circuit = layer.circuit.clone().unwrap();
+        let failed: Result<Vec<u8>, CallError> = Err(CallError::Failed {
+            plugin: "p".into(),
+            message: "no".into(),
+        });
+        circuit.record(false, &failed); // closed, 1 failure: not a change
+        circuit.record(false, &failed); // opens
+        assert!(circuit.admit().unwrap(), "past the cool-down: a trial");
+        circuit.record(true, &Ok(Vec::new())); // closes
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ("closed", "open"),
+                ("open", "half_open"),
+                ("half_open", "closed")
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(CircuitState::HalfOpen).unwrap(),
+            "half_open"
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! Per-plugin metrics: calls, errors, timeouts, panics, rejections, calls in flight, stuck
-//! calls, and a latency histogram (HdrHistogram: exact percentiles within 0.1%, fixed memory).
+//! calls, and a latency histogram (HdrHistogram: exact percentiles within 0.1%, fixed memory),
+//! from which a snapshot also derives Prometheus-style cumulative buckets, count and sum: a
+//! call costs the same whether anyone scrapes or not.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,8 @@ use crate::error::CallError;
 pub struct PluginMetrics {
     calls: AtomicU64,
     errors: AtomicU64,
+    failed: AtomicU64,
+    crashed: AtomicU64,
     timeouts: AtomicU64,
     panics: AtomicU64,
     rejected: AtomicU64,
@@ -29,6 +33,8 @@ impl Default for PluginMetrics {
         PluginMetrics {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            crashed: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -48,6 +54,10 @@ pub struct MetricsSnapshot {
     pub calls: u64,
     /// Calls that did not succeed, of any kind below.
     pub errors: u64,
+    /// Calls the plugin returned an error from.
+    pub failed: u64,
+    /// Calls during which an isolated plugin's worker process crashed.
+    pub crashed: u64,
     /// Calls that hit their deadline.
     pub timeouts: u64,
     /// Calls in which the plugin panicked.
@@ -64,6 +74,70 @@ pub struct MetricsSnapshot {
     pub p95: Duration,
     /// 99th percentile.
     pub p99: Duration,
+    /// How many calls reached the plugin (those the latencies are of).
+    pub latency_count: u64,
+    /// Their times added up.
+    pub latency_sum: Duration,
+    /// For each of [`LATENCY_BOUNDS`](Self::LATENCY_BOUNDS), how many of those calls took at
+    /// most that long (cumulative, as Prometheus buckets: never decreasing, and the count for
+    /// a bound past every call is `latency_count`). Within the histogram's 0.1% resolution.
+    pub latency_buckets: Vec<(Duration, u64)>,
+}
+
+impl MetricsSnapshot {
+    /// The bounds of [`latency_buckets`](Self::latency_buckets): 10 µs to 10 s.
+    pub const LATENCY_BOUNDS: &'static [Duration] = &[
+        Duration::from_micros(10),
+        Duration::from_micros(50),
+        Duration::from_micros(100),
+        Duration::from_micros(250),
+        Duration::from_micros(500),
+        Duration::from_millis(1),
+        Duration::from_micros(2500),
+        Duration::from_millis(5),
+        Duration::from_millis(10),
+        Duration::from_millis(25),
+        Duration::from_millis(50),
+        Duration::from_millis(100),
+        Duration::from_millis(250),
+        Duration::from_millis(500),
+        Duration::from_secs(1),
+        Duration::from_millis(2500),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    ];
+}
+
+/// The buckets, count and sum of `latency` (nanoseconds), in one pass over its recorded values.
+fn buckets(latency: &Histogram<u64>) -> (Vec<(Duration, u64)>, u64, Duration) {
+    let bounds = MetricsSnapshot::LATENCY_BOUNDS;
+    let mut counts = vec![0u64; bounds.len()];
+    let mut sum: u128 = 0;
+    for recorded in latency.iter_recorded() {
+        let count = recorded.count_at_value();
+        let value = recorded.value_iterated_to();
+        // A value stands for its whole bucket of equivalent values: the bucket's lowest decides
+        // where it falls (so a call of exactly 1 ms is at most 1 ms), its middle adds to the sum.
+        let lowest = latency.lowest_equivalent(value);
+        sum += u128::from(latency.median_equivalent(value)) * u128::from(count);
+        if let Some(i) = bounds
+            .iter()
+            .position(|bound| u128::from(lowest) <= bound.as_nanos())
+        {
+            counts[i] += count;
+        }
+    }
+    let mut running = 0;
+    let buckets = bounds
+        .iter()
+        .zip(counts)
+        .map(|(bound, count)| {
+            running += count;
+            (*bound, running)
+        })
+        .collect();
+    let sum = Duration::from_nanos(u64::try_from(sum).unwrap_or(u64::MAX));
+    (buckets, latency.len(), sum)
 }
 
 impl PluginMetrics {
@@ -71,9 +145,12 @@ impl PluginMetrics {
     pub fn snapshot(&self) -> MetricsSnapshot {
         let latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         let at = |q: f64| Duration::from_nanos(latency.value_at_quantile(q));
+        let (latency_buckets, latency_count, latency_sum) = buckets(&latency);
         MetricsSnapshot {
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            crashed: self.crashed.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             panics: self.panics.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
@@ -82,6 +159,9 @@ impl PluginMetrics {
             p50: at(0.50),
             p95: at(0.95),
             p99: at(0.99),
+            latency_count,
+            latency_sum,
+            latency_buckets,
         }
     }
 
@@ -102,6 +182,8 @@ impl PluginMetrics {
                 let counter = match error {
                     CallError::Timeout { .. } => Some(&self.timeouts),
                     CallError::Panicked { .. } => Some(&self.panics),
+                    CallError::Failed { .. } => Some(&self.failed),
+                    CallError::Crashed { .. } => Some(&self.crashed),
                     CallError::Busy { .. }
                     | CallError::RateLimited { .. }
                     | CallError::CircuitOpen { .. } => Some(&self.rejected),
@@ -191,5 +273,79 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> CallError {
+        CallError::Failed {
+            plugin: "p".into(),
+            message: "no".into(),
+        }
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_never_decrease() {
+        let metrics = PluginMetrics::default();
+        let empty = metrics.snapshot();
+        assert_eq!(
+            empty.latency_buckets.len(),
+            MetricsSnapshot::LATENCY_BOUNDS.len()
+        );
+        assert!(empty.latency_buckets.iter().all(|(_, n)| *n == 0));
+        assert_eq!(
+            (empty.latency_count, empty.latency_sum),
+            (0, Duration::ZERO)
+        );
+
+        for micros in [5, 10, 11, 700, 1000, 1000, 3000, 20_000_000] {
+            metrics.record(&Ok(Vec::new()), Duration::from_micros(micros));
+        }
+        metrics.record(&Err(failed()), Duration::from_millis(2));
+        // Refused without reaching the plugin: counted, not timed.
+        metrics.record(
+            &Err(CallError::Busy {
+                plugin: "p".into(),
+                limit: 1,
+            }),
+            Duration::from_millis(1),
+        );
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.calls, snapshot.errors), (10, 2));
+        assert_eq!(
+            (snapshot.failed, snapshot.crashed, snapshot.rejected),
+            (1, 0, 1)
+        );
+        assert_eq!(snapshot.latency_count, 9);
+        let count = |bound: Duration| {
+            snapshot
+                .latency_buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .unwrap()
+                .1
+        };
+        // At or below: 10 µs counts in the 10 µs bucket, 1 ms in the 1 ms one.
+        assert_eq!(count(Duration::from_micros(10)), 2);
+        assert_eq!(count(Duration::from_micros(50)), 3);
+        assert_eq!(count(Duration::from_millis(1)), 6);
+        assert_eq!(count(Duration::from_micros(2500)), 7);
+        assert_eq!(count(Duration::from_millis(5)), 8);
+        // 20 s is past every bound: only in the count.
+        assert_eq!(count(Duration::from_secs(10)), 8);
+        for pair in snapshot.latency_buckets.windows(2) {
+            assert!(pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1, "{pair:?}");
+        }
+        let expected = Duration::from_micros(5 + 10 + 11 + 700 + 1000 + 1000 + 3000 + 2000)
+            + Duration::from_secs(20);
+        let error = snapshot.latency_sum.abs_diff(expected);
+        assert!(
+            error < expected / 500,
+            "{:?} vs {expected:?}",
+            snapshot.latency_sum
+        );
     }
 }
