@@ -1,34 +1,21 @@
-//! `plughost emit TOPIC JSON`: publish one event through the `plughost run` serving the
-//! plugins folder, over its control socket.
+//! `plughost emit TOPIC JSON`: publish one event through a running host (`POST
+//! /events/{topic}` of its admin API).
 
-use std::io::Read;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
+use anyhow::bail;
+use serde_json::Value;
 
-use crate::control::{self, Socket, MAX_LINE};
+use crate::client::{self, Api};
 
-pub(crate) fn emit(topic: &str, data: &str, socket: &Socket) -> anyhow::Result<ExitCode> {
-    let text = if data == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .take(MAX_LINE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .context("cannot read the event's data from standard input")?;
-        if bytes.len() > MAX_LINE {
-            bail!("the event's data on standard input is larger than {MAX_LINE} bytes");
-        }
-        bytes
-    } else {
-        data.as_bytes().to_vec()
-    };
-    let data: Value = serde_json::from_slice(&text)
-        .map_err(|e| anyhow::anyhow!("the event's data is not valid JSON: {e}"))?;
-    let answer = control::request(
-        socket,
-        &json!({ "op": "emit", "topic": topic, "data": data }),
-    )?;
+pub(crate) fn emit(topic: &str, data: &str, api: &Api) -> anyhow::Result<ExitCode> {
+    let data = client::input(data, "the event's data")?;
+    // Checked here first: a typo is told as such, host or no host.
+    if let Err(e) = serde_json::from_slice::<Value>(&data) {
+        bail!("the event's data is not valid JSON: {e}");
+    }
+    let path = format!("/events/{}", client::segment(topic));
+    let answer = api.post_json(&path, "application/json", data)?;
     match answer.get("queued").and_then(Value::as_u64) {
         Some(0) => println!("published; nobody subscribes to {topic}"),
         Some(1) => println!("queued for 1 subscriber"),

@@ -1,16 +1,15 @@
-//! `plughost events`: the event bus's counts of the `plughost run` serving the plugins
-//! folder, per topic and per subscriber, asked over its control socket.
+//! `plughost events`: the event bus's counts of a running host, per topic and per subscriber
+//! (`GET /events/stats` of its admin API).
 
 use std::process::ExitCode;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::control::{self, Socket};
-use crate::table;
+use crate::client::Api;
+use crate::table::{self, cell as text, micros};
 
-pub(crate) fn events(json: bool, socket: &Socket) -> anyhow::Result<ExitCode> {
-    let answer = control::request(socket, &json!({ "op": "stats" }))?;
-    let stats = answer.get("stats").unwrap_or(&Value::Null);
+pub(crate) fn events(json: bool, api: &Api) -> anyhow::Result<ExitCode> {
+    let stats = &api.get_json("/events/stats")?;
     if json {
         println!("{}", serde_json::to_string_pretty(stats)?);
         return Ok(ExitCode::SUCCESS);
@@ -96,24 +95,4 @@ pub(crate) fn events(json: bool, socket: &Socket) -> anyhow::Result<ExitCode> {
     }
     table::print(&rows);
     Ok(ExitCode::SUCCESS)
-}
-
-/// `value[key]` for a table cell: a string as it is, anything else as JSON, `-` if missing.
-fn text(value: &Value, key: &str) -> String {
-    match value.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    }
-}
-
-/// A duration in microseconds, in the unit that reads best: `850µs`, `1.2ms`, `3.40s`.
-fn micros(us: f64) -> String {
-    if us < 1_000.0 {
-        format!("{us:.0}µs")
-    } else if us < 1_000_000.0 {
-        format!("{:.1}ms", us / 1e3)
-    } else {
-        format!("{:.2}s", us / 1e6)
-    }
 }

@@ -1,12 +1,12 @@
 //! The `plughost` command:
 //!
-//! - `run`: load the plugins folder, watch it, serve until Ctrl-C or SIGTERM, listening on a
-//!   control socket (`<plugins_dir>/.plughost.sock`, or `--control PATH`) for the commands
-//!   below that talk to a running host;
+//! - `run`: load the plugins folder, watch it, serve until Ctrl-C or SIGTERM, with the admin
+//!   HTTP API on a control socket (`<plugins_dir>/.plughost.sock`, or `--control PATH`) and,
+//!   if asked (`--admin ADDR`, `[admin] listen`), on TCP;
 //! - `list`, `inspect FILE`: what the folder or one library holds, events declared included;
 //! - `exec NAME INPUT`: load one plugin and call it once;
-//! - `emit TOPIC JSON`: publish an event through the running host (over its control socket);
-//! - `events`: the running host's event counts per topic and per subscriber;
+//! - `status`, `reload NAME`, `call NAME INPUT`, `emit TOPIC JSON`, `events`: a running host,
+//!   through its admin API (`client`);
 //! - `config check`, `enable NAME`, `disable NAME`: the settings file;
 //! - `new NAME`: write a new plugin crate.
 //!
@@ -15,10 +15,13 @@
 //! (filtered by `RUST_LOG`; default `info` for `run`, `warn` otherwise; JSON lines if the file
 //! says `log_format = "json"`), so that what a command prints on stdout can be piped.
 //!
-//! Each command is a thin call into the `plughost` library, in a file of its own.
+//! Each command is a thin call into the `plughost` library or the admin API, in a file of its
+//! own.
 
 #![forbid(unsafe_code)]
 
+mod call;
+mod client;
 mod config;
 mod control;
 mod emit;
@@ -27,10 +30,13 @@ mod exec;
 mod inspect;
 mod list;
 mod new;
+mod reload;
 mod run;
+mod status;
 mod table;
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,8 +59,9 @@ struct Cli {
 enum Command {
     /// Load every plugin in the folder, then watch it: load new libraries, hot-reload changed
     /// ones, unload deleted ones. Runs until Ctrl-C or SIGTERM, then shuts everything down.
-    /// Meanwhile `emit` and `events` reach it through its control socket (.plughost.sock in the
-    /// folder, or --control PATH).
+    /// Meanwhile it serves the admin HTTP API on its control socket (.plughost.sock in the
+    /// folder, or --control PATH), which status, reload, call, emit and events talk to, and on
+    /// TCP if asked (--admin ADDR, or [admin] listen in the file).
     Run {
         #[command(flatten)]
         dir: DirArgs,
@@ -69,8 +76,15 @@ enum Command {
         /// Check every plugin's health this often, in seconds, logging changes; 0 turns it off.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         health_interval: u64,
-        #[command(flatten)]
-        control: ControlArgs,
+        /// The control socket to serve the admin API on [default: .plughost.sock in the
+        /// plugins folder].
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Also serve the admin API on this TCP address, e.g. 127.0.0.1:9477 [default: the
+        /// file's [admin] listen, else none]. An address that is not loopback needs [admin]
+        /// token.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
     },
     /// Show every library in the folder: name, version, plugin-api version, mode, file, the
     /// events it emits or subscribes to, status.
@@ -113,8 +127,45 @@ enum Command {
         #[command(flatten)]
         dir: DirArgs,
     },
-    /// Publish an event through the `plughost run` serving the plugins folder (over its control
-    /// socket), as source plughost-cli. Exits 1 if no host runs there or it refuses the event.
+    /// Show what a running host serves: each plugin's version, state, calls per second,
+    /// errors, p99 latency, reloads and last refusal, and the files it refused.
+    Status {
+        /// Print the API's JSON (GET /plugins).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+    /// Make a running host re-read a plugin's file now. A refused file leaves the running
+    /// version serving, and exits 1 with the reason.
+    Reload {
+        /// The plugin's name.
+        name: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+    /// Call a plugin of a running host once, through its guarded path (timeout, limits,
+    /// circuit breaker), and print its output as it is.
+    Call {
+        /// The plugin's name.
+        name: String,
+        /// The input; `-` reads standard input.
+        #[arg(allow_hyphen_values = true)]
+        input: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
+    /// Publish an event through a running host, as source plughost-admin. Exits 1 if no host
+    /// listens or it refuses the event.
     Emit {
         /// The topic, e.g. user.created (topics under plughost. are the host's own).
         topic: String,
@@ -122,18 +173,18 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         json: String,
         #[command(flatten)]
-        control: ControlArgs,
+        api: ApiArgs,
         #[command(flatten)]
         dir: DirArgs,
     },
-    /// Show the event counts of the `plughost run` serving the plugins folder: per topic, and
-    /// per subscriber with its queue and latency.
+    /// Show a running host's event counts: per topic, and per subscriber with its queue and
+    /// latency.
     Events {
         /// Print the counts as JSON (durations in microseconds).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        control: ControlArgs,
+        api: ApiArgs,
         #[command(flatten)]
         dir: DirArgs,
     },
@@ -195,12 +246,35 @@ struct DirArgs {
     shadow_dir: Option<PathBuf>,
 }
 
+/// How the commands that talk to a running host reach its admin API.
 #[derive(Debug, Args)]
-struct ControlArgs {
-    /// The control socket of `plughost run`, which `emit` and `events` talk to [default:
-    /// .plughost.sock in the plugins folder].
-    #[arg(long, value_name = "PATH")]
+struct ApiArgs {
+    /// The admin API's TCP address, HOST:PORT or http://HOST:PORT [default: the control
+    /// socket if there is one, else the file's [admin] listen].
+    #[arg(long, visible_alias = "admin-url", value_name = "ADDR")]
+    admin: Option<String>,
+    /// The control socket of `plughost run` [default: .plughost.sock in the plugins folder].
+    #[arg(long, value_name = "PATH", conflicts_with = "admin")]
     control: Option<PathBuf>,
+    /// The admin token, which changes (reload, call, emit) over TCP need [default: the
+    /// environment's PLUGHOST_ADMIN_TOKEN, else the file's [admin] token]. Prefer the
+    /// variable: a flag shows in the process list.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    /// The API these flags, else `config`, point to.
+    fn api(self, config: &HostConfig) -> anyhow::Result<client::Api> {
+        client::Api::new(
+            client::Flags {
+                admin: self.admin.as_deref(),
+                token: self.token,
+                control: self.control.as_deref(),
+            },
+            config,
+        )
+    }
 }
 
 impl DirArgs {
@@ -229,6 +303,11 @@ fn main() -> ExitCode {
         Command::Enable { .. } | Command::Disable { .. } => {
             Ok(config::settings_for_edit(cli.config.as_deref()))
         }
+        Command::Status { .. }
+        | Command::Reload { .. }
+        | Command::Call { .. }
+        | Command::Emit { .. }
+        | Command::Events { .. } => client::settings(cli.config.as_deref()),
         Command::New { .. } => Ok(HostConfig::default()),
         _ => HostConfig::discover(cli.config.as_deref()),
     };
@@ -270,6 +349,7 @@ fn one_line(error: &anyhow::Error) -> String {
             || cause.is::<plughost::HostError>()
             || cause.is::<plughost::CallError>()
             || cause.is::<plughost::ConfigError>()
+            || cause.is::<plughost_admin::AdminError>()
         {
             break;
         }
@@ -308,17 +388,19 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             settle_ms,
             health_interval,
             control,
+            admin,
         } => {
             let config = dir.apply(config);
             let watch = config.host.watch && !no_watch;
             let settle = settle_ms.map_or(config.host.debounce, Duration::from_millis);
-            let socket = control::Socket::of(&config, control.control.as_deref());
+            let socket = control::Socket::of(&config, control.as_deref());
             run::run(
                 config,
                 watch,
                 settle,
                 Duration::from_secs(health_interval),
                 &socket,
+                admin,
             )
         }
         Command::List(dir) => list::list(dir.apply(config)),
@@ -345,26 +427,26 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             isolated,
             dir.apply(config),
         ),
+        Command::Status { json, api, dir } => status::status(json, &api.api(&dir.apply(config))?),
+        Command::Reload {
+            name,
+            json,
+            api,
+            dir,
+        } => reload::reload(&name, json, &api.api(&dir.apply(config))?),
+        Command::Call {
+            name,
+            input,
+            api,
+            dir,
+        } => call::call(&name, &input, &api.api(&dir.apply(config))?),
         Command::Emit {
             topic,
             json,
-            control,
+            api,
             dir,
-        } => {
-            let config = dir.apply(config);
-            emit::emit(
-                &topic,
-                &json,
-                &control::Socket::of(&config, control.control.as_deref()),
-            )
-        }
-        Command::Events { json, control, dir } => {
-            let config = dir.apply(config);
-            events::events(
-                json,
-                &control::Socket::of(&config, control.control.as_deref()),
-            )
-        }
+        } => emit::emit(&topic, &json, &api.api(&dir.apply(config))?),
+        Command::Events { json, api, dir } => events::events(json, &api.api(&dir.apply(config))?),
         Command::Config(ConfigCommand::Check(dir)) => config::check(dir.apply(config)),
         Command::Enable { name, force, dir } => {
             config::set_enabled(file, &name, true, force, dir.apply(config))

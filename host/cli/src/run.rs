@@ -1,14 +1,16 @@
 //! `plughost run`: load every plugin in the folder, watch it and the settings file, check
-//! health, until Ctrl-C or SIGTERM; meanwhile serve `plughost emit` and `plughost events` on the
-//! control socket.
+//! health, until Ctrl-C or SIGTERM; meanwhile serve the admin API on the control socket and,
+//! if asked, on a TCP address.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use plughost::{CallPolicy, Dispatcher, Host, HostConfig, WatchOptions};
+use plughost_admin::{Admin, AdminServer, Listener};
 
 use crate::control;
 
@@ -18,6 +20,7 @@ pub(crate) fn run(
     settle: Duration,
     health_interval: Duration,
     socket: &control::Socket,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -29,10 +32,19 @@ pub(crate) fn run(
         Signals::listen()?
     };
     let plugins_dir = config.host.plugins_dir.clone();
+    // The flag wins over the file, and is held to the same rule.
+    let listen = admin.or(config.admin.listen);
+    if let Some(addr) = listen {
+        config.admin.check_exposure(addr).map_err(|reason| {
+            anyhow::anyhow!("refusing to serve the admin API on {addr}: {reason}")
+        })?;
+    }
     let host = Arc::new(Host::new(config)?);
-    // Before loading anything: a second host on the same folder is refused at once. Its
-    // requests are served while plugins load, and until the signal to stop.
-    let control = control::serve(socket, host.clone())?;
+    // One dispatcher for the API's calls and the health checks, so that the API shows both.
+    let dispatcher = Arc::new(Dispatcher::new(host.clone(), CallPolicy::default()));
+    // Before loading anything: a second host on the same folder is refused at once. Requests
+    // are served while plugins load, and until the signal to stop.
+    let (api, socket_file) = serve_api(&dispatcher, socket, listen)?;
     // Watch first, so that nothing written while loading is missed.
     let watcher = if watch {
         let options = WatchOptions {
@@ -64,8 +76,7 @@ pub(crate) fn run(
             );
             health = (!health_interval.is_zero()).then(|| {
                 let _runtime = runtime.enter();
-                Arc::new(Dispatcher::new(host.clone(), CallPolicy::default()))
-                    .poll_health(health_interval)
+                dispatcher.poll_health(health_interval)
             });
             runtime.block_on(signals.next());
         }
@@ -76,8 +87,10 @@ pub(crate) fn run(
     if let Some(health) = health {
         health.abort();
     }
-    // No more events from outside: the socket goes now, before plugins shut down.
-    drop(control);
+    // No more requests from outside: the API stops now, before plugins shut down, and its
+    // socket goes.
+    drop(api);
+    drop(socket_file);
     tracing::info!("shutting down (Ctrl-C again to exit at once)");
     // Bounded (each plugin's calls in flight and its Shutdown by host.shutdown_timeout), but
     // an operator may not want to wait: a second signal exits at once. The watcher stops in
@@ -107,6 +120,43 @@ pub(crate) fn run(
     // Plugin threads the host gave up on must not keep the program alive.
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The control socket, bound for this host alone (refused if another host serves it), as the
+/// file to remove at the end.
+#[cfg(unix)]
+type SocketFile = Option<control::SocketFile>;
+#[cfg(not(unix))]
+type SocketFile = ();
+
+/// Starts the admin API over `dispatcher` on the control socket and, if given, on `listen`.
+fn serve_api(
+    dispatcher: &Arc<Dispatcher>,
+    socket: &control::Socket,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<(Option<AdminServer>, SocketFile)> {
+    let mut listeners = Vec::new();
+    #[cfg(unix)]
+    let socket_file = match control::bind(socket)? {
+        Some((listener, file)) => {
+            listeners.push(Listener::Unix(listener, socket.path().to_owned()));
+            Some(file)
+        }
+        None => None,
+    };
+    #[cfg(not(unix))]
+    let socket_file = {
+        tracing::debug!(
+            "no control socket {}: not supported on this platform",
+            socket.path().display()
+        );
+    };
+    listeners.extend(listen.map(Listener::Tcp));
+    if listeners.is_empty() {
+        return Ok((None, socket_file));
+    }
+    let server = Admin::new(dispatcher.clone()).serve(listeners)?;
+    Ok((Some(server), socket_file))
 }
 
 /// Runs `work` on `host` on a thread of its own; the receiver gets its result.

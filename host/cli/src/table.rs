@@ -1,4 +1,4 @@
-//! Plain-text tables for `list` and `inspect`.
+//! Plain-text tables for `list`, `inspect`, `status` and `events`, and their cells.
 
 use std::io::Write;
 
@@ -30,4 +30,25 @@ pub(crate) fn file_name(path: &std::path::Path) -> String {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
+}
+
+/// `value[key]` of an API answer for a cell: a string as it is, anything else as JSON, `-` if
+/// missing.
+pub(crate) fn cell(value: &serde_json::Value, key: &str) -> String {
+    match value.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// A duration in microseconds, in the unit that reads best: `850µs`, `1.2ms`, `3.40s`.
+pub(crate) fn micros(us: f64) -> String {
+    if us < 1_000.0 {
+        format!("{us:.0}µs")
+    } else if us < 1_000_000.0 {
+        format!("{:.1}ms", us / 1e3)
+    } else {
+        format!("{:.2}s", us / 1e6)
+    }
 }
