@@ -1,10 +1,10 @@
 //! The CLI side of events, end to end with the real binary and real plugins: `plughost run`'s
-//! control socket, `plughost emit`, `plughost events`, and the event declarations `list` and
-//! `inspect` show.
+//! control socket (the admin API over HTTP), `plughost emit`, `plughost events`, and the event
+//! declarations `list` and `inspect` show.
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -170,20 +170,25 @@ fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no row {first} in\n{table}"))
 }
 
-/// Sends one request line and reads one answer line.
-fn ask(stream: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
-    stream.get_mut().write_all(line).unwrap();
-    let mut answer = String::new();
-    stream.read_line(&mut answer).unwrap();
-    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
-}
-
-fn connect(path: &Path) -> BufReader<UnixStream> {
-    let stream = UnixStream::connect(path).unwrap();
+/// Sends `request` (an HTTP/1.1 request, whole) over the socket at `path` and reads the answer
+/// until the host closes the connection.
+fn http(path: &Path, request: &[u8]) -> String {
+    let mut stream = UnixStream::connect(path).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    BufReader::new(stream)
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of an HTTP answer.
+fn body(answer: &str) -> Value {
+    let (_, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no body in {answer:?}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
 }
 
 #[test]
@@ -206,7 +211,7 @@ fn emit_reaches_a_subscribing_plugin_and_events_counts_it() {
     assert_eq!(stdout(&out), "queued for 1 subscriber\n");
     let record = wait_for_record(&audit, |v| v["type"] == "user.created");
     assert_eq!(record["data"]["id"], 7, "{record}");
-    assert_eq!(record["source"], "plughost-cli", "{record}");
+    assert_eq!(record["source"], "plughost-admin", "{record}");
 
     // Data from standard input; a topic nobody subscribes to.
     let out = finish(dir.command(&["emit", "user.deleted", "-"]), br#"{"id":8}"#);
@@ -304,12 +309,11 @@ fn emit_and_events_without_a_running_host_say_so() {
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
         let expected = format!(
-            "no plughost is running on {}/ (no control socket at {}/.plughost.sock): start one \
-             with plughost run",
-            dir.path().display(),
+            "error: no plughost host is listening on {}/.plughost.sock (start one with \
+             `plughost run`, or pass --admin ADDR)",
             dir.path().display()
         );
-        assert!(err.contains(&expected), "{err}");
+        assert_eq!(err.trim_end(), expected);
     }
     // A socket left by a host that died is not a host.
     drop(UnixListener::bind(dir.path().join(".plughost.sock")).unwrap());
@@ -317,7 +321,7 @@ fn emit_and_events_without_a_running_host_say_so() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("no plughost is running on") && err.contains("stale"),
+        err.contains("no plughost host is listening on") && err.contains("stale"),
         "{err}"
     );
 }
@@ -332,7 +336,7 @@ fn emit_checks_the_json_before_anything_else() {
         err.contains("the event's data is not valid JSON: expected ident at line 1 column 2"),
         "{err}"
     );
-    assert!(!err.contains("no plughost is running"), "{err}");
+    assert!(!err.contains("no plughost host"), "{err}");
 
     let out = finish(dir.command(&["emit", "user.x", "-"]), b"{\"id\": ");
     assert_eq!(out.status.code(), Some(1));
@@ -348,93 +352,110 @@ fn the_control_socket_survives_hostile_clients_and_never_delays_shutdown() {
     let dir = PluginDir::new();
     let work = tempfile::tempdir().unwrap();
     let socket = work.path().join("control.sock");
-    let (host, _) = Running::start(&dir, &["--control", socket.to_str().unwrap()]);
+    let control = socket.to_str().unwrap();
+    let (host, _) = Running::start(&dir, &["--control", control]);
 
     // Only with --control: the folder's default place is empty.
     let out = cli(&dir, None, &["events"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no plughost is running"),
+        stderr(&out).contains("no plughost host is listening"),
         "{}",
         stderr(&out)
     );
-    let out = cli(
-        &dir,
-        None,
-        &["emit", "a.b", "-5", "--control", socket.to_str().unwrap()],
-    );
+    let out = cli(&dir, None, &["emit", "a.b", "-5", "--control", control]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "published; nobody subscribes to a.b\n");
 
-    let mut first = connect(&socket);
-    let answer = ask(&mut first, b"{not json\n");
-    assert_eq!(answer["ok"], false);
+    // What is not HTTP is answered 400 and the connection closed; an unknown route gets the
+    // API's JSON error.
+    let answer = http(&socket, b"{not json\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    let answer = http(
+        &socket,
+        b"GET /reboot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
     assert!(
-        answer["error"]
+        body(&answer)["error"]
             .as_str()
             .unwrap()
-            .starts_with("malformed request"),
+            .contains("no such route"),
         "{answer}"
     );
-    let answer = ask(&mut first, b"{\"op\":\"reboot\"}\n");
-    assert!(
-        answer["error"].as_str().unwrap().contains("unknown op"),
-        "{answer}"
+    let answer = http(
+        &socket,
+        b"POST /events/a.b HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\n1",
     );
-    let answer = ask(
-        &mut first,
-        b"{\"op\":\"emit\",\"topic\":\"a.b\",\"data\":1}\n",
-    );
-    assert_eq!(answer, serde_json::json!({"ok": true, "queued": 0}));
-    let answer = ask(&mut first, b"{\"op\":\"stats\"}\n");
-    assert_eq!(answer["ok"], true, "{answer}");
-    let topics = answer["stats"]["topics"].as_array().unwrap();
-    let topic = topics.iter().find(|t| t["topic"] == "a.b").unwrap();
-    assert_eq!(topic["published"], 2, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer:?}");
+    assert_eq!(body(&answer)["queued"], 0, "{answer}");
+    let out = cli(&dir, None, &["events", "--json", "--control", control]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let topic = stats["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "a.b")
+        .unwrap_or_else(|| panic!("{stats:#}"));
+    assert_eq!(topic["published"], 2, "{stats:#}");
 
-    // A line past 1 MiB + 4 KiB: an error answer, then the connection is closed.
-    let mut client = connect(&socket);
-    let mut huge = b"{\"op\":\"emit\",\"topic\":\"a.b\",\"data\":\"".to_vec();
+    // An event past the body limit (1 MiB by default) is refused whole.
+    let mut huge = b"\"".to_vec();
     huge.resize(3 << 20, b'x');
-    // The host stops reading past the limit: the rest of the write may fail.
-    let _ = client.get_mut().write_all(&huge);
-    let mut answer = String::new();
-    client.read_line(&mut answer).unwrap();
-    assert!(answer.contains("request line longer than"), "{answer}");
-    answer.clear();
-    assert_eq!(
-        client.read_line(&mut answer).unwrap(),
-        0,
-        "closed: {answer}"
+    huge.push(b'"');
+    let out = finish(
+        dir.command(&["emit", "a.b", "-", "--control", control]),
+        &huge,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the request body is larger than [admin] max_body allows"),
+        "{}",
+        stderr(&out)
     );
 
-    // Sixteen connections at once, and no more: the earlier ones closed first.
-    for mut done in [first, client] {
-        let _ = done.get_mut().shutdown(std::net::Shutdown::Write);
-        let mut rest = String::new();
-        assert_eq!(done.read_line(&mut rest).unwrap(), 0, "{rest}");
+    // A client that sends half a request head and stalls, and others that connect and say
+    // nothing, hold no one up: commands keep working meanwhile.
+    let mut stalled = UnixStream::connect(&socket).unwrap();
+    stalled
+        .write_all(b"GET /plugins HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let stalled_at = Instant::now();
+    let idle: Vec<_> = (0..32)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    for _ in 0..3 {
+        let out = cli(&dir, None, &["events", "--control", control]);
+        assert!(out.status.success(), "{}", stderr(&out));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let idle: Vec<_> = (0..16).map(|_| connect(&socket)).collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut extra = connect(&socket);
-    let mut answer = String::new();
-    extra.read_line(&mut answer).unwrap();
-    assert!(answer.contains("too many control connections"), "{answer}");
-
-    // Idle connections are closed within the read timeout, and their places freed.
-    for mut connection in idle {
-        let mut rest = String::new();
-        assert_eq!(connection.read_line(&mut rest).unwrap(), 0, "{rest}");
-    }
-    let mut client = connect(&socket);
-    assert_eq!(ask(&mut client, b"{\"op\":\"stats\"}\n")["ok"], true);
+    // It is dropped once the head timeout (10 s) is up, without an answer to its request.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    let waited = stalled_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(25),
+        "closed after {waited:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    drop(idle);
 
     // A client holding a connection open does not hold up SIGTERM.
+    let client = UnixStream::connect(&socket).unwrap();
+    (&client)
+        .write_all(b"GET /plugins HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let started = Instant::now();
     host.stop();
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(6),
         "{:?}",
         started.elapsed()
     );

@@ -37,6 +37,10 @@ mod operations {}
 mod benchmarks {}
 
 #[cfg(doctest)]
+#[doc = include_str!("../docs/admin.md")]
+mod admin {}
+
+#[cfg(doctest)]
 #[doc = include_str!("../docs/internals.md")]
 mod internals {}
 

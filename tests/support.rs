@@ -16,6 +16,9 @@ use tempfile::TempDir;
 #[path = "isolated.rs"]
 pub mod isolated;
 
+#[path = "admin_support.rs"]
+pub mod admin;
+
 /// The documentation's Rust snippets and links, checked.
 #[cfg(any(test, doctest))]
 #[path = "doctests.rs"]
