@@ -1,7 +1,7 @@
 //! Whether serving the admin API slows plugin calls: a 16-byte echo through
 //! [`PluginHandle::call_into`](plughost::PluginHandle::call_into) and through the guarded async
 //! path (`Dispatcher::execute`, every layer on), with the admin API of the same dispatcher
-//! serving on `127.0.0.1`, in one run, under six conditions in turn:
+//! serving on `127.0.0.1`, in one run, under eight conditions in turn:
 //!
 //! - `alone`: the server is up and idle;
 //! - `scraper`: a client of this process gets `/metrics` every 10 ms, as a busy Prometheus would;
@@ -13,12 +13,16 @@
 //! - `hog`: no requests; instead, busy loops that take as much CPU as wrk and the admin threads
 //!   took in `wrk` (a child process for wrk, two threads of this process for the server): what
 //!   the same CPU contention costs without the admin API;
+//! - `snapshots`: no requests; a thread of this process takes echo's metrics snapshot (as each
+//!   `/plugins` and `/metrics` request does) as many times a second as wrk made requests in
+//!   `wrk`: what that costs without HTTP;
 //! - `alone-again`: as `alone`, to show how far the machine drifted during the run.
 //!
 //! On a 2-core machine the admin runtime's two threads and wrk compete with the calls for CPU,
-//! so some slowdown is contention, whatever the server's design. Two figures tell the two apart:
-//! the `hog` row, and the share of the measured time the calling thread spent runnable but
-//! waiting for a CPU (its run-queue delay, from `/proc/thread-self/schedstat`).
+//! so some slowdown is contention, whatever the server's design. What tells the two apart: the
+//! `wrk-healthz`, `wrk-pinned`, `hog` and `snapshots` rows, and the share of the measured time
+//! the calling thread spent runnable but waiting for a CPU (its run-queue delay, from
+//! `/proc/thread-self/schedstat`).
 //!
 //! Printed at the end: per condition and path the minimum and median time per call over
 //! criterion's samples and their ratio to `alone`; what the scraper and wrk got (requests/s,
@@ -28,9 +32,9 @@
 //!
 //! Also printed, after each condition: how long taking the echo plugin's metrics snapshot
 //! takes. Every `/metrics` and `/plugins` request takes one, holding the lock each async call
-//! takes to record its time, and it takes longer the longer the slowest call recorded.
+//! takes to record its time, and it takes longer as the latency histogram fills.
 //!
-//! `cargo bench -p plughost-tests --bench admin` (about 2 minutes;
+//! `cargo bench -p plughost-tests --bench admin` (about 1.5 minutes;
 //! `ADMIN_BENCH_CONDITIONS=alone,scraper` runs only those).
 
 use std::collections::BTreeMap;
@@ -83,17 +87,19 @@ enum Condition {
     WrkHealthz,
     WrkPinned,
     Hog,
+    Snapshots,
     AloneAgain,
 }
 
 impl Condition {
-    const ALL: [Condition; 7] = [
+    const ALL: [Condition; 8] = [
         Condition::Alone,
         Condition::Scraper,
         Condition::Wrk,
         Condition::WrkHealthz,
         Condition::WrkPinned,
         Condition::Hog,
+        Condition::Snapshots,
         Condition::AloneAgain,
     ];
 
@@ -105,6 +111,7 @@ impl Condition {
             Condition::WrkHealthz => "wrk-healthz",
             Condition::WrkPinned => "wrk-pinned",
             Condition::Hog => "hog",
+            Condition::Snapshots => "snapshots",
             Condition::AloneAgain => "alone-again",
         }
     }
@@ -125,8 +132,8 @@ fn main() {
     if !wrk {
         eprintln!(
             "\n*** wrk is not installed (Debian: apt-get install wrk): the three `wrk` \
-             conditions are SKIPPED, and the hog is sized by guess (one core, and one for the \
-             server) ***\n"
+             conditions are SKIPPED, and the hog and snapshots conditions are sized by guess \
+             ***\n"
         );
     }
     if wrk && !taskset {
@@ -139,8 +146,7 @@ fn main() {
         .configure_from_args();
     let results = Mutex::new(Results::default());
     let mut reports = BTreeMap::new();
-    // What the hog must match: (wrk's share of a core, the admin threads' share), from `wrk`.
-    let mut hog_size = (1.0, 1.0);
+    let mut sizes = Sizes::default();
     let chosen = std::env::var("ADMIN_BENCH_CONDITIONS").ok();
     for condition in Condition::ALL {
         if chosen
@@ -157,7 +163,7 @@ fn main() {
         if skip {
             continue;
         }
-        let load = Load::start(condition, &fixture, hog_size);
+        let load = Load::start(condition, &fixture, &sizes);
         let cpu_before = load.cpu();
         let load_before = load_average();
 
@@ -203,9 +209,17 @@ fn main() {
 
         let cpu = load.cpu().since(&cpu_before);
         if condition == Condition::Wrk {
-            hog_size = (cpu.wrk, cpu.admin);
+            sizes.wrk_share = cpu.wrk;
+            sizes.admin_share = cpu.admin;
         }
         let (scrapes, wrk) = load.stop();
+        if let Some(rate) = wrk
+            .as_ref()
+            .filter(|_| condition == Condition::Wrk)
+            .and_then(|wrk| wrk.requests_per_second.parse().ok())
+        {
+            sizes.requests_per_second = rate;
+        }
         let snapshot = snapshot_time(&fixture.dispatcher);
         reports.insert(
             condition,
@@ -222,6 +236,9 @@ fn main() {
 
     let rss_after = rss_kib();
     print_summary(&fixture, &lock(&results), &reports, rss_after);
+    if !wrk {
+        println!("\n*** wrk is not installed: the `wrk` conditions were SKIPPED ***");
+    }
 }
 
 /// The echo plugin, its dispatcher, and the admin API serving them.
@@ -315,6 +332,25 @@ impl Fixture {
     }
 }
 
+/// What the `wrk` condition measured, for the conditions that copy a part of it (a guess
+/// until then).
+struct Sizes {
+    /// The shares of one core that wrk and the admin threads took.
+    wrk_share: f64,
+    admin_share: f64,
+    requests_per_second: f64,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            wrk_share: 0.25,
+            admin_share: 0.9,
+            requests_per_second: 15_000.0,
+        }
+    }
+}
+
 /// What runs beside the calls during one condition; stopped by [`Load::stop`].
 struct Load {
     scraper: Option<Scraper>,
@@ -327,8 +363,7 @@ struct Load {
 }
 
 impl Load {
-    /// `hog_size`: the shares of one core that wrk and the admin threads took in `wrk`.
-    fn start(condition: Condition, fixture: &Fixture, hog_size: (f64, f64)) -> Self {
+    fn start(condition: Condition, fixture: &Fixture, sizes: &Sizes) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut load = Load {
             scraper: None,
@@ -358,24 +393,46 @@ impl Load {
                 load.wrk = Some(Wrk::start(&fixture.url, WRK_READS, Some(last_core)));
             }
             Condition::Hog => {
-                let (wrk_share, admin_share) = hog_size;
                 load.hog_process = Some(
                     Command::new(std::env::current_exe().unwrap())
-                        .env(HOG_ENV, wrk_share.to_string())
+                        .env(HOG_ENV, sizes.wrk_share.to_string())
                         .stdout(Stdio::null())
                         .spawn()
                         .expect("start the hog process"),
                 );
                 // Two threads, as the admin runtime has.
+                let share = sizes.admin_share / 2.0;
                 for _ in 0..2 {
                     let stop = stop.clone();
                     load.hog_threads.push(
                         std::thread::Builder::new()
                             .name("hog".into())
-                            .spawn(move || duty_cycle(admin_share / 2.0, &stop))
+                            .spawn(move || duty_cycle(share, &stop))
                             .unwrap(),
                     );
                 }
+            }
+            Condition::Snapshots => {
+                let stop = stop.clone();
+                let dispatcher = fixture.dispatcher.clone();
+                let rate = sizes.requests_per_second;
+                load.hog_threads.push(
+                    std::thread::Builder::new()
+                        .name("snapshots".into())
+                        .spawn(move || {
+                            let start = Instant::now();
+                            let mut taken = 0u64;
+                            while !stop.load(Ordering::Relaxed) {
+                                if (taken as f64) < rate * start.elapsed().as_secs_f64() {
+                                    black_box(dispatcher.metrics("echo"));
+                                    taken += 1;
+                                } else {
+                                    std::thread::sleep(Duration::from_micros(100));
+                                }
+                            }
+                        })
+                        .unwrap(),
+                );
             }
         }
         // Let the load reach its pace before criterion's warm-up starts.
@@ -391,7 +448,7 @@ impl Load {
             at: Instant::now(),
             admin: own_threads_cpu(ADMIN_THREAD),
             calls: own_threads_cpu("plughost-call"),
-            hog_threads: own_threads_cpu("hog"),
+            hog_threads: own_threads_cpu("hog").add(own_threads_cpu("snapshots")),
             wrk: self
                 .wrk
                 .as_ref()
@@ -755,12 +812,13 @@ fn print_summary(
     }
     println!(
         "(caller run / wait: the share of the timed samples the calling thread spent on a CPU, \
-         and runnable but waiting for one)"
+         and runnable but waiting for one; for `execute` the wait includes the caller's polls \
+         with yield_now)"
     );
     println!();
     println!(
         "{:<12} {:>8} {:>8} {:>8} {:>10} {:>10}   load average start / end",
-        "CPU, cores", "admin", "wrk", "calls", "hog proc", "hog thr"
+        "CPU, cores", "admin", "wrk", "calls", "hog proc", "load thr"
     );
     for (condition, report) in reports {
         let cpu = &report.cpu;
@@ -776,7 +834,10 @@ fn print_summary(
             report.load.1,
         );
     }
-    println!("(calls: the dispatcher's `plughost-call` pool threads; the calling thread is above)");
+    println!(
+        "(calls: the dispatcher's `plughost-call` pool threads, the calling thread is above; \
+         load thr: the hog's or the snapshot taker's threads)"
+    );
     println!();
     for (condition, report) in reports {
         let (took, slowest) = report.snapshot;
