@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use plughost::Host;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -53,7 +54,7 @@ pub(crate) async fn list(State(state): Shared) -> Json<PluginList> {
     responses((status = 200, body = PluginDetail), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show(
     State(state): Shared,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PluginDetail>, ApiError> {
     let Path(name) = name.map_err(Rejected)?;
     let status = state
@@ -70,16 +71,12 @@ pub(crate) async fn show(
         (status = 409, description = "It cannot start (the reason is given); the setting stays", body = ErrorBody)))]
 pub(crate) async fn enable(
     State(state): Shared,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Changed>, ApiError> {
-    let Path(name) = name.map_err(Rejected)?;
-    known(&state, &name)?;
-    let host = state.host().clone();
-    let plugin = name.clone();
-    blocking(move || host.enable(&plugin))
-        .await?
-        .map_err(|e| ApiError::config(&name, &e))?;
-    Ok(Json(changed(&state, &name, vec![name.clone()], None)))
+    switch(state, name, |host, name| {
+        host.enable(name).map_err(|e| ApiError::config(name, &e))
+    })
+    .await
 }
 
 /// Disables a plugin: it is shut down and unloaded, and stays off until enabled.
@@ -89,16 +86,12 @@ pub(crate) async fn enable(
         (status = 409, description = "Refused: running plugins require it", body = ErrorBody)))]
 pub(crate) async fn disable(
     State(state): Shared,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Changed>, ApiError> {
-    let Path(name) = name.map_err(Rejected)?;
-    known(&state, &name)?;
-    let host = state.host().clone();
-    let plugin = name.clone();
-    blocking(move || host.disable(&plugin))
-        .await?
-        .map_err(|e| ApiError::config(&name, &e))?;
-    Ok(Json(changed(&state, &name, vec![name.clone()], None)))
+    switch(state, name, |host, name| {
+        host.disable(name).map_err(|e| ApiError::config(name, &e))
+    })
+    .await
 }
 
 /// Re-reads the plugin's file now and, if its content changed, replaces the running version
@@ -109,16 +102,12 @@ pub(crate) async fn disable(
         (status = 409, description = "The file was refused; the running version keeps serving", body = ErrorBody)))]
 pub(crate) async fn reload(
     State(state): Shared,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Changed>, ApiError> {
-    let Path(name) = name.map_err(Rejected)?;
-    known(&state, &name)?;
-    let host = state.host().clone();
-    let plugin = name.clone();
-    blocking(move || host.reload(&plugin))
-        .await?
-        .map_err(|e| ApiError::host(&name, &e))?;
-    Ok(Json(changed(&state, &name, vec![name.clone()], None)))
+    switch(state, name, |host, name| {
+        host.reload(name).map_err(|e| ApiError::host(name, &e))
+    })
+    .await
 }
 
 /// Calls the plugin with the request body as its input, through the guarded path (its
@@ -137,7 +126,7 @@ pub(crate) async fn reload(
         (status = 504, description = "It did not answer in time", body = ErrorBody)))]
 pub(crate) async fn execute(
     State(state): Shared,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    name: Result<Path<String>, PathRejection>,
     input: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = name.map_err(Rejected)?;
@@ -171,7 +160,7 @@ pub(crate) struct Write {
         (status = 422, description = "The configuration is invalid for this plugin", body = ErrorBody)))]
 pub(crate) async fn configure(
     State(state): Shared,
-    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    name: Result<Path<String>, PathRejection>,
     write: Result<Query<Write>, axum::extract::rejection::QueryRejection>,
     config: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Changed>, ApiError> {
@@ -199,6 +188,21 @@ pub(crate) async fn configure(
         answer.write_error = Some(error.to_string());
     }
     Ok(Json(answer))
+}
+
+/// Runs `change` on plugin `name` (404 if the host does not know it) on a blocking thread,
+/// and answers with the plugin's state after it.
+async fn switch(
+    state: Arc<state::State>,
+    name: Result<Path<String>, PathRejection>,
+    change: fn(&Host, &str) -> Result<(), ApiError>,
+) -> Result<Json<Changed>, ApiError> {
+    let Path(name) = name.map_err(Rejected)?;
+    known(&state, &name)?;
+    let host = state.host().clone();
+    let plugin = name.clone();
+    blocking(move || change(&host, &plugin)).await??;
+    Ok(Json(changed(&state, &name, vec![name.clone()], None)))
 }
 
 /// 404 unless the host knows plugin `name`.

@@ -135,18 +135,8 @@ fn with_plugin_config(
     config: &Map<String, Value>,
     before: &Map<String, Value>,
 ) -> Result<String, String> {
-    let mut document: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| e.to_string())?;
-    let plugins = document
-        .entry("plugins")
-        .or_insert_with(|| {
-            let mut table = toml_edit::Table::new();
-            table.set_implicit(true);
-            table.into()
-        })
-        .as_table_like_mut()
-        .ok_or("plugins is not a table")?;
+    let mut document = parsed(text)?;
+    let plugins = plugins_table(&mut document)?;
     let plugin = plugins.entry(name).or_insert_with(|| {
         let mut table = toml_edit::Table::new();
         table.set_implicit(true);
@@ -249,21 +239,31 @@ fn toml_value(value: &Value, at: &str) -> Result<toml_edit::Value, String> {
     })
 }
 
-/// `text` with `plugins.NAME.enabled` set, everything else kept; or why that cannot be done.
-fn with_enabled(text: &str, name: &str, enabled: bool) -> Result<String, String> {
-    let mut document: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| e.to_string())?;
-    let plugins = document
+/// `text` as a document to edit.
+fn parsed(text: &str) -> Result<toml_edit::DocumentMut, String> {
+    text.parse()
+        .map_err(|e: toml_edit::TomlError| e.to_string())
+}
+
+/// The `plugins` table of `document`, made (implicit: no `[plugins]` header) if missing.
+fn plugins_table(
+    document: &mut toml_edit::DocumentMut,
+) -> Result<&mut dyn toml_edit::TableLike, String> {
+    document
         .entry("plugins")
         .or_insert_with(|| {
             let mut table = toml_edit::Table::new();
             table.set_implicit(true);
             table.into()
         })
-        .as_table_mut()
-        .ok_or("plugins is not a table")?;
-    let plugin = plugins
+        .as_table_like_mut()
+        .ok_or_else(|| "plugins is not a table".to_owned())
+}
+
+/// `text` with `plugins.NAME.enabled` set, everything else kept; or why that cannot be done.
+fn with_enabled(text: &str, name: &str, enabled: bool) -> Result<String, String> {
+    let mut document = parsed(text)?;
+    let plugin = plugins_table(&mut document)?
         .entry(name)
         .or_insert_with(|| toml_edit::Table::new().into())
         .as_table_like_mut()
