@@ -31,11 +31,15 @@
 //! skipped, saying so.
 //!
 //! Also printed, after each condition: how long taking the echo plugin's metrics snapshot
-//! takes. Every `/metrics` and `/plugins` request takes one, holding the lock each async call
-//! takes to record its time, and it takes longer as the latency histogram fills.
+//! takes. Every `/metrics` and `/plugins` request takes one: a lock-free pass over the latency
+//! counters, which calls keep adding to meanwhile.
 //!
 //! `cargo bench -p plughost-tests --bench admin` (about 1.5 minutes;
 //! `ADMIN_BENCH_CONDITIONS=alone,scraper` runs only those).
+//!
+//! Longer than 600 lines: each condition brings its load generator (scraper, wrk, CPU hog,
+//! snapshot thread) and its measurements, and they stay in one bench so that one run compares
+//! them all on the same machine state.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;

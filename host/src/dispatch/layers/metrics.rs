@@ -1,19 +1,26 @@
 //! Per-plugin metrics: calls, errors, timeouts, panics, rejections, calls in flight, stuck
-//! calls, and a latency histogram (HdrHistogram: exact percentiles within 0.1%, fixed memory),
-//! from which a snapshot also derives Prometheus-style cumulative buckets, count and sum: a
-//! call costs the same whether anyone scrapes or not.
+//! calls, and the latency of the calls that reached the plugin ([`latency`]): percentiles
+//! within 0.8%, and exact Prometheus-style cumulative buckets, count and sum, in 19 KiB per
+//! plugin.
+//!
+//! Everything is an atomic counter: a call adds to a few of them and never waits, and a
+//! snapshot (taken by the admin API for every request that shows metrics) reads them without
+//! stopping any call. A call costs the same whether anyone scrapes or not.
+
+mod latency;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use latency::Latency;
 
 use super::{CallFuture, CallLayer, Next, PluginCall};
 use crate::error::CallError;
 
-/// The counters and histogram of one plugin.
+/// The counters of one plugin.
 pub struct PluginMetrics {
     calls: AtomicU64,
     errors: AtomicU64,
@@ -24,8 +31,8 @@ pub struct PluginMetrics {
     rejected: AtomicU64,
     in_flight: AtomicI64,
     stuck: AtomicI64,
-    /// Nanoseconds, 1 ns to 1 hour, 3 significant digits.
-    latency: Mutex<Histogram<u64>>,
+    /// Of the calls that reached the plugin.
+    latency: Latency,
 }
 
 impl Default for PluginMetrics {
@@ -40,14 +47,16 @@ impl Default for PluginMetrics {
             rejected: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             stuck: AtomicI64::new(0),
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"),
-            ),
+            latency: Latency::default(),
         }
     }
 }
 
-/// A copy of a plugin's metrics at one moment.
+/// A copy of a plugin's metrics at one moment, read without stopping any call: a call that
+/// ends meanwhile may be in some of the figures and not yet in others.
+///
+/// Counts, sums and buckets are exact; the percentiles are within 0.8% of the true value
+/// (exact below 128 ns; calls over 73 minutes count as 73 minutes in them).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MetricsSnapshot {
     /// Calls made (every outcome).
@@ -68,19 +77,20 @@ pub struct MetricsSnapshot {
     pub in_flight: i64,
     /// Calls running past their deadline now (reported stuck).
     pub stuck: i64,
-    /// Median time of the calls that reached the plugin.
+    /// Median time of the calls that reached the plugin, within 0.8%.
     pub p50: Duration,
-    /// 95th percentile.
+    /// 95th percentile, within 0.8%.
     pub p95: Duration,
-    /// 99th percentile.
+    /// 99th percentile, within 0.8%.
     pub p99: Duration,
     /// How many calls reached the plugin (those the latencies are of).
     pub latency_count: u64,
-    /// Their times added up.
+    /// Their times added up (exact).
     pub latency_sum: Duration,
     /// For each of [`LATENCY_BOUNDS`](Self::LATENCY_BOUNDS), how many of those calls took at
     /// most that long (cumulative, as Prometheus buckets: never decreasing, and the count for
-    /// a bound past every call is `latency_count`). Within the histogram's 0.1% resolution.
+    /// a bound past every call is `latency_count`). Exact: a call of exactly 1 ms counts at
+    /// 1 ms, one of 1 ms and 1 ns does not.
     pub latency_buckets: Vec<(Duration, u64)>,
 }
 
@@ -108,44 +118,10 @@ impl MetricsSnapshot {
     ];
 }
 
-/// The buckets, count and sum of `latency` (nanoseconds), in one pass over its recorded values.
-fn buckets(latency: &Histogram<u64>) -> (Vec<(Duration, u64)>, u64, Duration) {
-    let bounds = MetricsSnapshot::LATENCY_BOUNDS;
-    let mut counts = vec![0u64; bounds.len()];
-    let mut sum: u128 = 0;
-    for recorded in latency.iter_recorded() {
-        let count = recorded.count_at_value();
-        let value = recorded.value_iterated_to();
-        // A value stands for its whole bucket of equivalent values: the bucket's lowest decides
-        // where it falls (so a call of exactly 1 ms is at most 1 ms), its middle adds to the sum.
-        let lowest = latency.lowest_equivalent(value);
-        sum += u128::from(latency.median_equivalent(value)) * u128::from(count);
-        if let Some(i) = bounds
-            .iter()
-            .position(|bound| u128::from(lowest) <= bound.as_nanos())
-        {
-            counts[i] += count;
-        }
-    }
-    let mut running = 0;
-    let buckets = bounds
-        .iter()
-        .zip(counts)
-        .map(|(bound, count)| {
-            running += count;
-            (*bound, running)
-        })
-        .collect();
-    let sum = Duration::from_nanos(u64::try_from(sum).unwrap_or(u64::MAX));
-    (buckets, latency.len(), sum)
-}
-
 impl PluginMetrics {
     /// The current values.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-        let at = |q: f64| Duration::from_nanos(latency.value_at_quantile(q));
-        let (latency_buckets, latency_count, latency_sum) = buckets(&latency);
+        let latency = self.latency.summary();
         MetricsSnapshot {
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -156,12 +132,12 @@ impl PluginMetrics {
             rejected: self.rejected.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             stuck: self.stuck.load(Ordering::Relaxed),
-            p50: at(0.50),
-            p95: at(0.95),
-            p99: at(0.99),
-            latency_count,
-            latency_sum,
-            latency_buckets,
+            p50: latency.p50,
+            p95: latency.p95,
+            p99: latency.p99,
+            latency_count: latency.count,
+            latency_sum: latency.sum,
+            latency_buckets: latency.buckets,
         }
     }
 
@@ -201,9 +177,7 @@ impl PluginMetrics {
             }
         };
         if reached_plugin {
-            let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
-            let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
-            latency.saturating_record(nanos);
+            self.latency.record(took);
         }
     }
 }
@@ -341,11 +315,6 @@ mod tests {
         }
         let expected = Duration::from_micros(5 + 10 + 11 + 700 + 1000 + 1000 + 3000 + 2000)
             + Duration::from_secs(20);
-        let error = snapshot.latency_sum.abs_diff(expected);
-        assert!(
-            error < expected / 500,
-            "{:?} vs {expected:?}",
-            snapshot.latency_sum
-        );
+        assert_eq!(snapshot.latency_sum, expected);
     }
 }
