@@ -102,6 +102,7 @@ impl PluginDir {
     pub fn add_as(&self, package: &str, file_name: &str) -> PathBuf {
         let target = self.path().join(file_name);
         std::fs::copy(library(package), &target).expect("copy plugin library");
+        not_writable_by_others(&target);
         target
     }
 
@@ -109,6 +110,7 @@ impl PluginDir {
     pub fn write(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
         let target = self.path().join(file_name);
         std::fs::write(&target, bytes).expect("write file");
+        not_writable_by_others(&target);
         target
     }
 
@@ -143,6 +145,7 @@ impl PluginDir {
     pub fn replace_atomically(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
         let temp = self.path().join(format!(".{file_name}.tmp"));
         std::fs::write(&temp, bytes).expect("write temp file");
+        not_writable_by_others(&temp);
         let target = self.path().join(file_name);
         std::fs::rename(&temp, &target).expect("rename into place");
         target
@@ -152,6 +155,7 @@ impl PluginDir {
     pub fn replace_in_place(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
         let target = self.path().join(file_name);
         std::fs::write(&target, bytes).expect("overwrite in place");
+        not_writable_by_others(&target);
         target
     }
 
@@ -229,6 +233,18 @@ impl PluginDir {
         inodes.sort();
         inodes.dedup();
         inodes.len() + mapped_under(self.shadow())
+    }
+}
+
+/// Takes group and others' write permission off `path`, whatever the umask made it: as root the
+/// host refuses libraries others could change (`host.check_ownership`), and the tests' files
+/// must not depend on the umask of the machine that runs them.
+pub fn not_writable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut permissions = std::fs::metadata(path).expect("stat file").permissions();
+    if permissions.mode() & 0o022 != 0 {
+        permissions.set_mode(permissions.mode() & !0o022);
+        std::fs::set_permissions(path, permissions).expect("chmod go-w");
     }
 }
 

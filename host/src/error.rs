@@ -3,6 +3,9 @@
 //! there is one, is kept as the error's `source`. (Errors about `plughost.toml` are
 //! [`ConfigError`](crate::ConfigError), next to the file's parser.)
 //!
+//! Longer than 600 lines on purpose: each variant's message and fields are its documentation,
+//! and a caller matching errors finds every one of them in this one file.
+//!
 //! Longer than the project's 600 lines on purpose: every error a caller can get from the
 //! library is in this one file, so that their wording is reviewed, and kept alike, in one place.
 
@@ -49,6 +52,27 @@ pub enum LoadError {
         size: u64,
         /// The limit.
         limit: u64,
+    },
+    /// The file, or a folder above it, could have been changed by a user other than the
+    /// host's and root: it is owned by another user, or writable by group or others
+    /// (`host.check_ownership`, as sshd's StrictModes).
+    #[error(
+        "{}: refused: the {what} {} {problem}, so another user could change it; fix: `{fix}` \
+         (host.check_ownership)",
+        shown_path(path),
+        shown_path(at)
+    )]
+    UnsafeOwnership {
+        /// The library file.
+        path: PathBuf,
+        /// The file or folder at fault: the library itself, its folder, or one above.
+        at: PathBuf,
+        /// `"file"` or `"folder"`.
+        what: &'static str,
+        /// What is wrong: "is writable by group (mode 0664)".
+        problem: String,
+        /// The command that fixes it: "chmod go-w plugins/libx.so".
+        fix: String,
     },
     /// Loading the library in a probe process crashed it, or did not finish: loading it here
     /// would have taken the host down.
@@ -333,6 +357,90 @@ pub enum LoadError {
         /// The limit.
         max: usize,
     },
+    /// `plughost.toml` pins the plugin's SHA-256 (`plugins.NAME.sha256`) and this file's
+    /// content has another.
+    #[error(
+        "{}: plugin {name} refused: its SHA-256 is {found}, but plugins.{name}.sha256 pins \
+         {expected}; fix: update plugins.{name}.sha256 in plughost.toml to the new build's \
+         digest, or remove it",
+        shown_path(path)
+    )]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The digest pinned, as 64 hexadecimal digits.
+        expected: String,
+        /// The digest of the content read, as 64 hexadecimal digits.
+        found: String,
+    },
+    /// `host.require_signatures` is on and the file has no signature beside it.
+    #[error(
+        "{}: refused: unsigned: host.require_signatures is on and there is no signature {}; \
+         fix: sign it with a trusted key (`plughost sign FILE --key KEY`, or `minisign -S -m \
+         FILE`)",
+        shown_path(path),
+        shown_path(signature)
+    )]
+    Unsigned {
+        /// The file.
+        path: PathBuf,
+        /// Where its signature was looked for: `FILE.minisig`.
+        signature: PathBuf,
+    },
+    /// The signature file beside the library cannot be used: not a regular file, too large,
+    /// unreadable, or not in the minisign format.
+    #[error(
+        "{}: refused: its signature {} {reason} (host.require_signatures)",
+        shown_path(path),
+        shown_path(signature)
+    )]
+    BadSignatureFile {
+        /// The file.
+        path: PathBuf,
+        /// The signature file.
+        signature: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// The cause, if another crate or the OS gave one.
+        #[source]
+        source: Option<BoxedCause>,
+    },
+    /// The signature is by a trusted key but does not match the content: the library was
+    /// changed after it was signed, or the signature is another build's.
+    #[error(
+        "{}: refused: its signature {} by trusted key {key_id} does not match the file's \
+         content (changed after signing, or the signature of another build); fix: sign this \
+         build again",
+        shown_path(path),
+        shown_path(signature)
+    )]
+    SignatureMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The signature file.
+        signature: PathBuf,
+        /// The signing key's id, as minisign shows it (16 hexadecimal digits).
+        key_id: String,
+        /// What the verifier said.
+        #[source]
+        source: BoxedCause,
+    },
+    /// The signature is by a key that is not among `host.trusted_keys`.
+    #[error(
+        "{}: refused: signed by key {key_id}, which is not in host.trusted_keys; fix: sign it \
+         with a trusted key, or add that key's public key to host.trusted_keys if you trust it",
+        shown_path(path)
+    )]
+    UntrustedSigner {
+        /// The file.
+        path: PathBuf,
+        /// The signature file.
+        signature: PathBuf,
+        /// The signing key's id, as minisign shows it (16 hexadecimal digits).
+        key_id: String,
+    },
 }
 
 impl LoadError {
@@ -342,6 +450,7 @@ impl LoadError {
             LoadError::Read { path, .. }
             | LoadError::NotAFile { path, .. }
             | LoadError::TooLarge { path, .. }
+            | LoadError::UnsafeOwnership { path, .. }
             | LoadError::CheckPanicked { path, .. }
             | LoadError::ProbeRefused { path, .. }
             | LoadError::Unwanted { path, .. }
@@ -365,6 +474,11 @@ impl LoadError {
             | LoadError::DependencyCycle { path, .. }
             | LoadError::TooMany { path, .. }
             | LoadError::NoRoom { path, .. }
+            | LoadError::DigestMismatch { path, .. }
+            | LoadError::Unsigned { path, .. }
+            | LoadError::BadSignatureFile { path, .. }
+            | LoadError::SignatureMismatch { path, .. }
+            | LoadError::UntrustedSigner { path, .. }
             | LoadError::TooManyPinned { path, .. } => path,
         }
     }
@@ -383,6 +497,7 @@ impl LoadError {
             | LoadError::DependencyCycle { name, .. }
             | LoadError::Unwanted { name, .. }
             | LoadError::TooMany { name, .. }
+            | LoadError::DigestMismatch { name, .. }
             | LoadError::TooManyPinned { name, .. } => Some(name),
             _ => None,
         }

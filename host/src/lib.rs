@@ -104,7 +104,8 @@ pub use bus::{
 };
 pub use config::{
     AdminSettings, ByteSize, ConfigError, CpuLimit, HostConfig, HostSettings, Isolation, Location,
-    LogFormat, PluginSettings, ProbeSetting, QueuePolicy, Secret,
+    LogFormat, OwnershipCheck, PluginSettings, ProbeSetting, QueuePolicy, Secret, Sha256Digest,
+    TrustedKey,
 };
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,
@@ -113,10 +114,11 @@ pub use error::{CallError, HostError, LoadError, PublishError};
 pub use event::Event;
 pub use events::HostEvent;
 pub use host::{
-    ConfigChange, ConfigReport, Host, LoadReport, PluginState, PluginStatus, Refusal, WatchOptions,
-    Watcher,
+    ConfigChange, ConfigReport, Examined, Host, LoadReport, PluginState, PluginStatus, Refusal,
+    WatchOptions, Watcher,
 };
 pub use loader::residency::UnloadStatus;
+pub use loader::trust::{Integrity, SignatureStatus};
 pub use plugin_info::{ConfigKey, PluginInfo, Requirement};
 pub use runtime::{LocalHandle, PluginHandle, PluginHealth, PluginLibrary, PluginOutput};
 

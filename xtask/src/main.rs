@@ -17,7 +17,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Chore {
     /// Build every plugin crate under plugins/ and install each library at the top of the
-    /// plugins folder (atomically: temp file + rename), where `plughost run` finds it.
+    /// plugins folder (atomically: temp file + rename), where `plughost run` finds it; with
+    /// --sign KEY, each with its signature beside it.
     BuildPlugins {
         /// Build with optimisations.
         #[arg(long)]
@@ -25,13 +26,24 @@ enum Chore {
         /// Install into this folder instead of plugins/.
         #[arg(long, value_name = "DIR")]
         dest: Option<PathBuf>,
+        /// Sign each library installed with this minisign secret key (from plughost keygen or
+        /// minisign -G): LIBRARY.minisig is installed beside it, after it. An encrypted key's
+        /// password comes from PLUGHOST_SIGNING_PASSWORD, else is asked at the terminal.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Chore::BuildPlugins { release, dest } => {
+        Chore::BuildPlugins {
+            release,
+            dest,
+            sign,
+        } => {
             let started = Instant::now();
+            // Opened before the build: a password is asked now, not minutes later.
+            let key = sign.as_deref().map(xtask::signing_key).transpose()?;
             let dest = dest.unwrap_or_else(|| xtask::workspace_root().join("plugins"));
             let packages = xtask::packages_under("plugins")?;
             // Cargo's own lines follow (a first build compiles the dependencies too, and takes
@@ -47,6 +59,10 @@ fn main() -> anyhow::Result<()> {
             for library in &libraries {
                 let installed = xtask::install(&library.path, &dest)?;
                 println!("installed {} -> {}", library.package, installed.display());
+                if let Some(key) = &key {
+                    let signature = xtask::sign(&installed, key)?;
+                    println!("signed {} -> {}", library.package, signature.display());
+                }
             }
             eprintln!(
                 "{} plugin librar{} installed in {} ({:.1} s)",

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use plughost::{Host, HostConfig, PluginInfo};
+use plughost::{Host, HostConfig, Integrity, PluginInfo, SignatureStatus};
 
 use crate::table;
 
@@ -19,20 +19,53 @@ pub(crate) fn inspect(
         bail!("{}: no such file", file.display());
     }
     let host = Host::new(settings)?;
-    let library = host.open(file)?;
+    let examined = host.examine(file)?;
+    let integrity = examined.integrity;
+    let library = match examined.library {
+        Ok(library) => library,
+        Err(error) => {
+            // Why it is refused follows; what the file is, is worth knowing all the same.
+            if !json {
+                print_integrity(&integrity);
+            }
+            return Err(error.into());
+        }
+    };
     if let Some(config) = config {
         host.check_init_config(&library, config.as_bytes())?;
     }
     let info = library.info();
     if json {
-        println!("{}", serde_json::to_string_pretty(info)?);
+        let mut value = serde_json::to_value(info)?;
+        value["sha256"] = integrity.sha256.to_string().into();
+        value["signature"] = match &integrity.signature {
+            SignatureStatus::Trusted { key_id } => {
+                serde_json::json!({"status": "trusted", "key_id": key_id})
+            }
+            SignatureStatus::Unsigned => serde_json::json!({"status": "unsigned"}),
+            other => serde_json::json!({"status": "refused", "reason": reason(other)}),
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_info(info, file);
+        print_info(info, file, &integrity);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_info(info: &PluginInfo, file: &Path) {
+/// Why a signature does not count.
+fn reason(status: &SignatureStatus) -> String {
+    match status {
+        SignatureStatus::Refused { reason } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_integrity(integrity: &Integrity) {
+    println!("  sha256:       {}", integrity.sha256);
+    println!("  signature:    {}", integrity.signature);
+}
+
+fn print_info(info: &PluginInfo, file: &Path, integrity: &Integrity) {
     let or_dash = |s: &str| {
         if s.is_empty() {
             "-".to_owned()
@@ -43,6 +76,7 @@ fn print_info(info: &PluginInfo, file: &Path) {
     println!("{} {}", info.name, info.version);
     println!("  description:  {}", or_dash(&info.description));
     println!("  file:         {}", file.display());
+    print_integrity(integrity);
     println!("  plugin-api:   {}", info.api_version);
     println!("  author:       {}", or_dash(&info.author));
     println!("  license:      {}", or_dash(&info.license));

@@ -1,21 +1,30 @@
-//! `plughost list`: every library in the folder, and whether it would load.
+//! `plughost list`: every library in the folder, and whether it would load; with `--verbose`,
+//! each library's SHA-256 and signer too.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use plughost::{Host, HostConfig, PluginInfo};
+use plughost::{Host, HostConfig, Integrity, PluginInfo};
 
 use crate::table;
 
-pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
+pub(crate) fn list(config: HostConfig, verbose: bool) -> anyhow::Result<ExitCode> {
     let host = Host::new(config)?;
     let settings = host.config();
     let mut rows =
         vec![["NAME", "VERSION", "API", "MODE", "FILE", "EVENTS", "STATUS"].map(str::to_owned)];
+    // With --verbose, each row's digest and signature, shown under it.
+    let mut integrity: Vec<Option<Integrity>> = vec![None];
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for path in host.discover()? {
-        rows.push(match host.open(&path) {
+        // One read of the file gives the digest, the signature's verdict and the library.
+        let (opened, shown) = match host.examine(&path) {
+            Ok(examined) => (examined.library, Some(examined.integrity)),
+            Err(error) => (Err(error), None),
+        };
+        integrity.push(shown);
+        rows.push(match opened {
             Ok(library) => {
                 let info = library.info();
                 let status = match names.get(&info.name) {
@@ -55,8 +64,25 @@ pub(crate) fn list(config: HostConfig) -> anyhow::Result<ExitCode> {
             ],
         });
     }
-    table::print(&rows);
+    if verbose {
+        print_verbose(&rows, &integrity);
+    } else {
+        table::print(&rows);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The table, each library followed by its SHA-256 and signature on lines of their own (a
+/// digest is too wide for a column).
+fn print_verbose(rows: &[[String; 7]], integrity: &[Option<Integrity>]) {
+    let widths = table::widths(rows);
+    for (row, integrity) in rows.iter().zip(integrity) {
+        table::print_row(row, &widths);
+        if let Some(integrity) = integrity {
+            println!("    sha256:    {}", integrity.sha256);
+            println!("    signature: {}", integrity.signature);
+        }
+    }
 }
 
 /// Where a plugin runs, as the settings' `isolation` says it.

@@ -8,7 +8,8 @@
 //! - `status`, `reload NAME`, `call NAME INPUT`, `emit TOPIC JSON`, `events`: a running host,
 //!   through its admin API (`client`);
 //! - `config check`, `enable NAME`, `disable NAME`: the settings file;
-//! - `new NAME`: write a new plugin crate.
+//! - `new NAME`: write a new plugin crate;
+//! - `keygen`, `sign FILE...`: minisign keys and signatures for `host.require_signatures`.
 //!
 //! Settings come from `--config FILE`, else `plughost.toml` in the working folder if present,
 //! else the defaults; `--plugins-dir` and `--shadow-dir` override the file. Logs go to stderr
@@ -32,6 +33,7 @@ mod list;
 mod new;
 mod reload;
 mod run;
+mod sign;
 mod status;
 mod table;
 
@@ -88,7 +90,14 @@ enum Command {
     },
     /// Show every library in the folder: name, version, plugin-api version, mode, file, the
     /// events it emits or subscribes to, status.
-    List(DirArgs),
+    List {
+        /// Also show each library's SHA-256 and who signed it (a trusted key's id), or why
+        /// its signature does not count.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        dir: DirArgs,
+    },
     /// Validate one library and print its metadata and configuration schema. Exits 0 if it
     /// would load, 1 with the reason if not.
     Inspect {
@@ -212,6 +221,34 @@ enum Command {
         #[command(flatten)]
         dir: DirArgs,
     },
+    /// Write a new minisign key pair for signing plugins: the secret key to KEY, the public
+    /// key to KEY with the extension .pub, and print the line for host.trusted_keys. The
+    /// secret key is encrypted with a password from PLUGHOST_SIGNING_PASSWORD, else asked at
+    /// the terminal.
+    Keygen {
+        /// Where to write the secret key (mode 0600), e.g. plughost.key.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Store the secret key unencrypted (for CI, where the key file is itself the secret):
+        /// anyone who can read the file can sign.
+        #[arg(long)]
+        unencrypted: bool,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign plugin libraries with a minisign secret key: writes FILE.minisig beside each
+    /// (atomically), which a host with host.require_signatures checks against its
+    /// host.trusted_keys. An encrypted key's password comes from PLUGHOST_SIGNING_PASSWORD,
+    /// else is asked at the terminal.
+    Sign {
+        /// The files to sign.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The secret key (from plughost keygen, or minisign -G).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
     /// Write a new plugin crate in DIR that builds and loads as it is: a greeting plugin with
     /// a typed configuration, its schema, a unit test and a README.
     New {
@@ -308,7 +345,9 @@ fn main() -> ExitCode {
         | Command::Call { .. }
         | Command::Emit { .. }
         | Command::Events { .. } => client::settings(cli.config.as_deref()),
-        Command::New { .. } => Ok(HostConfig::default()),
+        Command::New { .. } | Command::Keygen { .. } | Command::Sign { .. } => {
+            Ok(HostConfig::default())
+        }
         _ => HostConfig::discover(cli.config.as_deref()),
     };
     let format = config
@@ -403,7 +442,7 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
                 admin,
             )
         }
-        Command::List(dir) => list::list(dir.apply(config)),
+        Command::List { verbose, dir } => list::list(dir.apply(config), verbose),
         Command::Inspect {
             file,
             json,
@@ -455,5 +494,11 @@ fn dispatch(command: Command, config: HostConfig, file: Option<&Path>) -> anyhow
             config::set_enabled(file, &name, false, force, dir.apply(config))
         }
         Command::New { name, path, api } => new::new(&name, path.as_deref(), api.as_deref()),
+        Command::Keygen {
+            key,
+            unencrypted,
+            force,
+        } => sign::keygen(&key, unencrypted, force),
+        Command::Sign { files, key } => sign::sign(&files, &key),
     }
 }

@@ -4,24 +4,34 @@ use std::io::Write;
 
 /// Prints `rows` (the first one the header) with columns padded to their widest cell.
 pub(crate) fn print<const N: usize>(rows: &[[String; N]]) {
+    let widths = widths(rows);
+    for row in rows {
+        print_row(row, &widths);
+    }
+}
+
+/// The width of each column of `rows`: its widest cell.
+pub(crate) fn widths<const N: usize>(rows: &[[String; N]]) -> [usize; N] {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
-    for row in rows {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == N {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}  "));
-            }
+    widths
+}
+
+/// Prints one row with its columns padded to `widths`.
+pub(crate) fn print_row<const N: usize>(row: &[String; N], widths: &[usize; N]) {
+    let mut line = String::new();
+    for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+        if i + 1 == N {
+            line.push_str(cell);
+        } else {
+            line.push_str(&format!("{cell:<w$}  "));
         }
-        let _ = writeln!(out, "{}", line.trim_end());
     }
+    let _ = writeln!(std::io::stdout().lock(), "{}", line.trim_end());
 }
 
 /// The file name alone, for a table cell.

@@ -1,4 +1,6 @@
-//! `plughost.toml`: the operator's file, and the rules about it.
+//! `plughost.toml`: the operator's file, and the rules about it. (Just over 600 lines: every
+//! key's documentation lives on its field here, where `config check` and the docs are read
+//! from.)
 //!
 //! Every setting has a default, so no file is needed. A file is read in three steps
 //! ([`parse`]), each of which can refuse it with a message that points at the line and column:
@@ -24,6 +26,7 @@ mod error;
 mod isolation;
 mod parse;
 pub(crate) mod schema;
+mod trust;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -36,6 +39,8 @@ pub use admin::{AdminSettings, Secret};
 pub use error::{ConfigError, Location};
 pub use isolation::{ByteSize, CpuLimit, Isolation};
 use parse::{Source, Spans};
+pub(crate) use trust::key_id as trust_key_id;
+pub use trust::{Sha256Digest, TrustedKey};
 
 /// The host's whole configuration: settings for the host, and a table per plugin.
 #[derive(Debug, Clone, Default)]
@@ -134,6 +139,30 @@ pub struct HostSettings {
     /// The largest event accepted from a plugin, the program or `plughost emit` (data, topic,
     /// source and extensions together); a larger one is refused at publish. Default 1 MiB.
     pub max_event_size: ByteSize,
+    /// Whether every library must have a minisign signature beside it (`libx.so.minisig`),
+    /// made by one of `trusted_keys`, over exactly the bytes loaded. Default off.
+    pub require_signatures: bool,
+    /// The minisign public keys whose signatures the host accepts, each as `minisign -G` or
+    /// `plughost keygen` prints it (`RWQ...`). Default none.
+    pub trusted_keys: Vec<TrustedKey>,
+    /// Whether a library, its folder and the folders above must be owned by the host's user or
+    /// root and not writable by group or others, as sshd's StrictModes: `"auto"` (default:
+    /// `"on"` when the host runs as root; otherwise such a file loads with one warning line
+    /// naming the fix), `"on"` (refuse such a file) or `"off"` (no check, for development).
+    pub check_ownership: OwnershipCheck,
+}
+
+/// The `check_ownership` setting: see [`HostSettings::check_ownership`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnershipCheck {
+    /// `On` when the host runs as root; otherwise an unsafe file loads, with a warning.
+    #[default]
+    Auto,
+    /// An unsafe file is refused.
+    On,
+    /// Nothing is checked.
+    Off,
 }
 
 /// The `probe` setting: see [`HostSettings::probe`].
@@ -190,6 +219,9 @@ impl Default for HostSettings {
             kill_grace: Duration::from_secs(1),
             cgroup: None,
             max_event_size: ByteSize(1024 * 1024),
+            require_signatures: false,
+            trusted_keys: Vec::new(),
+            check_ownership: OwnershipCheck::Auto,
         }
     }
 }
@@ -241,6 +273,9 @@ pub struct PluginSettings {
     /// as timed out and delivery goes on without it. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub event_timeout: Duration,
+    /// The SHA-256 of the one build of this plugin that may load, as 64 hexadecimal digits;
+    /// a file of this plugin with other content is refused. Default: any content.
+    pub sha256: Option<Sha256Digest>,
 }
 
 /// What a publisher meets when a subscriber's queue is full.
@@ -283,6 +318,7 @@ impl Default for PluginSettings {
             event_policy: QueuePolicy::Block,
             event_block: Duration::from_secs(1),
             event_timeout: Duration::from_secs(5),
+            sha256: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`publish`]: the program's events: publish, subscribe, statistics;
 //! - [`check`]: `plughost config check`, the whole configuration checked without starting
 //!   anything;
+//! - [`trust`]: a file's digest and signature as shown, and a signature file's change;
 //! - [`watch`]: the watcher that calls [`sync`] and [`reconfigure`] on file events;
 //! - [`status`]: where each plugin stands, from a ledger kept beside the events.
 //!
@@ -33,6 +34,7 @@ mod set_config;
 mod start;
 mod status;
 mod sync;
+mod trust;
 mod watch;
 
 use std::collections::HashMap;
@@ -46,6 +48,7 @@ use std::time::{Instant, SystemTime};
 pub use check::ConfigReport;
 pub use set_config::ConfigChange;
 pub use status::{PluginState, PluginStatus, Refusal};
+pub use trust::Examined;
 pub use watch::{WatchOptions, Watcher};
 
 use crate::config::{HostConfig, Isolation, ProbeSetting};
@@ -270,7 +273,7 @@ impl Host {
         settings: &HostConfig,
     ) -> Result<PluginLibrary, LoadError> {
         let started = Instant::now();
-        let bytes = crate::loader::read(path)?;
+        let bytes = crate::loader::read_library(path, settings.host.check_ownership)?;
         self.open_from(path, &bytes, wanted, settings, started)
     }
 
@@ -318,21 +321,26 @@ impl Host {
             library.set_load_time(started.elapsed());
             library
         };
-        let opened = Library::open_bytes(path, bytes, &self.shadow, &self.probe, &place)?;
+        let opened = Library::open_bytes(path, bytes, &self.shadow, &self.probe, &place, settings)?;
         let checked = match opened {
             Opened::Here(library) => return Ok(here(*library)),
             Opened::Checked(checked) => checked,
         };
         let named = checked.name.is_some();
+        let trust = checked.trust;
         let isolated = self.workers.isolate(checked, settings, started)?;
         let name = &isolated.info().name;
+        if !named {
+            // Only the worker could tell the name: its pin is checked now, before Init.
+            trust.pin(path, name, settings)?;
+        }
         if named || settings.isolation_of(name) == Isolation::Process {
             return Ok(isolated);
         }
         // Only the worker could tell its name: it runs here after all.
         drop(isolated);
         let here_only = |_: Option<&str>| Placement::Here;
-        match Library::open_bytes(path, bytes, &self.shadow, &self.probe, &here_only)? {
+        match Library::open_bytes(path, bytes, &self.shadow, &self.probe, &here_only, settings)? {
             Opened::Here(library) => Ok(here(*library)),
             Opened::Checked(_) => unreachable!("placed here"),
         }

@@ -48,7 +48,7 @@ impl Host {
         }
         // Read before taking the lock: loads, unloads and edits never wait on a slow disk, and
         // whatever the path holds (a named pipe, a device) is refused without blocking.
-        let bytes = loader::read(path);
+        let bytes = self.read_library(path);
         let mut lifecycle = self.lifecycle();
         if lifecycle.closed {
             return;
@@ -99,7 +99,7 @@ impl Host {
         }
         // Read before taking the lock, as for a file change. A file gone is an error here:
         // asked to reload, the host does not unload.
-        let bytes = loader::read(&path).map_err(refused)?;
+        let bytes = self.read_library(&path).map_err(refused)?;
         let mut lifecycle = self.lifecycle();
         if lifecycle.closed {
             return Err(refused(LoadError::HostClosed {
@@ -138,8 +138,8 @@ impl Host {
             let waiting = std::mem::take(&mut lifecycle.waiting);
             let mut progress = false;
             for file in waiting {
-                // Files known to have held a library; `loader::read` cannot block on them.
-                let bytes = loader::read(&file);
+                // Files known to have held a library; reading cannot block on them.
+                let bytes = self.read_library(&file);
                 progress |= self
                     .sync_locked(lifecycle, &file, bytes, Instant::now())
                     .changed();
@@ -148,6 +148,12 @@ impl Host {
                 break;
             }
         }
+    }
+
+    /// Reads the library file `path`, its owner and mode (and its folders') first checked as
+    /// `host.check_ownership` says.
+    fn read_library(&self, path: &Path) -> Result<loader::Content, LoadError> {
+        loader::read_library(path, self.config().host.check_ownership)
     }
 
     /// [`sync_file`](Self::sync_file) under the lifecycle lock. Says what it did, and whether

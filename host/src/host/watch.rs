@@ -12,6 +12,10 @@
 //!   that never close; elsewhere there is no such signal, and the file is taken once it has
 //!   been quiet for [`WatchOptions::settle`].
 //!
+//! A signature file beside a library (`libx.so.minisig`) is noted like a library: when it
+//! changes, its library is checked again, so that a signature installed after its library
+//! lets it load.
+//!
 //! The folder of the configuration file is watched too; a change to the file is
 //! [`Host::reload_config`]. If the file is a symbolic link, its target's folder is watched as
 //! well (the target as it is when the watch starts): `plughost enable`/`disable` and most
@@ -37,6 +41,7 @@ use tracing::{debug, error, warn};
 use super::Host;
 use crate::error::HostError;
 use crate::loader::discovery;
+use crate::loader::trust::library_of_signature;
 
 /// How the watcher waits for writes to finish.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +175,8 @@ impl Host {
                         let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                             if Some(&path) == config.as_ref() {
                                 host.reload_config();
+                            } else if library_of_signature(&path).is_some() {
+                                host.sync_signature(&path);
                             } else {
                                 host.sync_file(&path);
                             }
@@ -243,7 +250,8 @@ fn note(
             config.to_owned()
         } else {
             let path = dir.join(name);
-            if !discovery::is_library_path(&path) {
+            // A library, or the signature beside one (which has that library checked again).
+            if !discovery::is_library_path(&path) && library_of_signature(&path).is_none() {
                 continue;
             }
             path

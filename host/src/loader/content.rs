@@ -12,7 +12,9 @@
 
 use std::path::Path;
 
+use super::ownership;
 use super::shadow::ShadowCopy;
+use crate::config::OwnershipCheck;
 use crate::error::LoadError;
 #[cfg(target_os = "linux")]
 pub(crate) use memory::MemoryFile;
@@ -60,8 +62,20 @@ impl Content {
 /// Reads a whole library file, safely for whatever the path holds: it is opened without
 /// blocking (a named pipe would otherwise wait for a writer for ever), checked to be a regular
 /// file on the open descriptor (no race with a swap between checking and opening), and read no
-/// further than [`MAX_LIBRARY_SIZE`].
+/// further than [`MAX_LIBRARY_SIZE`]. For the host's own copies; a file the operator put in
+/// place is read with [`read_library`].
 pub(crate) fn read(path: &Path) -> Result<Content, LoadError> {
+    read_checked(path, None)
+}
+
+/// [`read`] of a library the operator put in place, whose owner and mode, and its folders',
+/// are first checked as `ownership` says ([`ownership::check`]): the file's on the descriptor
+/// then read, so nothing can be swapped in between.
+pub(crate) fn read_library(path: &Path, ownership: OwnershipCheck) -> Result<Content, LoadError> {
+    read_checked(path, Some(ownership))
+}
+
+fn read_checked(path: &Path, ownership: Option<OwnershipCheck>) -> Result<Content, LoadError> {
     let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -80,6 +94,9 @@ pub(crate) fn read(path: &Path) -> Result<Content, LoadError> {
             path: path.to_owned(),
             kind: file_kind(&metadata),
         });
+    }
+    if let Some(setting) = ownership {
+        ownership::check(path, &ownership::Stat::of(path, &file, &metadata), setting)?;
     }
     if metadata.len() > MAX_LIBRARY_SIZE {
         return Err(too_large(path, metadata.len()));
@@ -113,7 +130,7 @@ fn too_large(path: &Path, size: u64) -> LoadError {
 }
 
 /// What a path that is not a regular file is, for messages.
-fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+pub(super) fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
     let kind = metadata.file_type();
     if kind.is_dir() {
         return "a folder";

@@ -5,14 +5,17 @@
 //! The steps, in order, one module each:
 //!
 //! 1. [`discovery`]: which files in the plugins folder are candidates;
-//! 2. [`content`]: the file is read once, on Linux straight into a sealed memory file;
+//! 2. [`content`]: the file is read once, on Linux straight into a sealed memory file, its
+//!    owner and mode (and its folders') first checked on the open descriptor ([`ownership`]);
 //!    everything after works on those bytes;
-//! 3. [`preflight`]: the bytes are parsed before any loader sees them;
-//! 4. [`shadow`]: the private copy of the same bytes (that memory file, or a file with a unique
+//! 3. [`trust`]: the signature beside the file, if signatures are required; the pinned
+//!    SHA-256 once the plugin's name is known (from the probe, else after step 6);
+//! 4. [`preflight`]: the bytes are parsed before any loader sees them;
+//! 5. [`shadow`]: the private copy of the same bytes (that memory file, or a file with a unique
 //!    name);
-//! 5. `dlopen` of the copy ([`Library::open_bytes`]);
-//! 6. [`validate`]: the header again in memory, then abi_stable's layout comparison;
-//! 7. [`metadata`] and the optional [`exports`] are read out of the library.
+//! 6. `dlopen` of the copy ([`Library::open_bytes`]);
+//! 7. [`validate`]: the header again in memory, then abi_stable's layout comparison;
+//! 8. [`metadata`] and the optional [`exports`] are read out of the library.
 //!
 //! Closing ([`Library::close`]) checks whether the library really left memory ([`residency`]).
 
@@ -20,10 +23,12 @@ mod content;
 pub(crate) mod discovery;
 pub(crate) mod exports;
 mod metadata;
+mod ownership;
 pub(crate) mod preflight;
 pub(crate) mod probe;
 pub(crate) mod residency;
 pub(crate) mod shadow;
+pub(crate) mod trust;
 pub(crate) mod validate;
 
 use std::ffi::c_void;
@@ -36,9 +41,10 @@ use plugin_api::ffi::{
     PluginHeader, PluginVTable, StateExport, StateVTable, HEADER_SYMBOL,
 };
 
+use crate::config::HostConfig;
 use crate::error::LoadError;
 use crate::plugin_info::PluginInfo;
-pub(crate) use content::{read, Content};
+pub(crate) use content::{read, read_library, Content};
 use exports::Install;
 use probe::Probe;
 use residency::UnloadStatus;
@@ -78,6 +84,8 @@ pub(crate) struct CheckedCopy {
     pub(crate) hash: u128,
     /// The plugin's name, if the probe read it.
     pub(crate) name: Option<String>,
+    /// The integrity checks passed so far: without a name, the pin is still to check.
+    pub(crate) trust: trust::Checked,
 }
 
 /// A loaded, validated plugin library whose entry points have not been called. Dropping it
@@ -107,19 +115,30 @@ impl Library {
     /// nothing probes), before the host loads anything: it may leave the library unopened
     /// ([`LoadError::Unwanted`]), or checked and copied for a worker process to load
     /// ([`Opened::Checked`]).
+    ///
+    /// The integrity `settings` ask for ([`trust`]) is checked first: the signature before
+    /// anything looks at the bytes, the pinned digest as soon as the name is known (from the
+    /// probe, before this process loads the file; else right after loading, before any entry
+    /// point is called; for a worker, by the caller once the worker names it).
     pub(crate) fn open_bytes(
         path: &Path,
         bytes: &Content,
         shadow: &ShadowDir,
         probe: &Probe,
         place: &dyn Fn(Option<&str>) -> Placement,
+        settings: &HostConfig,
     ) -> Result<Opened, LoadError> {
         guarded(path, || {
             let started = Instant::now();
+            let trust = trust::Checked::new(path, bytes, settings)?;
             preflight::check_bytes(path, bytes)?;
             let content_hash = content_hash(bytes);
             let copy = shadow.copy(path, bytes)?;
             let name = probe.check(path, &copy, content_hash)?;
+            if let Some(name) = &name {
+                trust.pin(path, name, settings)?;
+            }
+            let named = name.is_some();
             match (place(name.as_deref()), name) {
                 (Placement::Unwanted, Some(name)) => {
                     return Err(LoadError::Unwanted {
@@ -133,11 +152,16 @@ impl Library {
                         copy,
                         hash: content_hash,
                         name,
+                        trust,
                     }))
                 }
                 _ => {}
             }
             let loaded = Loaded::load(path, copy.path())?;
+            if !named {
+                // Only loading told the name: its constructors ran, nothing else has.
+                trust.pin(path, &loaded.info.name, settings)?;
+            }
             let library = loaded.into_library(path, content_hash, started, Some(copy));
             Ok(Opened::Here(Box::new(library)))
         })

@@ -159,6 +159,17 @@ pub(super) fn read(
             "host.max_event_size: must be at most 64MiB".to_owned(),
         ));
     }
+    if host.require_signatures && host.trusted_keys.is_empty() {
+        // Every library would be refused: surely a key was forgotten.
+        let keys = ["host".to_owned(), "require_signatures".to_owned()];
+        let span = spans.get(&keys[..]).map(|s| s.value.clone());
+        return Err(located(
+            span,
+            "host.require_signatures: needs at least one key in host.trusted_keys (the \
+             `RWQ...` line that `plughost keygen` or `minisign -G` prints)"
+                .to_owned(),
+        ));
+    }
     check_admin(&raw.admin, &spans, &from_env, &located)?;
     let base = path.parent().unwrap_or(Path::new(""));
     host.plugins_dir = base.join(&host.plugins_dir);
