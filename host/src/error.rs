@@ -375,6 +375,23 @@ pub enum LoadError {
         /// The digest of the content read, as 64 hexadecimal digits.
         found: String,
     },
+    /// The probe was told one plugin name and the library loaded as another: code in it
+    /// answered for the probe (to escape a pin, say).
+    #[error(
+        "{}: refused: the probe was told it is plugin {}, but it loaded as plugin {}: a \
+         library that misreports its name is not started",
+        shown_path(path),
+        shown(told),
+        shown(loaded)
+    )]
+    NameMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The name the probe heard.
+        told: String,
+        /// The name the library gave once loaded.
+        loaded: String,
+    },
     /// `host.require_signatures` is on and the file has no signature beside it.
     #[error(
         "{}: refused: unsigned: host.require_signatures is on and there is no signature {}; \
@@ -475,6 +492,7 @@ impl LoadError {
             | LoadError::TooMany { path, .. }
             | LoadError::NoRoom { path, .. }
             | LoadError::DigestMismatch { path, .. }
+            | LoadError::NameMismatch { path, .. }
             | LoadError::Unsigned { path, .. }
             | LoadError::BadSignatureFile { path, .. }
             | LoadError::SignatureMismatch { path, .. }
@@ -499,6 +517,7 @@ impl LoadError {
             | LoadError::TooMany { name, .. }
             | LoadError::DigestMismatch { name, .. }
             | LoadError::TooManyPinned { name, .. } => Some(name),
+            LoadError::NameMismatch { loaded, .. } => Some(loaded),
             _ => None,
         }
     }

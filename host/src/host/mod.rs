@@ -326,14 +326,17 @@ impl Host {
             Opened::Here(library) => return Ok(here(*library)),
             Opened::Checked(checked) => checked,
         };
-        let named = checked.name.is_some();
-        let trust = checked.trust;
+        let told = checked.name.clone();
+        let named = told.is_some();
+        let (trust, hash) = (checked.trust, checked.hash);
         let isolated = self.workers.isolate(checked, settings, started)?;
         let name = &isolated.info().name;
-        if !named {
-            // Only the worker could tell the name: its pin is checked now, before Init.
-            trust.pin(path, name, settings)?;
+        // The name the worker's library gives, not the one the probe heard, decides its pin,
+        // before Init.
+        if let Some(told) = &told {
+            self.probe.same_name(path, hash, told, name)?;
         }
+        trust.pin(path, name, settings)?;
         if named || settings.isolation_of(name) == Isolation::Process {
             return Ok(isolated);
         }

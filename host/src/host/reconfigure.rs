@@ -225,6 +225,19 @@ impl Host {
         new.host.probe_timeout = running_host.probe_timeout;
         let switched = lifecycle.keep_switches(&mut new);
         let new = new;
+        // Files refused for what these settings say of trust (a pin, the keys, ownership) are
+        // tried again with the new ones: fixing a pin must bring back the plugin it refused.
+        let retrust: Vec<PathBuf> = if trust_changed(&lifecycle.config, &new) {
+            let serving = self.loaded_files();
+            let mut files: Vec<PathBuf> = lifecycle.refused.keys().cloned().collect();
+            files.extend(self.discover().unwrap_or_default());
+            files.sort();
+            files.dedup();
+            files.retain(|file| !serving.contains(file));
+            files
+        } else {
+            Vec::new()
+        };
 
         let running: Vec<Arc<RunningPlugin>> = self
             .registry
@@ -242,6 +255,9 @@ impl Host {
             if !settings.enabled {
                 stop.push(library.info().clone());
                 continue;
+            }
+            if settings.sha256 != lifecycle.config.plugin(name).sha256 {
+                pinned_running(&new, version)?;
             }
             staying.push(library.info().clone());
             // A config given through the API stands until the file gives one.
@@ -412,6 +428,12 @@ impl Host {
         changed.extend(report.loaded.into_iter().map(|p| p.name));
         // The stopped plugins, and those waiting on plugins that started.
         let before: Vec<String> = self.plugins().into_iter().map(|p| p.name).collect();
+        let mut stopped = stopped;
+        for file in retrust {
+            if !stopped.contains(&file) {
+                stopped.push(file);
+            }
+        }
         self.retry_waiting(lifecycle, stopped);
         changed.extend(
             self.plugins()
@@ -503,6 +525,45 @@ fn load_refusal(config: &HostConfig, error: LoadError) -> ConfigError {
         reason,
         cause: Some(Box::new(error)),
     }
+}
+
+/// Refuses an edit that pins `version`'s plugin to a digest other than that of the bytes it
+/// runs (its private copy): the operator must install the pinned build first, or pin this one.
+fn pinned_running(new: &HostConfig, version: &RunningPlugin) -> Result<(), ConfigError> {
+    let name = version.name();
+    let Some(expected) = new.plugin(name).sha256 else {
+        return Ok(());
+    };
+    let library = version.library();
+    let bytes = crate::loader::read(library.shadow_path()).map_err(|e| load_refusal(new, e))?;
+    let found = crate::config::Sha256Digest::of(&bytes);
+    if found == expected {
+        return Ok(());
+    }
+    Err(refusal(
+        new,
+        name,
+        format!(
+            "plugins.{name}.sha256 pins {expected}, but the build of {name} running now is \
+             {found}: install the pinned build first, or pin the running one"
+        ),
+    ))
+}
+
+/// Whether `new` says other than `old` about which content may load: a plugin's pinned
+/// digest, the signature rule and keys, the ownership rule.
+fn trust_changed(old: &HostConfig, new: &HostConfig) -> bool {
+    let pins = |config: &HostConfig| -> Vec<(String, Option<_>)> {
+        config
+            .plugins
+            .iter()
+            .map(|(name, settings)| (name.clone(), settings.sha256))
+            .collect()
+    };
+    old.host.require_signatures != new.host.require_signatures
+        || old.host.trusted_keys != new.host.trusted_keys
+        || old.host.check_ownership != new.host.check_ownership
+        || pins(old) != pins(new)
 }
 
 /// Whether plugin `name` must be started again to run as `new` says: in a worker instead of

@@ -138,7 +138,7 @@ impl Library {
             if let Some(name) = &name {
                 trust.pin(path, name, settings)?;
             }
-            let named = name.is_some();
+            let told = name.clone();
             match (place(name.as_deref()), name) {
                 (Placement::Unwanted, Some(name)) => {
                     return Err(LoadError::Unwanted {
@@ -158,10 +158,13 @@ impl Library {
                 _ => {}
             }
             let loaded = Loaded::load(path, copy.path())?;
-            if !named {
-                // Only loading told the name: its constructors ran, nothing else has.
-                trust.pin(path, &loaded.info.name, settings)?;
+            // The name the library gives now, not the one the probe heard (whatever a
+            // library's code prints there could have told it), decides its pin. Its
+            // constructors ran; nothing else has.
+            if let Some(told) = told {
+                probe.same_name(path, content_hash, &told, &loaded.info.name)?;
             }
+            trust.pin(path, &loaded.info.name, settings)?;
             let library = loaded.into_library(path, content_hash, started, Some(copy));
             Ok(Opened::Here(Box::new(library)))
         })

@@ -264,6 +264,33 @@ impl Probe {
         }
     }
 
+    /// Refuses content `hash` of `file`, which the probe said is plugin `told`, if it loaded
+    /// as plugin `loaded`: something in the library told the probe another name (to escape a
+    /// pin, say). Its verdict is forgotten, so the next try probes it again.
+    pub(crate) fn same_name(
+        &self,
+        file: &Path,
+        hash: u128,
+        told: &str,
+        loaded: &str,
+    ) -> Result<(), LoadError> {
+        if told == loaded {
+            return Ok(());
+        }
+        self.forget(hash);
+        Err(LoadError::NameMismatch {
+            path: file.to_owned(),
+            told: told.to_owned(),
+            loaded: loaded.to_owned(),
+        })
+    }
+
+    /// Forgets the verdict on content `hash` (in memory and on disk): the probe was lied to.
+    pub(crate) fn forget(&self, hash: u128) {
+        self.lock().remove(&hash);
+        let _ = std::fs::remove_file(self.markers.join(format!("probed-{hash:032x}")));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Option<String>>> {
         // A set of hashes is never left half-updated.
         self.clean.lock().unwrap_or_else(|e| e.into_inner())
