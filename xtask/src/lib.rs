@@ -192,73 +192,30 @@ pub fn install(library: &Path, dest: &Path) -> anyhow::Result<PathBuf> {
     Ok(target)
 }
 
-/// The variable an encrypted signing key's password is read from (as `plughost sign` does),
-/// before asking at the terminal.
-pub const PASSWORD_VARIABLE: &str = "PLUGHOST_SIGNING_PASSWORD";
-
-/// Reads the minisign secret key `path` (from `plughost keygen` or `minisign -G`): an
-/// unencrypted one as it is, an encrypted one with the password from [`PASSWORD_VARIABLE`],
-/// else asked at the terminal.
-pub fn signing_key(path: &Path) -> anyhow::Result<minisign::SecretKey> {
-    let metadata =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !metadata.is_file() || metadata.len() > 16 * 1024 {
-        bail!("{}: not a minisign secret key file", path.display());
+/// Signs `libraries` with the minisign secret key `key` through `plughost sign` (run with
+/// `cargo run`, so built first if need be): the one home of signing, with its password rules
+/// (`PLUGHOST_SIGNING_PASSWORD`, else the terminal) and its atomic install of each
+/// `LIBRARY.minisig`.
+pub fn sign(libraries: &[PathBuf], key: &Path) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "plughost-cli",
+            "--bin",
+            "plughost",
+            "--",
+            "sign",
+        ])
+        .arg("--key")
+        .arg(key)
+        .args(libraries)
+        .status()
+        .context("cannot run `plughost sign`")?;
+    if !status.success() {
+        bail!("`plughost sign` failed ({status}): the libraries are installed, unsigned");
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match minisign::SecretKeyBox::from_string(&text)?.into_unencrypted_secret_key() {
-        Ok(key) => return Ok(key),
-        // Encrypted: opened below, with the password.
-        Err(e) if e.to_string().contains("encrypted") => {}
-        Err(e) => bail!(
-            "{}: cannot open the unencrypted secret key ({e}); unencrypted keys made by \
-             `minisign -G -W` cannot be read here: make one with `plughost keygen \
-             --unencrypted`, or give the key a password",
-            path.display()
-        ),
-    }
-    let password = std::env::var(PASSWORD_VARIABLE).ok();
-    minisign::SecretKeyBox::from_string(&text)?
-        .into_secret_key(password)
-        .with_context(|| {
-            format!(
-                "{}: cannot open the secret key (wrong password, or not a minisign secret key)",
-                path.display()
-            )
-        })
-}
-
-/// Signs the installed library `library` with `key`, and installs its detached signature
-/// `LIBRARY.minisig` beside it the same safe way as [`install`] (temporary file, then
-/// rename). Returns the signature's path.
-pub fn sign(library: &Path, key: &minisign::SecretKey) -> anyhow::Result<PathBuf> {
-    let bytes =
-        std::fs::read(library).with_context(|| format!("cannot read {}", library.display()))?;
-    let name = library
-        .file_name()
-        .with_context(|| format!("{} has no file name", library.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let trusted = format!("timestamp:{timestamp}\tfile:{name}\thashed");
-    let signature = minisign::sign(
-        None,
-        key,
-        bytes.as_slice(),
-        Some(&trusted),
-        Some("signature from plughost secret key"),
-    )
-    .with_context(|| format!("cannot sign {}", library.display()))?;
-    let target = library.with_file_name(format!("{name}.minisig"));
-    let temp = library.with_file_name(format!(".{name}.minisig.{}.tmp", std::process::id()));
-    std::fs::write(&temp, signature.to_string())
-        .with_context(|| format!("cannot write {}", temp.display()))?;
-    std::fs::rename(&temp, &target).with_context(|| {
-        let _ = std::fs::remove_file(&temp);
-        format!("cannot rename {} to {}", temp.display(), target.display())
-    })?;
-    Ok(target)
+    Ok(())
 }

@@ -27,8 +27,9 @@ enum Chore {
         #[arg(long, value_name = "DIR")]
         dest: Option<PathBuf>,
         /// Sign each library installed with this minisign secret key (from plughost keygen or
-        /// minisign -G): LIBRARY.minisig is installed beside it, after it. An encrypted key's
-        /// password comes from PLUGHOST_SIGNING_PASSWORD, else is asked at the terminal.
+        /// minisign -G), through `plughost sign`: LIBRARY.minisig is installed beside it, after
+        /// it. An encrypted key's password comes from PLUGHOST_SIGNING_PASSWORD, else is asked
+        /// at the terminal once the build is done.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
     },
@@ -42,8 +43,9 @@ fn main() -> anyhow::Result<()> {
             sign,
         } => {
             let started = Instant::now();
-            // Opened before the build: a password is asked now, not minutes later.
-            let key = sign.as_deref().map(xtask::signing_key).transpose()?;
+            if let Some(key) = sign.as_deref().filter(|key| !key.is_file()) {
+                anyhow::bail!("{}: no such secret key file", key.display());
+            }
             let dest = dest.unwrap_or_else(|| xtask::workspace_root().join("plugins"));
             let packages = xtask::packages_under("plugins")?;
             // Cargo's own lines follow (a first build compiles the dependencies too, and takes
@@ -56,13 +58,14 @@ fn main() -> anyhow::Result<()> {
                 if release { "release" } else { "debug" }
             );
             let libraries = xtask::build_libraries_with(&packages, release, Progress::Show)?;
+            let mut installed = Vec::with_capacity(libraries.len());
             for library in &libraries {
-                let installed = xtask::install(&library.path, &dest)?;
-                println!("installed {} -> {}", library.package, installed.display());
-                if let Some(key) = &key {
-                    let signature = xtask::sign(&installed, key)?;
-                    println!("signed {} -> {}", library.package, signature.display());
-                }
+                let target = xtask::install(&library.path, &dest)?;
+                println!("installed {} -> {}", library.package, target.display());
+                installed.push(target);
+            }
+            if let Some(key) = &sign {
+                xtask::sign(&installed, key)?;
             }
             eprintln!(
                 "{} plugin librar{} installed in {} ({:.1} s)",
