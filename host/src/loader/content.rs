@@ -284,18 +284,36 @@ mod memory {
         // Sealed whole: no one holding the descriptor (a child it is passed to included) can
         // change, shrink or grow it, so the bytes checked are the bytes loaded, and reading the
         // mapping can never fault.
-        memfd
-            .add_seals(&[
-                FileSeal::SealShrink,
-                FileSeal::SealGrow,
-                FileSeal::SealWrite,
-                FileSeal::SealSeal,
-            ])
-            .map_err(|e| LoadError::Shadow {
-                path: path.to_owned(),
-                shadow: "memfd".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let seals = [
+            FileSeal::SealShrink,
+            FileSeal::SealGrow,
+            FileSeal::SealWrite,
+            FileSeal::SealSeal,
+        ];
+        // The kernel copies with splice, whose pipe may still hold the memfd's pages for a
+        // moment; the write seal waits a little for them and then says EBUSY (seen on a loaded
+        // machine). Asked again after a pause, it succeeds.
+        let mut pause = std::time::Duration::from_millis(5);
+        let mut sealed = memfd.add_seals(&seals);
+        while let Err(memfd::Error::AddSeals(e)) = &sealed {
+            if e.raw_os_error() != Some(libc::EBUSY)
+                || pause > std::time::Duration::from_millis(500)
+            {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause *= 2;
+            sealed = memfd.add_seals(&seals);
+        }
+        sealed.map_err(|e| LoadError::Shadow {
+            path: path.to_owned(),
+            shadow: "memfd".into(),
+            source: match e {
+                memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => {
+                    std::io::Error::new(e.kind(), format!("cannot seal it: {e}"))
+                }
+            },
+        })?;
         OPEN.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(MemoryFile(memfd.into_file()));
         let map = Mapping::new(&file, len as usize).map_err(read_error)?;
