@@ -5,7 +5,6 @@
 
 #![cfg(unix)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
@@ -81,20 +80,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // Not `exits_within`, which panics: this may run while a test is already panicking.
-        terminate(&child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            plughost_tests::stop_quietly(child);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -122,34 +110,8 @@ fn cli_token(dir: &PluginDir, args: &[impl AsRef<str>]) -> Output {
 
 /// Runs `command` to completion with `input` on its stdin, failing the test if it takes longer
 /// than [`COMMAND_LIMIT`].
-fn finish(mut command: Command, input: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start plughost");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
-    let status = plughost_tests::exits_within(&mut child, COMMAND_LIMIT);
-    let _ = writer.join();
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn finish(command: Command, input: &[u8]) -> Output {
+    plughost_tests::finish(command, input, COMMAND_LIMIT)
 }
 
 /// Asserts that `out` succeeded, and returns its stdout.

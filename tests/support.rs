@@ -3,7 +3,7 @@
 //! shadow folders.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -322,6 +322,54 @@ pub fn terminate(child: &Child) {
     let pid = i32::try_from(child.id()).expect("pid fits in i32");
     // SAFETY: `kill` has no memory-safety preconditions; the pid is our own child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill failed");
+}
+
+/// Stops a `plughost run` child with SIGTERM and waits for it, killing it after 30 s. Never
+/// panics on a slow exit: for `Drop`, which may run while a test is already panicking.
+#[cfg(unix)]
+pub fn stop_quietly(mut child: Child) {
+    terminate(&child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `command` to completion with `input` on its stdin, failing the test if it takes longer
+/// than `limit`.
+pub fn finish(mut command: Command, input: &[u8], limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plughost");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let status = exits_within(&mut child, limit);
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 // Helpers for tests that watch `plughost` run: its log lines as they come, its exit within a

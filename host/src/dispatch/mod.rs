@@ -261,9 +261,12 @@ impl Dispatcher {
         all
     }
 
-    /// The state of `plugin`'s circuit, if it has one.
+    /// The state of `plugin`'s circuit, if it has one and has been called through this
+    /// dispatcher. Asking builds nothing: a status page or a scraper asking about a plugin
+    /// never called does not set up its call path.
     pub fn circuit(&self, plugin: &str) -> Option<CircuitState> {
-        self.plugin(plugin).ok()?.breaker.state()
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        plugins.get(plugin)?.breaker.state()
     }
 
     /// Asks `plugin` how it is doing now (on a thread of its own, within the host's

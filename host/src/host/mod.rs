@@ -10,7 +10,8 @@
 //! - [`init_config`]: the configuration a plugin is started with, checked against its schema;
 //! - [`sync`]: what a change of a file in the plugins folder does;
 //! - [`retire`]: taking a version out of service, unloading it, reporting how it went;
-//! - [`reconfigure`]: enable, disable, and live edits of `plughost.toml`;
+//! - [`switch`]: enable and disable through the API;
+//! - [`reconfigure`]: live edits of `plughost.toml`;
 //! - [`set_config`]: one plugin's config set on request, as a live edit;
 //! - [`publish`]: the program's events: publish, subscribe, statistics;
 //! - [`check`]: `plughost config check`, the whole configuration checked without starting
@@ -33,6 +34,7 @@ mod retire;
 mod set_config;
 mod start;
 mod status;
+mod switch;
 mod sync;
 mod trust;
 mod watch;

@@ -88,7 +88,7 @@ fn strictness(setting: OwnershipCheck, euid: u32) -> Strictness {
 
 /// The effective user id of this process.
 #[cfg(unix)]
-fn effective_uid() -> u32 {
+pub(super) fn effective_uid() -> u32 {
     // SAFETY: `geteuid` has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

@@ -33,8 +33,7 @@ static COPIES: AtomicU64 = AtomicU64::new(0);
 /// per user, since it must be private).
 pub(crate) fn default_shadow_dir() -> PathBuf {
     #[cfg(unix)]
-    // SAFETY: `geteuid` has no preconditions and cannot fail.
-    let name = format!("plughost-shadow-{}", unsafe { libc::geteuid() });
+    let name = format!("plughost-shadow-{}", super::ownership::effective_uid());
     #[cfg(not(unix))]
     let name = "plughost-shadow".to_owned();
     std::env::temp_dir().join(name)
@@ -188,8 +187,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
         let meta = std::fs::symlink_metadata(dir)?;
-        // SAFETY: `geteuid` has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = super::ownership::effective_uid();
         let problem = if !meta.is_dir() {
             Some("it is not a folder".to_owned())
         } else if meta.uid() != me {

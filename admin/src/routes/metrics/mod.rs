@@ -198,9 +198,7 @@ impl Scrape {
             .into_iter()
             .map(|status| {
                 let calls = calls.remove(&status.name);
-                // Only for a plugin already called: asking for the circuit of one never
-                // called would build its call stack as a side effect of the scrape.
-                let circuit = (status.state == PluginState::Running && calls.is_some())
+                let circuit = (status.state == PluginState::Running)
                     .then(|| dispatcher.circuit(&status.name))
                     .flatten()
                     .map(|c| c.as_str());
