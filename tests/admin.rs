@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use plughost_tests::admin::{AdminHost, TOKEN};
-use plughost_tests::{bytes_of, plugin_table, rebuilt};
+use plughost_tests::{bytes_of, grant, plugin_table, rebuilt};
 use serde_json::{json, Value};
 
 /// transform, storage (namespace `ns`, a sensitive token) and notes (which requires storage).
@@ -21,6 +21,7 @@ fn three() -> AdminHost {
                 json!({"namespace": "ns", "token": "s3cret-value"}),
                 |_| {},
             );
+            grant(config, "notes", &["call:storage"]);
         },
     )
 }

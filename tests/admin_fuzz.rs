@@ -63,7 +63,10 @@ fn fuzzed_host() -> (AdminHost, TempDir, PathBuf, Watcher) {
     ] {
         dir.add(package);
     }
-    let (folder, path) = settings("[plugins.storage.config]\nnamespace = \"ns\"\n");
+    let (folder, path) = settings(
+        "[plugins.storage.config]\nnamespace = \"ns\"\n\n\
+         [plugins.notes]\ngrant = [\"call:storage\"]\n",
+    );
     let mut config = HostConfig::load(&path).expect("read the settings");
     // The test's own folders and probe program.
     let own = dir.config();

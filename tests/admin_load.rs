@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use plughost::{HostEvent, WatchOptions};
 use plughost_tests::admin::{request, AdminHost, TOKEN};
-use plughost_tests::{bytes_of, eventually, library, plugin_table, rebuilt, wait_for};
+use plughost_tests::{bytes_of, eventually, grant, library, plugin_table, rebuilt, wait_for};
 use serde_json::{json, Value};
 
 /// What `GET /plugins` must list throughout.
@@ -39,6 +39,7 @@ fn five() -> AdminHost {
                 json!({"namespace": "ns", "token": "s3cret-value"}),
                 |_| {},
             );
+            grant(config, "notes", &["call:storage"]);
         },
     )
 }
@@ -66,12 +67,14 @@ fn needs_descriptors(wanted: u64) {
 }
 
 /// A plugin entry with what may change while it serves (a reload, calls, health) left out.
+/// `sha256` is the digest of the version in service: each reload here is a new build.
 fn steady(entry: &Value) -> Value {
     let mut entry = entry.clone();
     let object = entry.as_object_mut().expect("each plugin is an object");
     for changing in [
         "loaded_at",
         "reloads",
+        "sha256",
         "still_mapped",
         "calls",
         "health",

@@ -186,10 +186,17 @@ fn screenshot_for_the_docs() {
     config.host.plugins_dir = folders.host.plugins_dir;
     config.host.shadow_dir = folders.host.shadow_dir;
     config.host.probe = folders.host.probe;
-    // Keep the audit log out of the repository.
+    // Keep the audit log out of the repository, and grant audit that file instead.
     if let Some(audit) = config.plugins.get_mut("audit") {
         let log = dir.shadow().join("audit.jsonl");
         audit.config.insert("file".into(), json!(log));
+        audit
+            .grant
+            .retain(|g| !matches!(g, plughost::Capability::FsWrite(_)));
+        audit.grant.extend(plughost_tests::grants(&[&format!(
+            "fs:write:{}",
+            log.display()
+        )]));
     }
     let host = Arc::new(Host::new(config).unwrap());
     let events = host.subscribe();

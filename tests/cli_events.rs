@@ -85,6 +85,16 @@ fn cli(dir: &PluginDir, config: Option<&Path>, args: &[&str]) -> Output {
     finish(command, b"")
 }
 
+/// What the example plugins need granted, as `plughost.toml` says it: audit may write
+/// `audit_file` and receive events, ticker may publish.
+fn grants(audit_file: &Path) -> String {
+    format!(
+        "[plugins.audit]\ngrant = [\"events:subscribe\", {:?}]\n\n\
+         [plugins.ticker]\ngrant = [\"events:emit\"]\n",
+        format!("fs:write:{}", audit_file.display())
+    )
+}
+
 /// A folder with a `plughost.toml` configuring `audit` to write to `audit.jsonl` beside it.
 fn audit_settings() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let work = tempfile::tempdir().unwrap();
@@ -93,7 +103,8 @@ fn audit_settings() -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "[plugins.audit.config]\nfile = {:?}\n",
+            "{}\n[plugins.audit.config]\nfile = {:?}\n",
+            grants(&audit),
             audit.to_str().unwrap()
         ),
     )
@@ -432,7 +443,8 @@ fn list_and_inspect_show_what_plugins_declare_about_events() {
     dir.add("audit");
     let ticker = dir.add("ticker");
     dir.add("transform");
-    let out = cli(&dir, None, &["list"]);
+    let (_work, config, _) = audit_settings();
+    let out = cli(&dir, Some(&config), &["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     let line = |name: &str| {
@@ -458,7 +470,7 @@ fn list_and_inspect_show_what_plugins_declare_about_events() {
         "{table}"
     );
 
-    let out = cli(&dir, None, &["inspect", ticker.to_str().unwrap()]);
+    let out = cli(&dir, Some(&config), &["inspect", ticker.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("\n  emits:        ticker.tick\n"), "{text}");
@@ -468,7 +480,11 @@ fn list_and_inspect_show_what_plugins_declare_about_events() {
     let audit = dir
         .path()
         .join(plughost_tests::library("audit").file_name().unwrap());
-    let out = cli(&dir, None, &["inspect", audit.to_str().unwrap(), "--json"]);
+    let out = cli(
+        &dir,
+        Some(&config),
+        &["inspect", audit.to_str().unwrap(), "--json"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(

@@ -82,6 +82,10 @@ priority = 1
 namespace = "main"
 "#;
 
+/// notes' table: it requires storage, so the operator lets it call storage. Last in a file, so
+/// that keys can be added to it (`{NOTES}enabled = false`).
+const NOTES: &str = "\n[plugins.notes]\ngrant = [\"call:storage\"]\n";
+
 #[test]
 fn errors_in_the_file_point_at_line_and_column() {
     let setup = Setup::new(&[]);
@@ -234,7 +238,7 @@ fn plugin_configs_are_checked_against_their_schema() {
 fn dependencies_start_first_are_called_through_the_host_and_stop_last() {
     let setup = Setup::new(&["fixture-notes", "fixture-storage", "transform"]);
     // notes has the highest priority but requires storage, so storage still starts first.
-    let host = setup.host(&format!("{STORAGE}\n[plugins.notes]\npriority = 10\n"));
+    let host = setup.host(&format!("{STORAGE}{NOTES}priority = 10\n"));
     let events = host.subscribe();
     let report = host.load_all().unwrap();
     assert!(report.refused.is_empty(), "{:?}", report.refused);
@@ -276,7 +280,7 @@ fn dependencies_start_first_are_called_through_the_host_and_stop_last() {
 #[test]
 fn missing_dependency_is_refused_and_loads_once_it_arrives() {
     let setup = Setup::new(&["fixture-notes"]);
-    let host = Arc::new(setup.host(STORAGE));
+    let host = Arc::new(setup.host(&format!("{STORAGE}{NOTES}")));
     let events = host.subscribe();
     let _watcher = host.watch(WatchOptions::default()).unwrap();
     let report = host.load_all().unwrap();
@@ -309,7 +313,12 @@ fn version_mismatch_and_cycles_are_refused_naming_both_sides() {
         "fixture-cycle-a",
         "fixture-cycle-b",
     ]);
-    let host = setup.host(STORAGE);
+    // Each is granted the calls it declares: refused for its dependencies, not its grants.
+    let host = setup.host(&format!(
+        "{STORAGE}\n[plugins.archive]\ngrant = [\"call:storage\"]\n\n\
+         [plugins.cycle-a]\ngrant = [\"call:cycle-b\"]\n\n\
+         [plugins.cycle-b]\ngrant = [\"call:cycle-a\"]\n"
+    ));
     let report = host.load_all().unwrap();
     let loaded: Vec<&str> = report.loaded.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(loaded, ["storage"]);
@@ -328,7 +337,7 @@ fn version_mismatch_and_cycles_are_refused_naming_both_sides() {
 #[test]
 fn disable_and_enable_at_runtime() {
     let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
-    let host = setup.host(STORAGE);
+    let host = setup.host(&format!("{STORAGE}{NOTES}"));
     host.load_all().unwrap();
 
     let error = host.disable("storage").unwrap_err();
@@ -371,13 +380,16 @@ fn disable_and_enable_at_runtime() {
     // Disabled through the API, a plugin stays off through edits of the file that leave it
     // alone; an edit of its own `enabled` is the latest word.
     host.disable("notes").unwrap();
-    host.reconfigure(setup.config(&STORAGE.replace("\"main\"", "\"other\"")))
+    let other = STORAGE.replace("\"main\"", "\"other\"");
+    host.reconfigure(setup.config(&format!("{other}{NOTES}")))
         .unwrap();
     assert!(host.handle("notes").is_err(), "still disabled");
-    let notes_off = format!("{STORAGE}\n[plugins.notes]\nenabled = false\n");
+    let notes_off = format!("{STORAGE}{NOTES}enabled = false\n");
     host.reconfigure(setup.config(&notes_off)).unwrap();
     assert!(host.handle("notes").is_err());
-    let changed = host.reconfigure(setup.config(STORAGE)).unwrap();
+    let changed = host
+        .reconfigure(setup.config(&format!("{STORAGE}{NOTES}")))
+        .unwrap();
     assert!(changed.contains(&"notes".to_owned()), "{changed:?}");
     assert!(host.handle("notes").is_ok());
 }
@@ -385,7 +397,7 @@ fn disable_and_enable_at_runtime() {
 #[test]
 fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
     let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
-    let host = Arc::new(setup.host(STORAGE));
+    let host = Arc::new(setup.host(&format!("{STORAGE}{NOTES}")));
     let events = host.subscribe();
     let _watcher = host.watch(WatchOptions::default()).unwrap();
     host.load_all().unwrap();
@@ -394,7 +406,8 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
     assert_eq!(call(&storage, b"get k").unwrap(), b"main:v");
 
     // A changed config re-initialises the plugin through the reload swap.
-    setup.write_config(&STORAGE.replace("\"main\"", "\"edited\""));
+    let edited = format!("{}{NOTES}", STORAGE.replace("\"main\"", "\"edited\""));
+    setup.write_config(&edited);
     let applied = wait_for(&events, WAIT, |e| {
         matches!(e, HostEvent::ConfigApplied { .. })
     });
@@ -409,7 +422,7 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
     let file = setup.config_path();
     for (edit, reason) in [
         (
-            STORAGE.replace("namespace = \"main\"", "namespace = 7"),
+            STORAGE.replace("namespace = \"main\"", "namespace = 7") + NOTES,
             format!(
                 "{}:6:1: plugin storage: config key `namespace` must be a string, found an \
                  integer (7)",
@@ -417,16 +430,17 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
             ),
         ),
         (
-            format!("{STORAGE}\n[plugins.storage.x\n"),
+            // Broken before notes' table: the line of the error stays that of storage.x.
+            format!("{STORAGE}\n[plugins.storage.x\n{NOTES}"),
             format!("{}:8:", file.display()),
         ),
         (
-            STORAGE.replace("priority = 1", "priority = 1\nenabled = false"),
+            STORAGE.replace("priority = 1", "priority = 1\nenabled = false") + NOTES,
             "plugin notes requires storage ^1.2, which would be disabled".to_owned(),
         ),
         // Refused by the plugin's Init, after the schema and validate_config passed.
         (
-            STORAGE.replace("\"main\"", "\"\""),
+            STORAGE.replace("\"main\"", "\"\"") + NOTES,
             "plugin storage failed to initialise: an empty namespace would mix every store"
                 .to_owned(),
         ),
@@ -444,17 +458,14 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
     }
 
     // Disabling in the file stops the plugin; enabling starts it again.
-    setup.write_config(&format!(
-        "{}\n[plugins.notes]\nenabled = false\n",
-        STORAGE.replace("\"main\"", "\"edited\"")
-    ));
+    setup.write_config(&format!("{edited}enabled = false\n"));
     wait_for(
         &events,
         WAIT,
         |e| matches!(e, HostEvent::ConfigApplied { changed, .. } if changed == &["notes"]),
     );
     assert!(host.handle("notes").is_err());
-    setup.write_config(&STORAGE.replace("\"main\"", "\"edited\""));
+    setup.write_config(&edited);
     wait_for(
         &events,
         WAIT,
@@ -467,13 +478,15 @@ fn live_edits_apply_and_invalid_ones_leave_the_running_state() {
 fn an_edit_starts_what_it_fixes_and_checks_what_it_switches_on() {
     // storage's config lacks its required namespace: refused at start, and notes with it.
     let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
-    let host = setup.host("[plugins.storage.config]\ncapacity = 5\n");
+    let host = setup.host(&format!("[plugins.storage.config]\ncapacity = 5\n{NOTES}"));
     let report = host.load_all().unwrap();
     assert!(report.loaded.is_empty(), "{:?}", report.loaded);
     assert_eq!(report.refused.len(), 2);
 
     // The edit that adds it starts storage, then notes, which was waiting for it.
-    let changed = host.reconfigure(setup.config(STORAGE)).unwrap();
+    let changed = host
+        .reconfigure(setup.config(&format!("{STORAGE}{NOTES}")))
+        .unwrap();
     assert_eq!(changed, ["storage", "notes"]);
     assert_eq!(
         call(&host.handle("notes").unwrap(), b"add z").unwrap(),
@@ -482,11 +495,11 @@ fn an_edit_starts_what_it_fixes_and_checks_what_it_switches_on() {
 
     // Switching a plugin on checks its config like a running plugin's: here the plugin's own
     // check refuses the token, so nothing changes (and the token is not shown).
-    let off = "[plugins.storage]\nenabled = false\n[plugins.notes]\nenabled = false\n";
-    host.reconfigure(setup.config(off)).unwrap();
+    let off = format!("[plugins.storage]\nenabled = false\n{NOTES}enabled = false\n");
+    host.reconfigure(setup.config(&off)).unwrap();
     assert!(host.plugins().is_empty());
     let edit = format!(
-        "{}\n[plugins.notes]\nenabled = false\n",
+        "{}{NOTES}enabled = false\n",
         STORAGE.replace(
             "namespace = \"main\"",
             "namespace = \"main\"\ntoken = \"bad-1\""
@@ -526,13 +539,15 @@ fn a_config_edit_re_initialises_the_version_that_runs_not_a_newer_file() {
 #[test]
 fn exec_starts_what_the_plugin_requires_first() {
     let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
-    setup.write_config(STORAGE);
+    setup.write_config(&format!("{STORAGE}{NOTES}"));
     let output = setup.cli(&["exec", "notes", "add x"]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output).trim(), "ok");
 
     // A disabled requirement is not started behind the operator's back.
-    setup.write_config(&STORAGE.replace("priority = 1\n", "priority = 1\nenabled = false\n"));
+    setup.write_config(
+        &(STORAGE.replace("priority = 1\n", "priority = 1\nenabled = false\n") + NOTES),
+    );
     let output = setup.cli(&["exec", "notes", "add x"]);
     assert!(!output.status.success());
     assert!(
@@ -546,7 +561,7 @@ fn exec_starts_what_the_plugin_requires_first() {
 fn exec_names_the_requirement_that_failed_and_says_it_once() {
     let setup = Setup::new(&["fixture-notes", "fixture-storage"]);
     // storage refuses an empty namespace in its Init: notes cannot start.
-    setup.write_config(&STORAGE.replace("\"main\"", "\"\""));
+    setup.write_config(&(STORAGE.replace("\"main\"", "\"\"") + NOTES));
     let output = setup.cli(&["exec", "notes", "add x"]);
     assert!(!output.status.success());
     let err = stderr(&output);
@@ -598,7 +613,7 @@ fn max_plugins_refuses_the_rest() {
 fn secrets_never_appear_in_logs_or_cli_output() {
     const SECRET: &str = "s3cr3t-token-value";
     let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
-    setup.write_config(&format!("{STORAGE}token = \"{SECRET}\"\n"));
+    setup.write_config(&format!("{STORAGE}token = \"{SECRET}\"\n{NOTES}"));
     let mut seen = String::new();
     for args in [&["config", "check"][..], &["list"][..]] {
         let out = setup.cli(args);
@@ -646,7 +661,7 @@ fn secrets_never_appear_in_logs_or_cli_output() {
     assert!(!seen.contains("s3cr3t"), "a secret leaked:\n{seen}");
 
     // Init failures quoting it, through the library.
-    setup.write_config(&format!("{STORAGE}token = \"bad-{SECRET}\"\n"));
+    setup.write_config(&format!("{STORAGE}token = \"bad-{SECRET}\"\n{NOTES}"));
     let mut config = HostConfig::load(&setup.config_path()).unwrap();
     let own = setup.dir.config();
     config.host.plugins_dir = own.host.plugins_dir;
@@ -668,7 +683,7 @@ fn secrets_never_appear_in_logs_or_cli_output() {
 #[test]
 fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
     let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
-    let original = format!("# operators' notes stay\n{STORAGE}");
+    let original = format!("# operators' notes stay\n{STORAGE}{NOTES}");
     setup.write_config(&original);
     let mut child = setup
         .dir
@@ -695,8 +710,8 @@ fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
     };
     toggle("disable");
     let text = std::fs::read_to_string(setup.config_path()).unwrap();
-    assert!(text.starts_with(&original), "{text}");
-    assert!(text.contains("[plugins.notes]\nenabled = false"), "{text}");
+    // Added to notes' table, the last of the file; the rest as it was.
+    assert_eq!(text, format!("{original}enabled = false\n"));
     read_until(&mut child, "unloaded notes");
     toggle("enable");
     read_until(&mut child, "loaded notes");
@@ -704,7 +719,7 @@ fn cli_enable_and_disable_edit_the_file_and_a_running_host_follows() {
     // JSON logs when the file asks for them (read at start).
     terminate(&child);
     child.wait_with_output().unwrap();
-    setup.write_config(&format!("[host]\nlog_format = \"json\"\n{STORAGE}"));
+    setup.write_config(&format!("[host]\nlog_format = \"json\"\n{STORAGE}{NOTES}"));
     let out = setup.cli(&["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut child = setup
@@ -801,7 +816,7 @@ fn cli_enable_and_disable_refuse_a_missing_file_and_unknown_names_and_keep_comme
 fn config_check_counts_libraries_that_cannot_load_and_names_the_settings_right() {
     let setup = Setup::new(&["fixture-storage", "fixture-notes"]);
     let junk = setup.dir.write("libjunk.so", b"not a library");
-    setup.write_config(STORAGE);
+    setup.write_config(&format!("{STORAGE}{NOTES}"));
     let out = setup.cli(&["config", "check"]);
     assert!(!out.status.success(), "{}", stderr(&out));
     assert!(
@@ -812,7 +827,7 @@ fn config_check_counts_libraries_that_cannot_load_and_names_the_settings_right()
     std::fs::remove_file(&junk).unwrap();
 
     // Disabled in the file: not blamed on a "plughost.toml" the user may not have.
-    setup.write_config(&STORAGE.replace("priority = 1", "enabled = false"));
+    setup.write_config(&(STORAGE.replace("priority = 1", "enabled = false") + NOTES));
     let out = setup.cli(&["config", "check"]);
     assert!(!out.status.success());
     assert!(
@@ -846,7 +861,7 @@ fn cli_edits_go_through_a_symlink_keep_permissions_and_need_no_host_environment(
     // The real file elsewhere, private (it names a secret), reached through a link.
     let real = tempfile::tempdir().unwrap();
     let target = real.path().join("real.toml");
-    let original = format!("{STORAGE}token = \"${{PLUGHOST_TEST_HOST_ONLY}}\"\n");
+    let original = format!("{STORAGE}token = \"${{PLUGHOST_TEST_HOST_ONLY}}\"\n{NOTES}");
     std::fs::write(&target, &original).unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
     let link = setup.config_path();
@@ -883,8 +898,7 @@ fn cli_edits_go_through_a_symlink_keep_permissions_and_need_no_host_environment(
         .file_type()
         .is_symlink());
     let text = std::fs::read_to_string(&target).unwrap();
-    assert!(text.starts_with(&original), "{text}");
-    assert!(text.contains("[plugins.notes]\nenabled = false"), "{text}");
+    assert_eq!(text, format!("{original}enabled = false\n"));
     let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
     let left: Vec<_> = std::fs::read_dir(real.path()).unwrap().collect();

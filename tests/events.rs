@@ -11,7 +11,8 @@ use plughost::{
     SubscribeOptions,
 };
 use plughost_tests::{
-    bytes_of, eventually, file_lines, plugin_table, rebuilt, subscriber, wait_for, PluginDir,
+    bytes_of, eventually, file_lines, grant, grants, plugin_table, rebuilt, subscriber, wait_for,
+    PluginDir,
 };
 use serde_json::json;
 
@@ -48,6 +49,11 @@ fn call(host: &plughost::Host, plugin: &str, input: &str) -> Result<String, Stri
         .map_err(|e| e.to_string())
 }
 
+/// The grant to write beneath `folder`.
+fn write_in(folder: &Path) -> String {
+    format!("fs:write:{}", folder.display())
+}
+
 fn sink_file(dir: &PluginDir) -> PathBuf {
     dir.path().join("sink.log")
 }
@@ -72,8 +78,10 @@ fn a_plugin_receives_what_the_program_publishes_in_order() {
     let dir = PluginDir::new();
     dir.add("fixture-sink");
     let file = sink_file(&dir);
-    let host =
-        plughost::Host::new(with_plugin(&dir, "sink", json!({"file": file}), |_| {})).unwrap();
+    let settings = with_plugin(&dir, "sink", json!({"file": file}), |p| {
+        p.grant = grants(&["events:subscribe"]);
+    });
+    let host = plughost::Host::new(settings).unwrap();
     host.load_all().unwrap();
     for n in 1..=1000 {
         assert_eq!(
@@ -174,6 +182,7 @@ fn a_plugin_publishes_only_the_topics_it_declares_and_within_the_size_limit() {
     dir.add("fixture-emitter");
     let mut settings = dir.config();
     settings.host.max_event_size = plughost::ByteSize(1024);
+    grant(&mut settings, "emitter", &["events:emit"]);
     let host = plughost::Host::new(settings).unwrap();
     host.load_all().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -218,8 +227,13 @@ fn a_source_emits_from_its_own_thread_until_it_is_unloaded() {
     dir.add("fixture-emitter");
     let file = sink_file(&dir);
     // The subscriber starts first: an event published before it subscribes reaches nobody.
-    let mut settings = with_plugin(&dir, "sink", json!({"file": file}), |p| p.priority = 10);
-    plugin_table(&mut settings, "emitter", json!({"interval_ms": 1}), |_| {});
+    let mut settings = with_plugin(&dir, "sink", json!({"file": file}), |p| {
+        p.priority = 10;
+        p.grant = grants(&["events:subscribe"]);
+    });
+    plugin_table(&mut settings, "emitter", json!({"interval_ms": 1}), |p| {
+        p.grant = grants(&["events:emit"]);
+    });
     let host = plughost::Host::new(settings).unwrap();
     host.load_all().unwrap();
     let seen = lines(&file, 20);
@@ -250,6 +264,7 @@ fn no_event_is_lost_or_duplicated_across_100_reloads_of_a_subscriber() {
     let host = Arc::new(
         plughost::Host::new(with_plugin(&dir, "sink", json!({"file": file}), |p| {
             p.event_queue = 100_000;
+            p.grant = grants(&["events:subscribe"]);
         }))
         .unwrap(),
     );
@@ -299,9 +314,12 @@ fn a_handler_that_errors_panics_or_hangs_is_counted_and_delivery_goes_on() {
     let moody_file = dir.path().join("moody.log");
     let mut settings = with_plugin(&dir, "moody", json!({"file": moody_file}), |p| {
         p.event_timeout = Duration::from_millis(300);
+        p.grant = grants(&["events:subscribe"]);
     });
     let file = sink_file(&dir);
-    plugin_table(&mut settings, "sink", json!({"file": file}), |_| {});
+    plugin_table(&mut settings, "sink", json!({"file": file}), |p| {
+        p.grant = grants(&["events:subscribe"]);
+    });
     let host = plughost::Host::new(settings).unwrap();
     host.load_all().unwrap();
     host.publish(Event::json("mood.error", &json!({"seq": 1})).unwrap())
@@ -363,6 +381,7 @@ fn overflow(policy: QueuePolicy) -> (Vec<u64>, Vec<Result<usize, PublishError>>,
             p.event_queue = 4;
             p.event_policy = policy;
             p.event_block = Duration::from_millis(20);
+            p.grant = grants(&["events:subscribe"]);
         },
     ))
     .unwrap();
@@ -483,10 +502,13 @@ fn isolated_plugins_subscribe_and_publish_through_their_workers() {
     let dir = PluginDir::new();
     dir.add("fixture-sink");
     dir.add("fixture-emitter");
-    let file = sink_file(&dir);
+    // Confined to its grants, the isolated sink writes in a folder of its own.
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("sink.log");
     let mut settings = with_plugin(&dir, "sink", json!({"file": file}), |p| {
         p.isolation = Some(Isolation::Process);
         p.priority = 10;
+        p.grant = grants(&["events:subscribe", &write_in(out.path())]);
     });
     plugin_table(
         &mut settings,
@@ -494,10 +516,12 @@ fn isolated_plugins_subscribe_and_publish_through_their_workers() {
         json!({"count": 50, "interval_ms": 1}),
         |p| {
             p.isolation = Some(Isolation::Process);
+            p.grant = grants(&["events:emit"]);
         },
     );
     let host = plughost::Host::new(settings).unwrap();
-    host.load_all().unwrap();
+    let report = host.load_all().unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
     let seen = lines(&file, 50);
     let expected: Vec<String> = (1..=50).map(|n| format!("emitter {n}")).collect();
     assert_eq!(seen, expected);
@@ -514,8 +538,14 @@ fn the_example_ticker_goes_on_across_reloads_and_audit_records_every_tick() {
     dir.replace_atomically("libticker.so", &ticker);
     dir.add("audit");
     let audit = dir.path().join("audit.jsonl");
-    let mut settings = with_plugin(&dir, "audit", json!({"file": audit}), |p| p.priority = 10);
-    plugin_table(&mut settings, "ticker", json!({"interval": "10ms"}), |_| {});
+    let mut settings = with_plugin(&dir, "audit", json!({"file": audit}), |p| {
+        p.priority = 10;
+        // audit declares `fs:write:*`: the operator's grant says which file.
+        p.grant = grants(&["events:subscribe", &write_in(&audit)]);
+    });
+    plugin_table(&mut settings, "ticker", json!({"interval": "10ms"}), |p| {
+        p.grant = grants(&["events:emit"]);
+    });
     let host = Arc::new(plughost::Host::new(settings).unwrap());
     let events = host.subscribe();
     let _watcher = host.watch(plughost::WatchOptions::default()).unwrap();
@@ -531,18 +561,21 @@ fn the_example_ticker_goes_on_across_reloads_and_audit_records_every_tick() {
             })
             .collect()
     };
-    for generation in 1..=3 {
+    // Five more ticks recorded, within `WAIT`.
+    let five_more = || {
         let before = ticks(&lines(&audit, 0)).len();
-        while ticks(&lines(&audit, 0)).len() < before + 5 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            eventually(WAIT, || ticks(&lines(&audit, 0)).len() >= before + 5),
+            "ticker stopped ticking: {:?}",
+            host.plugins()
+        );
+    };
+    for generation in 1..=3 {
+        five_more();
         dir.replace_atomically("libticker.so", &rebuilt(&ticker, generation));
         wait_for(&events, WAIT, |e| matches!(e, HostEvent::Reloaded { .. }));
     }
-    let before = ticks(&lines(&audit, 0)).len();
-    while ticks(&lines(&audit, 0)).len() < before + 5 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    five_more();
     host.unload("ticker").unwrap();
     let recorded = lines(&audit, 0);
     let seqs = ticks(&recorded);
@@ -563,7 +596,9 @@ fn the_example_ticker_goes_on_across_reloads_and_audit_records_every_tick() {
 fn an_isolated_handler_that_hangs_costs_its_worker_and_delivery_goes_on() {
     let dir = PluginDir::new();
     dir.add("fixture-moody");
-    let moody_file = dir.path().join("moody.log");
+    // Confined to its grants, the isolated moody writes in a folder of its own.
+    let out = tempfile::tempdir().unwrap();
+    let moody_file = out.path().join("moody.log");
     let host = plughost::Host::new(with_plugin(
         &dir,
         "moody",
@@ -571,10 +606,12 @@ fn an_isolated_handler_that_hangs_costs_its_worker_and_delivery_goes_on() {
         |p| {
             p.isolation = Some(Isolation::Process);
             p.event_timeout = Duration::from_millis(300);
+            p.grant = grants(&["events:subscribe", &write_in(out.path())]);
         },
     ))
     .unwrap();
-    host.load_all().unwrap();
+    let report = host.load_all().unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
     host.publish(Event::json("mood.slow", &60_000).unwrap())
         .unwrap();
     host.publish(Event::json("mood.panic", &json!({"seq": 1})).unwrap())

@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 
 use plughost::{Event, Host, HostConfig, HostEvent, PublishError, QueuePolicy, SubscribeOptions};
 use plughost_tests::{
-    bytes_of, counting, eventually, file_lines, plugin_table, rebuilt, subscriber, wait_for,
-    PluginDir,
+    bytes_of, counting, eventually, file_lines, grants, plugin_table, rebuilt, subscriber,
+    wait_for, PluginDir,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// What duo needs granted: it publishes `adv.tick` and subscribes to `adv.cmd.*`.
+fn duo_grants() -> Vec<plughost::Capability> {
+    grants(&["events:emit", "events:subscribe"])
+}
 
 /// An event whose handler (see [`sleepy`]) sleeps `sleep_ms`, then records `n`.
 fn job(topic: &str, n: u64, sleep_ms: u64) -> Event {
@@ -149,6 +154,7 @@ fn reloading_a_subscriber_that_ran_out_of_threads_lets_it_receive_again() {
     let mut settings = dir.config();
     plugin_table(&mut settings, "moody", json!({ "file": file }), |p| {
         p.event_timeout = Duration::from_millis(80);
+        p.grant = grants(&["events:subscribe"]);
     });
     let host = Arc::new(Host::new(settings).unwrap());
     let events = host.subscribe();
@@ -333,7 +339,7 @@ fn a_new_version_only_receives_the_topics_it_subscribes_to() {
         &mut settings,
         "advpat",
         json!({ "file": file, "delay_ms": 30 }),
-        |_| {},
+        |p| p.grant = grants(&["events:subscribe"]),
     );
     let host = Arc::new(Host::new(settings).unwrap());
     let events = host.subscribe();
@@ -375,7 +381,9 @@ fn a_disabled_subscriber_is_no_longer_a_subscriber() {
     dir.add("fixture-sink");
     let file = dir.path().join("sink.log");
     let mut settings = dir.config();
-    plugin_table(&mut settings, "sink", json!({ "file": file }), |_| {});
+    plugin_table(&mut settings, "sink", json!({ "file": file }), |p| {
+        p.grant = grants(&["events:subscribe"]);
+    });
     let host = Host::new(settings).unwrap();
     host.load_all().unwrap();
     let seq = || Event::json("seq.one", &json!({ "seq": 1 })).unwrap();
@@ -401,6 +409,7 @@ fn a_disabled_source_stops_publishing_even_while_its_handler_runs() {
     let mut settings = dir.config();
     plugin_table(&mut settings, "duo", json!({ "interval_ms": 5 }), |p| {
         p.event_timeout = Duration::from_secs(10);
+        p.grant = duo_grants();
     });
     let host = Arc::new(Host::new(settings).unwrap());
     host.load_all().unwrap();
@@ -439,7 +448,9 @@ fn a_disabled_source_stops_publishing_even_while_its_handler_runs() {
 fn a_slow_block_subscriber_does_not_get_an_isolated_publishers_worker_killed() {
     let dir = PluginDir::new();
     dir.add("fixture-adv-duo");
-    let file = dir.path().join("duo.log");
+    // Confined to its grants, the isolated duo writes in a folder of its own.
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("duo.log");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(2);
     plugin_table(
@@ -449,6 +460,9 @@ fn a_slow_block_subscriber_does_not_get_an_isolated_publishers_worker_killed() {
         |p| {
             p.isolation = Some(plughost::Isolation::Process);
             p.event_timeout = Duration::from_millis(400);
+            p.grant = duo_grants();
+            p.grant
+                .extend(grants(&[&format!("fs:write:{}", out.path().display())]));
         },
     );
     let host = Host::new(settings).unwrap();
@@ -506,7 +520,7 @@ fn shutdown_keeps_to_its_timeout_with_a_slow_stop_and_a_slow_shutdown() {
         &mut settings,
         "duo",
         json!({ "stop_ms": 900, "shutdown_ms": 5000 }),
-        |_| {},
+        |p| p.grant = duo_grants(),
     );
     let host = Host::new(settings).unwrap();
     host.load_all().unwrap();
@@ -531,7 +545,7 @@ fn shutdown_keeps_to_its_timeout_with_a_source_that_ignores_stop() {
         &mut settings,
         "duo",
         json!({ "ignore_stop": true, "interval_ms": 2 }),
-        |_| {},
+        |p| p.grant = duo_grants(),
     );
     let host = Host::new(settings).unwrap();
     host.load_all().unwrap();
@@ -551,6 +565,7 @@ fn shutdown_keeps_to_its_timeout_with_stuck_handlers() {
     settings.host.shutdown_timeout = Duration::from_secs(1);
     plugin_table(&mut settings, "duo", json!({}), |p| {
         p.event_timeout = Duration::from_secs(60);
+        p.grant = duo_grants();
     });
     let host = Host::new(settings).unwrap();
     host.load_all().unwrap();
@@ -722,6 +737,7 @@ fn duo_settings(dir: &PluginDir, config: serde_json::Value, isolated: bool) -> H
         if isolated {
             p.isolation = Some(plughost::Isolation::Process);
         }
+        p.grant = duo_grants();
     });
     settings
 }
@@ -771,6 +787,7 @@ fn an_isolated_ticker_goes_on_across_reloads_without_repeating_or_skipping() {
         json!({ "interval": "10ms" }),
         |p| {
             p.isolation = Some(plughost::Isolation::Process);
+            p.grant = grants(&["events:emit"]);
         },
     );
     let host = Arc::new(Host::new(settings).unwrap());

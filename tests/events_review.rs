@@ -17,7 +17,7 @@ use plughost::{
     Event, Host, HostEvent, PublishError, SubscribeOptions, Subscription, UnloadStatus,
 };
 use plughost_tests::{
-    bytes_of, eventually, lines_of, plugin_table, terminate, wait_for, PluginDir,
+    bytes_of, eventually, grants, lines_of, plugin_table, terminate, wait_for, PluginDir,
 };
 use serde_json::json;
 
@@ -198,6 +198,7 @@ fn a_publisher_blocked_across_a_reload_does_not_reach_a_version_that_does_not_su
             p.event_queue = 2;
             p.event_block = Duration::from_secs(20);
             p.event_timeout = Duration::from_secs(30);
+            p.grant = grants(&["events:subscribe"]);
         },
     );
     let host = Arc::new(Host::new(settings).unwrap());
@@ -259,6 +260,7 @@ fn a_plugin_queue_of_zero_given_in_code_is_refused_or_raised_to_one() {
     plugin_table(&mut settings, "sink", json!({ "file": file }), |p| {
         p.event_queue = 0;
         p.event_block = Duration::from_millis(300);
+        p.grant = grants(&["events:subscribe"]);
     });
     let Ok(host) = Host::new(settings) else {
         return; // refused: fine
@@ -293,7 +295,9 @@ fn disabling_a_source_that_waits_for_room_does_not_leave_it_loaded() {
     dir.add("fixture-adv-duo");
     let mut settings = dir.config();
     settings.host.shutdown_timeout = Duration::from_secs(1);
-    plugin_table(&mut settings, "duo", json!({ "interval_ms": 5 }), |_| {});
+    plugin_table(&mut settings, "duo", json!({ "interval_ms": 5 }), |p| {
+        p.grant = grants(&["events:emit", "events:subscribe"]);
+    });
     let host = Arc::new(Host::new(settings).unwrap());
     let events = host.subscribe();
     let gated = Gated::new(

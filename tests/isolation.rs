@@ -256,7 +256,10 @@ fn calls_arriving_during_a_restart_wait_within_their_deadline() {
 fn what_a_worker_can_reach_cannot_hurt_the_host() {
     let dir = PluginDir::new();
     let crashy = dir.add("fixture-crashy");
-    let host = host_with(&dir, &["crashy"], |_| {});
+    // It starts a process below (`spawn`): the kernel lets its worker do that only with `exec`.
+    let host = host_with(&dir, &["crashy"], |config| {
+        plughost_tests::grant(config, "crashy", &["exec"]);
+    });
     host.load_file(&crashy, b"{}").unwrap();
     // The lanes cannot be cut under the host (that would be a SIGBUS here).
     let error = call(&host, "crashy", b"shrink:4").unwrap_err();

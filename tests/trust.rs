@@ -548,6 +548,10 @@ fn xtask_build_plugins_signs_what_it_installs() {
     config.host.shadow_dir = Some(shadow.path().to_owned());
     config.host.require_signatures = true;
     config.host.trusted_keys = vec![public.parse().unwrap()];
+    // What the example event plugins need, so that each opens.
+    let audit_file = format!("fs:write:{}", shadow.path().join("audit.jsonl").display());
+    plughost_tests::grant(&mut config, "audit", &["events:subscribe", &audit_file]);
+    plughost_tests::grant(&mut config, "ticker", &["events:emit"]);
     let host = Host::new(config).unwrap();
     for library in &libraries {
         let examined = host.examine(library).unwrap();

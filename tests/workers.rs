@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use plughost::PluginSettings;
 use plughost_tests::isolated::{alive, call, host_with, workers_of};
-use plughost_tests::PluginDir;
+use plughost_tests::{grant, PluginDir};
 
 #[test]
 fn isolated_and_in_process_plugins_call_each_other_through_the_host() {
@@ -23,6 +23,7 @@ fn isolated_and_in_process_plugins_call_each_other_through_the_host() {
                 ..PluginSettings::default()
             };
             config.plugins.insert("storage".into(), table);
+            grant(config, "notes", &["call:storage"]);
         });
         let report = host.load_all().unwrap();
         assert!(report.refused.is_empty(), "{:?}", report.refused);

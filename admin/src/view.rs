@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use plughost::{ConfigKey, MetricsSnapshot, PluginHealth, PluginStatus};
+use plughost::{ConfigKey, MetricsSnapshot, PluginHealth, PluginStatus, SignatureStatus};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -53,8 +53,33 @@ pub(crate) struct PluginView {
     pub(crate) subscribes: Vec<String>,
     /// The plugins it requires (`name range`).
     pub(crate) requires: Vec<String>,
-    /// What it declares it needs.
+    /// What it declares it needs, as written in its descriptor.
     pub(crate) capabilities: Vec<String>,
+    /// What it needs to be granted, and why: its declared capabilities, then those its
+    /// dependencies and events imply. Empty if its version is not known.
+    pub(crate) needs: Vec<NeedView>,
+    /// What the settings grant it (`[plugins.NAME] grant`).
+    pub(crate) grants: Vec<String>,
+    /// The SHA-256 of the code in service: of the bytes its running version was loaded from,
+    /// not of whatever its file holds now. `null` when no version runs.
+    pub(crate) sha256: Option<String>,
+    /// Who approved the code in service: the id of the trusted key whose signature covers
+    /// those bytes, or `unsigned` when no trusted key's does (see `signature`). `null` when no
+    /// version runs.
+    pub(crate) signer: Option<String>,
+    /// Its signature in words: `signed by trusted key ID`, `unsigned`, or `not trusted:
+    /// REASON`. `null` when no version runs.
+    pub(crate) signature: Option<String>,
+}
+
+/// A capability a plugin needs, and where the need comes from.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct NeedView {
+    /// The capability, as `grant = [...]` takes it (`fs:read:/etc/ssl`, `call:storage`).
+    pub(crate) capability: String,
+    /// `declared` (its `CAPABILITIES`), `dependency` (a plugin it requires), `emits` (it
+    /// publishes events) or `subscribes` (it receives events).
+    pub(crate) source: String,
 }
 
 /// Every plugin the host knows, and the files it refused that serve no plugin.
@@ -188,6 +213,22 @@ impl PluginView {
                 .map(|i| i.dependencies.iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
             capabilities: info.map(|i| i.capabilities.clone()).unwrap_or_default(),
+            needs: info
+                .and_then(|i| i.needs().ok())
+                .unwrap_or_default()
+                .iter()
+                .map(|need| NeedView {
+                    capability: need.capability.to_string(),
+                    source: text(&need.source),
+                })
+                .collect(),
+            grants: status.grants.iter().map(ToString::to_string).collect(),
+            sha256: status.integrity.as_ref().map(|i| i.sha256.to_string()),
+            signer: status.integrity.as_ref().map(|i| match &i.signature {
+                SignatureStatus::Trusted { key_id } => key_id.clone(),
+                _ => "unsigned".to_owned(),
+            }),
+            signature: status.integrity.as_ref().map(|i| i.signature.to_string()),
         }
     }
 }

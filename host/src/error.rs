@@ -375,10 +375,10 @@ pub enum LoadError {
         /// The digest of the content read, as 64 hexadecimal digits.
         found: String,
     },
-    /// The probe was told one plugin name and the library loaded as another: code in it
-    /// answered for the probe (to escape a pin, say).
+    /// The probe (or the worker that named it) was told one plugin name and the library
+    /// loaded as another: code in it answered for the probe (to escape a pin, say).
     #[error(
-        "{}: refused: the probe was told it is plugin {}, but it loaded as plugin {}: a \
+        "{}: refused: it said it is plugin {} when first loaded, then loaded as plugin {}: a \
          library that misreports its name is not started",
         shown_path(path),
         shown(told),
@@ -458,6 +458,40 @@ pub enum LoadError {
         /// The signing key's id, as minisign shows it (16 hexadecimal digits).
         key_id: String,
     },
+    /// The plugin declares a capability outside the vocabulary (plugin-api 1.5 and later).
+    #[error(
+        "{}: plugin {name} refused: it declares capability {}: {reason}",
+        shown_path(path),
+        shown(capability)
+    )]
+    BadCapability {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The capability as declared.
+        capability: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The plugin needs capabilities `plughost.toml` does not grant it.
+    #[error(
+        "{}: plugin {name} refused: it needs {}, not granted; fix: `grant = [{}]` under \
+         [plugins.{name}], if you trust it with that",
+        shown_path(path),
+        missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+        granted.iter().chain(missing).map(|c| format!("\"{}\"", c.as_grant())).collect::<Vec<_>>().join(", ")
+    )]
+    NotGranted {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// What it needs and was not granted.
+        missing: Vec<crate::capability::Capability>,
+        /// What it is granted now (the fix keeps these).
+        granted: Vec<crate::capability::Capability>,
+    },
 }
 
 impl LoadError {
@@ -497,6 +531,8 @@ impl LoadError {
             | LoadError::BadSignatureFile { path, .. }
             | LoadError::SignatureMismatch { path, .. }
             | LoadError::UntrustedSigner { path, .. }
+            | LoadError::BadCapability { path, .. }
+            | LoadError::NotGranted { path, .. }
             | LoadError::TooManyPinned { path, .. } => path,
         }
     }
@@ -516,6 +552,8 @@ impl LoadError {
             | LoadError::Unwanted { name, .. }
             | LoadError::TooMany { name, .. }
             | LoadError::DigestMismatch { name, .. }
+            | LoadError::BadCapability { name, .. }
+            | LoadError::NotGranted { name, .. }
             | LoadError::TooManyPinned { name, .. } => Some(name),
             LoadError::NameMismatch { loaded, .. } => Some(loaded),
             _ => None,

@@ -88,6 +88,7 @@
 #![warn(missing_docs)]
 
 mod bus;
+mod capability;
 mod config;
 mod dependencies;
 mod dispatch;
@@ -102,10 +103,11 @@ mod runtime;
 pub use bus::{
     EventStats, Percentiles, SubscribeOptions, SubscriberStats, Subscription, TopicStats,
 };
+pub use capability::{Capability, CapabilityError, FsTarget, Need, Source as NeedSource};
 pub use config::{
-    AdminSettings, ByteSize, ConfigError, CpuLimit, HostConfig, HostSettings, Isolation, Location,
-    LogFormat, OwnershipCheck, PluginSettings, ProbeSetting, QueuePolicy, Secret, Sha256Digest,
-    TrustedKey,
+    AdminSettings, ByteSize, ConfigError, Confinement, CpuLimit, HostConfig, HostSettings,
+    Isolation, Location, LogFormat, OwnershipCheck, PluginSettings, ProbeSetting, QueuePolicy,
+    Secret, Sha256Digest, TrustedKey,
 };
 pub use dispatch::{
     AsyncHandle, Breaker, CallPolicy, CircuitState, Dispatcher, MetricsSnapshot, Rate, WhenLimited,

@@ -40,6 +40,26 @@ pub struct PluginInfo {
     pub event_source: bool,
 }
 
+impl PluginInfo {
+    /// What the plugin needs to be granted: the capabilities it declares, then those its
+    /// dependencies (`call:PLUGIN`) and events (`events:emit`, `events:subscribe`) imply.
+    /// An error names a declared capability outside the vocabulary.
+    pub fn needs(&self) -> Result<Vec<crate::Need>, crate::CapabilityError> {
+        crate::capability::needs(self)
+    }
+
+    /// What of [`needs`](Self::needs) `grants` do not cover; nothing if a declaration is not
+    /// of the vocabulary (which [`needs`](Self::needs) reports).
+    pub fn missing(&self, grants: &[crate::Capability]) -> Vec<crate::Capability> {
+        self.needs()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.capability)
+            .filter(|c| !crate::capability::granted(grants, c))
+            .collect()
+    }
+}
+
 /// A plugin this one requires, at a range of versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirement {

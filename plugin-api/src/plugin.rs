@@ -36,7 +36,15 @@ pub trait Plugin: Default + Send + Sync + 'static {
     const AUTHOR: &'static str = "";
     /// SPDX licence expression.
     const LICENSE: &'static str = "";
-    /// What it can do.
+    /// What it needs to be granted beyond computing, in the host's vocabulary (since 1.5):
+    /// `net`, `net:connect:HOST:PORT`, `fs:read:PATH`, `fs:write:PATH`, `exec`, `env`,
+    /// `events:emit`, `events:subscribe`, `call:PLUGIN`. Use `*` for what the operator
+    /// chooses (`fs:write:*`, `net:connect:*:443`). The host refuses to start the plugin
+    /// unless `plughost.toml` grants every one (`grant = [...]` under `[plugins.NAME]`), and
+    /// confines an isolated plugin to its grants. [`DEPENDENCIES`](Plugin::DEPENDENCIES),
+    /// [`EMITS`](Plugin::EMITS) and [`SUBSCRIBES`](Plugin::SUBSCRIBES) imply `call:PLUGIN`,
+    /// `events:emit` and `events:subscribe`: no need to list those. Descriptive words belong
+    /// in [`TAGS`](Plugin::TAGS).
     const CAPABILITIES: &'static [&'static str] = &[];
     /// Labels for grouping.
     const TAGS: &'static [&'static str] = &[];

@@ -143,6 +143,8 @@ fn fixture() -> Fixture {
         event_queue: LARGE_QUEUE,
         event_policy: QueuePolicy::Block,
         event_block: WAIT,
+        // tally subscribes to `bench.>`.
+        grant: plughost_tests::grants(&["events:subscribe"]),
         ..PluginSettings::default()
     };
     config.plugins.insert("tally".to_owned(), settings);

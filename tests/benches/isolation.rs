@@ -1,7 +1,9 @@
 //! The cost of running a plugin in a worker process ("isolation"), in one run:
 //!
 //! - `isolated_echo`: an echo through [`PluginHandle::call_into`] (a reused host buffer),
-//!   in process next to isolated, with a 16-byte and a 64 KiB input;
+//!   in process next to isolated (its worker confined to its grants by Landlock and seccomp,
+//!   the default) and isolated unconfined (`confinement = "off"`), with a 16-byte and a 64 KiB
+//!   input;
 //! - restart: from the error of a call that crashed an isolated plugin (SIGSEGV) to the first
 //!   call it answers again, polling every 1 ms (min, median, max of 10 crashes). The host
 //!   restarts a crashed worker at once the first time, then after pauses that double from
@@ -100,21 +102,31 @@ fn isolation(c: &mut Criterion) {
     // name once, so each runs in a host of its own.
     let in_process = load(&echo, "echo", false, &probe, |_| {});
     let isolated = load(&echo, "echo", true, &probe, |_| {});
+    let unconfined = load(&echo, "echo", true, &probe, |config| {
+        config.host.confinement = plughost::Confinement::Off;
+    });
     let worker = isolated.handle.worker_pid().unwrap();
     assert_ne!(worker, std::process::id());
 
-    echo_calls(c, &in_process.handle, &isolated.handle);
+    echo_calls(
+        c,
+        &[
+            ("in_process", &in_process.handle),
+            ("isolated", &isolated.handle),
+            ("isolated_unconfined", &unconfined.handle),
+        ],
+    );
     restarts(&crashy, &probe);
     idle_worker(worker);
-    drop((in_process, isolated));
+    drop((in_process, isolated, unconfined));
 }
 
 /// The `isolated_echo` group.
-fn echo_calls(c: &mut Criterion, in_process: &PluginHandle, isolated: &PluginHandle) {
+fn echo_calls(c: &mut Criterion, places: &[(&str, &PluginHandle)]) {
     let small = *b"0123456789abcdef";
     let large: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
     let mut out = Vec::with_capacity(large.len());
-    for handle in [in_process, isolated] {
+    for (_, handle) in places {
         handle.call_into(&small, &mut out).unwrap();
         assert_eq!(out, small);
         handle.call_into(&large, &mut out).unwrap();
@@ -123,7 +135,7 @@ fn echo_calls(c: &mut Criterion, in_process: &PluginHandle, isolated: &PluginHan
 
     let mut group = c.benchmark_group("isolated_echo");
     for (size, input) in [("16B", &small[..]), ("64KiB", &large[..])] {
-        for (place, handle) in [("in_process", in_process), ("isolated", isolated)] {
+        for (place, handle) in places {
             group.bench_function(format!("{place}_{size}"), |b| {
                 b.iter(|| {
                     handle

@@ -312,6 +312,11 @@ mod tests {
             subscribes: vec![],
             requires: vec![],
             capabilities: vec![],
+            needs: vec![],
+            grants: vec![],
+            sha256: None,
+            signer: None,
+            signature: None,
         }
     }
 

@@ -4,12 +4,17 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use plughost::{Host, HostConfig};
+use plughost::{Host, HostConfig, LoadError};
 
-/// `plughost config check`: prints the effective configuration and the start order on stdout,
-/// warnings and problems on stderr; exit 1 if `plughost run` would refuse anything.
+use crate::inspect::{joined, open_as_if_granted, source, Grants};
+
+/// `plughost config check`: prints the effective configuration, the start order and each
+/// plugin's capabilities (needed, granted, missing) on stdout, warnings, notes and problems on
+/// stderr; exit 1 if `plughost run` would refuse anything (a plugin lacking a grant included).
 pub(crate) fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
-    let report = Host::new(config)?.check_config()?;
+    let host = Host::new(config)?;
+    let report = host.check_config()?;
+    let capabilities = capabilities(&host)?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -17,19 +22,105 @@ pub(crate) fn check(config: HostConfig) -> anyhow::Result<ExitCode> {
         report.source
     )?;
     writeln!(out, "# start order: {}", report.start_order.join(", "))?;
+    // Comments, so that what is printed still reads as the configuration it shows.
+    writeln!(out, "# capabilities (needs; grants; missing):")?;
+    for line in &capabilities.lines {
+        writeln!(out, "#   {line}")?;
+    }
     writeln!(out, "{}", report.effective)?;
     let mut err = std::io::stderr().lock();
     for warning in &report.warnings {
         let _ = writeln!(err, "warning: {warning}");
     }
+    for note in &capabilities.notes {
+        let _ = writeln!(err, "note: {note}");
+    }
     if report.problems.is_empty() {
         let _ = writeln!(err, "{}: ok", report.source);
         return Ok(ExitCode::SUCCESS);
     }
+    // A plugin lacking a grant is among them: the host refuses to open it.
     for problem in &report.problems {
         let _ = writeln!(err, "error: {problem}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// Each plugin's capabilities, for `config check`.
+struct Capabilities {
+    /// One line per plugin, by name: what it needs (and why), what it is granted, what is
+    /// missing.
+    lines: Vec<String>,
+    /// Grants that cover nothing a plugin needs: not an error, but worth a look.
+    notes: Vec<String>,
+}
+
+/// What every plugin in the folder needs against what the settings grant it. Libraries
+/// refused for another reason than their grants are left to the report's problems.
+fn capabilities(host: &Host) -> anyhow::Result<Capabilities> {
+    let settings = host.config();
+    let mut found = Vec::new();
+    let mut notes = Vec::new();
+    for path in host.discover()? {
+        let library = match host.open(&path) {
+            Ok(library) => library,
+            Err(LoadError::BadCapability {
+                name,
+                capability,
+                reason,
+                ..
+            }) => {
+                let line = format!("{name}: declares capability {capability:?}: {reason}");
+                found.push((name, line));
+                continue;
+            }
+            Err(error) => match open_as_if_granted(&settings, &error) {
+                Some(library) => library,
+                None => continue,
+            },
+        };
+        let info = library.info();
+        let grants = Grants::of(info, &settings);
+        let needs: Vec<String> = grants
+            .needs
+            .iter()
+            .map(|need| format!("{} ({})", need.capability, source(need)))
+            .collect();
+        let mut line = format!(
+            "{}: needs {}; grants {}",
+            info.name,
+            if needs.is_empty() {
+                "nothing".to_owned()
+            } else {
+                needs.join(", ")
+            },
+            joined(&grants.granted)
+        );
+        if !grants.missing.is_empty() {
+            line.push_str(&format!(
+                "; missing {} (refused at load; fix: {})",
+                joined(&grants.missing),
+                grants.fix()
+            ));
+        }
+        found.push((info.name.clone(), line));
+        if !grants.unneeded.is_empty() {
+            let place = settings
+                .locate(&["plugins", &info.name, "grant"])
+                .map(|at| format!("{at}: "))
+                .unwrap_or_default();
+            notes.push(format!(
+                "{place}plugin {} is granted, not declared: {} (it needs nothing these grant)",
+                info.name,
+                joined(&grants.unneeded)
+            ));
+        }
+    }
+    found.sort();
+    Ok(Capabilities {
+        lines: found.into_iter().map(|(_, line)| line).collect(),
+        notes,
+    })
 }
 
 /// The settings `plughost enable` / `disable` go by: the file (`--config FILE`, else

@@ -91,8 +91,8 @@ enum Command {
     /// Show every library in the folder: name, version, plugin-api version, mode, file, the
     /// events it emits or subscribes to, status.
     List {
-        /// Also show each library's SHA-256 and who signed it (a trusted key's id), or why
-        /// its signature does not count.
+        /// Also show each library's SHA-256, who signed it (a trusted key's id) or why its
+        /// signature does not count, what plughost.toml grants it and what it lacks.
         #[arg(long, short)]
         verbose: bool,
         #[command(flatten)]

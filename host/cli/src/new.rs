@@ -546,7 +546,10 @@ impl Plugin for __TYPE__ {
     const NAME: &'static str = "__PLUGIN__";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     const DESCRIPTION: &'static str = "Greets whoever its input names";
-    const CAPABILITIES: &'static [&'static str] = &["text"];
+    /// What it needs beyond computing (`fs:read:PATH`, `net:connect:HOST:PORT`, `exec`...):
+    /// the operator grants each in plughost.toml, or the host refuses to start it.
+    const CAPABILITIES: &'static [&'static str] = &[];
+    const TAGS: &'static [&'static str] = &["text"];
     /// One entry per key of `Config`, with its default as JSON.
     const CONFIG_SCHEMA: &'static [ConfigField] = &[ConfigField::string("greeting")
         .default_json(r#""Hello""#)

@@ -150,6 +150,25 @@ pub struct HostSettings {
     /// `"on"` when the host runs as root; otherwise such a file loads with one warning line
     /// naming the fix), `"on"` (refuse such a file) or `"off"` (no check, for development).
     pub check_ownership: OwnershipCheck,
+    /// How isolated plugins are confined to their grants by the kernel (Landlock, seccomp):
+    /// `"enforce"` (default: a plugin whose grants this kernel cannot enforce is refused,
+    /// naming what is missing), `"best-effort"` (it runs with what the kernel can enforce, and
+    /// a warning naming the rest) or `"off"` (workers are not confined; grants are still
+    /// checked at load and enforced for what passes through the host).
+    pub confinement: Confinement,
+}
+
+/// The `confinement` setting: see [`HostSettings::confinement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Confinement {
+    /// Refuse a plugin whose grants the kernel cannot enforce.
+    #[default]
+    Enforce,
+    /// Enforce what the kernel can; warn about the rest.
+    BestEffort,
+    /// No confinement by the kernel.
+    Off,
 }
 
 /// The `check_ownership` setting: see [`HostSettings::check_ownership`].
@@ -222,6 +241,7 @@ impl Default for HostSettings {
             require_signatures: false,
             trusted_keys: Vec::new(),
             check_ownership: OwnershipCheck::Auto,
+            confinement: Confinement::Enforce,
         }
     }
 }
@@ -276,6 +296,11 @@ pub struct PluginSettings {
     /// The SHA-256 of the one build of this plugin that may load, as 64 hexadecimal digits;
     /// a file of this plugin with other content is refused. Default: any content.
     pub sha256: Option<Sha256Digest>,
+    /// The capabilities the operator grants it (`"fs:read:/etc/ssl"`, `"call:storage"`,
+    /// `"events:emit"`...): a plugin needing one not granted is refused at load. An isolated
+    /// plugin's worker is confined to these by the kernel. Relative paths start at this
+    /// file's folder. Default none.
+    pub grant: Vec<crate::capability::Capability>,
 }
 
 /// What a publisher meets when a subscriber's queue is full.
@@ -319,6 +344,7 @@ impl Default for PluginSettings {
             event_block: Duration::from_secs(1),
             event_timeout: Duration::from_secs(5),
             sha256: None,
+            grant: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ use tracing::{info, info_span, warn};
 use super::init_config::{checked_config, scrub_init_error};
 use super::retire::{describe_unload, retire_in_background};
 use super::{Host, Lifecycle, LoadReport};
+use crate::capability::{granted, Capability};
 use crate::dependencies::{self, DISABLED, NOT_LOADED};
 use crate::error::{CallError, LoadError};
 use crate::events::HostEvent;
@@ -225,10 +226,23 @@ impl Host {
             );
         }
         let load_time = library.load_time();
+        // What passes through the host is bound as granted, whatever the descriptor says:
+        // the load was refused if it needs more (`capability::check`), so this only ever
+        // narrows what a library that misdescribes itself can reach.
+        let grants = &lifecycle.config.plugin(&info.name).grant;
+        let required = required
+            .into_iter()
+            .filter(|slot| granted(grants, &Capability::Call(slot.name().into())))
+            .collect();
+        let emits = if granted(grants, &Capability::EventsEmit) {
+            info.emits.clone()
+        } else {
+            Vec::new()
+        };
         library.bind_dependencies(required);
         library.bind_events(Arc::new(Emitting::new(
             info.name.as_str().into(),
-            info.emits.clone(),
+            emits,
             self.shared.events.bus().publisher(),
         )));
         let settings = &lifecycle.config.host;
@@ -286,10 +300,15 @@ impl Host {
         let previous = slot.swap(Some(running.clone()));
         self.shared.ledger.serving(&info, &file, previous.is_some());
         let settings = lifecycle.config.plugin(&info.name);
+        let subscribes: &[String] = if granted(&settings.grant, &Capability::EventsSubscribe) {
+            &info.subscribes
+        } else {
+            &[]
+        };
         self.shared
             .events
             .bus()
-            .attach(&slot, &info.subscribes, &settings);
+            .attach(&slot, subscribes, &settings);
         running.start_source();
         drop(running);
         let took = noticed.elapsed();

@@ -96,6 +96,15 @@ fn survey(config: &HostConfig, plugins: &[Surveyed<'_>], refused: &[LoadError]) 
             let timeout = humantime::format_duration(timeout).to_string();
             table.insert("timeout".into(), timeout.into());
         }
+        if let Some(digest) = settings.sha256 {
+            table.insert("sha256".into(), digest.to_string().into());
+        }
+        let grants: Vec<toml::Value> = settings
+            .grant
+            .iter()
+            .map(|g| g.to_string().into())
+            .collect();
+        table.insert("grant".into(), grants.into());
         let json = serde_json::to_vec(&settings.config).unwrap_or_default();
         match checked_config(config, info, &plugin.file, &json, true) {
             Ok(checked) => {
@@ -133,8 +142,11 @@ fn survey(config: &HostConfig, plugins: &[Surveyed<'_>], refused: &[LoadError]) 
             candidates.push(candidate(config, info, &plugin.file));
         }
     }
+    // Plugins whose file was read far enough to name them (refused for a pin or a grant,
+    // say) are in the folder: the refusal says what is wrong with them.
+    let named: Vec<&str> = refused.iter().filter_map(LoadError::plugin).collect();
     for name in config.plugins.keys() {
-        if !tables.contains_key(name) {
+        if !tables.contains_key(name) && !named.contains(&name.as_str()) {
             warnings.push(format!(
                 "{}no plugin named {} in {}",
                 at(&["plugins", name]),

@@ -60,7 +60,7 @@ use crate::events::{HostEvent, Subscribers};
 use crate::loader::discovery;
 use crate::loader::probe::{self, Probe, Program};
 use crate::loader::shadow::{self, ShadowDir};
-use crate::loader::{Content, Library, Opened, Placement};
+use crate::loader::{Content, Library, Naming, Opened, Placement};
 use crate::plugin_info::PluginInfo;
 use crate::runtime::{PluginHandle, PluginLibrary, Registry, Workers};
 
@@ -291,10 +291,12 @@ impl Host {
     }
 
     /// Checks `bytes` and loads them here, or in a worker process if the settings isolate the
-    /// plugin. Its name decides, so it is known from the probe. When nothing probes, a library
-    /// whose name is not known yet goes to a worker if any plugin may be isolated (so that an
-    /// isolated plugin's library is never loaded here), and comes back here, from the same
-    /// bytes, if it turns out to be a plugin that runs in process.
+    /// plugin. Its name decides. Where no plugin may be isolated, the probe tells it. Where any
+    /// may, nothing runs the library unconfined before the host knows whether its plugin is to
+    /// be confined: a worker confined to no grants tells the name (unless a probe or worker
+    /// told it for these bytes before); the plugin's pin and grants are checked, then it runs in
+    /// a worker within its own sandbox, or here, loaded again from the same bytes, if it is a
+    /// plugin that runs in process.
     fn open_from(
         &self,
         path: &Path,
@@ -323,29 +325,64 @@ impl Host {
             library.set_load_time(started.elapsed());
             library
         };
-        let opened = Library::open_bytes(path, bytes, &self.shadow, &self.probe, &place, settings)?;
+        // Without workers (not Linux), an isolated plugin is refused by name: the probe tells it.
+        let naming = if any_isolated && cfg!(isolation) {
+            Naming::Worker
+        } else {
+            Naming::Probe
+        };
+        let opened = Library::open_bytes(
+            path,
+            bytes,
+            &self.shadow,
+            &self.probe,
+            naming,
+            &place,
+            settings,
+        )?;
         let checked = match opened {
             Opened::Here(library) => return Ok(here(*library)),
             Opened::Checked(checked) => checked,
         };
         let told = checked.name.clone();
-        let named = told.is_some();
         let (trust, hash) = (checked.trust, checked.hash);
-        let isolated = self.workers.isolate(checked, settings, started)?;
-        let name = &isolated.info().name;
-        // The name the worker's library gives, not the one the probe heard, decides its pin,
-        // before Init.
-        if let Some(told) = &told {
-            self.probe.same_name(path, hash, told, name)?;
-        }
-        trust.pin(path, name, settings)?;
-        if named || settings.isolation_of(name) == Isolation::Process {
+        // Once the worker names the plugin, before its library runs anywhere else (in a worker
+        // within its own sandbox, or here).
+        let admit = |info: &PluginInfo| {
+            let name = &info.name;
+            match &told {
+                // The name the worker's library gives, not the one the probe heard, decides.
+                Some(told) => self.probe.same_name(path, hash, told, name)?,
+                // That worker was the probe.
+                None => self.probe.learned(hash, name),
+            }
+            if !wanted(name) {
+                return Err(LoadError::Unwanted {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                });
+            }
+            trust.pin(path, name, settings)?;
+            crate::capability::check(path, info, &settings.plugin(name).grant)
+        };
+        let isolated = self.workers.isolate(checked, settings, started, &admit)?;
+        let name = isolated.info().name.clone();
+        if told.is_some() || settings.isolation_of(&name) == Isolation::Process {
             return Ok(isolated);
         }
         // Only the worker could tell its name: it runs here after all.
         drop(isolated);
         let here_only = |_: Option<&str>| Placement::Here;
-        match Library::open_bytes(path, bytes, &self.shadow, &self.probe, &here_only, settings)? {
+        let told = Naming::Told(&name);
+        match Library::open_bytes(
+            path,
+            bytes,
+            &self.shadow,
+            &self.probe,
+            told,
+            &here_only,
+            settings,
+        )? {
             Opened::Here(library) => Ok(here(*library)),
             Opened::Checked(_) => unreachable!("placed here"),
         }

@@ -127,7 +127,12 @@ impl Host {
                 ask_plugin(&new, library, &checked, "its new config")?;
                 reinit.push((name.clone(), "config changed"));
             } else if runs_elsewhere(&lifecycle.config, &new, name) {
-                reinit.push((name.clone(), "isolation or limits changed"));
+                reinit.push((name.clone(), "isolation, limits or confinement changed"));
+            } else if lifecycle.config.plugin(name).grant != settings.grant {
+                // Its worker is confined to its grants, and what the host lets it call or
+                // publish is bound at Init: a new instance takes the new ones (or the edit is
+                // refused, naming what it would no longer be granted).
+                reinit.push((name.clone(), "its grants changed"));
             }
         }
         // Plugins the edit switches on, opened to read their descriptors.
@@ -407,13 +412,13 @@ fn pinned_running(new: &HostConfig, version: &RunningPlugin) -> Result<(), Confi
 }
 
 /// Whether `new` says other than `old` about which content may load: a plugin's pinned
-/// digest, the signature rule and keys, the ownership rule.
+/// digest or grants, the signature rule and keys, the ownership rule.
 fn trust_changed(old: &HostConfig, new: &HostConfig) -> bool {
-    let pins = |config: &HostConfig| -> Vec<(String, Option<_>)> {
+    let pins = |config: &HostConfig| -> Vec<(String, Option<_>, Vec<_>)> {
         config
             .plugins
             .iter()
-            .map(|(name, settings)| (name.clone(), settings.sha256))
+            .map(|(name, settings)| (name.clone(), settings.sha256, settings.grant.clone()))
             .collect()
     };
     old.host.require_signatures != new.host.require_signatures
@@ -423,7 +428,8 @@ fn trust_changed(old: &HostConfig, new: &HostConfig) -> bool {
 }
 
 /// Whether plugin `name` must be started again to run as `new` says: in a worker instead of
-/// in this process or the other way round, or in a worker with other resource limits.
+/// in this process or the other way round, or in a worker with other resource limits or
+/// confinement.
 fn runs_elsewhere(old: &HostConfig, new: &HostConfig, name: &str) -> bool {
     let limits = |config: &HostConfig| {
         let settings = config.plugin(name);
@@ -436,7 +442,7 @@ fn runs_elsewhere(old: &HostConfig, new: &HostConfig, name: &str) -> bool {
     };
     old.isolation_of(name) != new.isolation_of(name)
         || (new.isolation_of(name) == crate::config::Isolation::Process
-            && limits(old) != limits(new))
+            && (limits(old) != limits(new) || old.host.confinement != new.host.confinement))
 }
 
 /// Settings a running host cannot change: say so, in one line, instead of ignoring the edit

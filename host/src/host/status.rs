@@ -14,9 +14,12 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::Host;
-use crate::config::Isolation;
+use crate::capability::Capability;
+use crate::config::{Isolation, TrustedKey};
 use crate::events::HostEvent;
+use crate::loader::trust::Integrity;
 use crate::plugin_info::PluginInfo;
+use crate::runtime::PluginLibrary;
 
 /// Where a plugin stands, from [`Host::status`].
 #[derive(Debug, Clone)]
@@ -47,6 +50,14 @@ pub struct PluginStatus {
     /// Versions of it out of service but still in memory (closed but pinned, or left loaded
     /// because their code never returned): see [`Host::still_mapped`].
     pub still_mapped: usize,
+    /// What code serves: the SHA-256 of the bytes the version in service was loaded from (its
+    /// private copy, not whatever its file holds now) and who signed them, by the signature
+    /// beside its file and the host's trusted keys. Worked out the first time it is asked for
+    /// and kept for that version. `None` when no version serves (or its copy cannot be read,
+    /// which is logged).
+    pub integrity: Option<Integrity>,
+    /// The capabilities the settings grant it (`[plugins.NAME] grant`).
+    pub grants: Vec<Capability>,
 }
 
 /// Whether a plugin serves, and if not, why.
@@ -175,8 +186,14 @@ impl Host {
             ),
             None => (entry.info, entry.file, settings.isolation_of(&name), None),
         };
+        let integrity = running.as_ref().and_then(|version| {
+            let keys = &settings.host.trusted_keys;
+            self.shared.ledger.integrity(&name, version.library(), keys)
+        });
         PluginStatus {
             still_mapped: self.shared.pinned(&name),
+            integrity,
+            grants: settings.plugin(&name).grant.clone(),
             name,
             state,
             info,
@@ -195,6 +212,10 @@ impl Host {
 #[derive(Default)]
 pub(super) struct Ledger {
     inner: Mutex<Entries>,
+    /// The integrity of each plugin's version in service, by the hash of its content: reading
+    /// and hashing megabytes is done once per version, not on every status request. A lock of
+    /// its own, never held while hashing, so that a status never waits for another's.
+    integrity: Mutex<HashMap<String, (u128, Integrity)>>,
 }
 
 #[derive(Default)]
@@ -328,6 +349,43 @@ impl Ledger {
     /// gone.
     pub(super) fn not_refused(&self, file: &Path) {
         self.lock().refused.remove(file);
+    }
+
+    /// The integrity of `library`, plugin `name`'s version in service: from its private copy
+    /// (the bytes that run), against `keys`, the first time it is asked for; remembered for
+    /// that content after. `None` if the copy cannot be read.
+    fn integrity(
+        &self,
+        name: &str,
+        library: &PluginLibrary,
+        keys: &[TrustedKey],
+    ) -> Option<Integrity> {
+        let content = library.content_hash();
+        let cached = |ledger: &Self| {
+            let known = ledger.integrity.lock().unwrap_or_else(|e| e.into_inner());
+            known
+                .get(name)
+                .filter(|(hash, _)| *hash == content)
+                .map(|(_, integrity)| integrity.clone())
+        };
+        if let Some(integrity) = cached(self) {
+            return Some(integrity);
+        }
+        let bytes = match crate::loader::read(library.shadow_path()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(
+                    "{name}: cannot read the copy it runs from to show its SHA-256: {e}"
+                );
+                return None;
+            }
+        };
+        let integrity = Integrity::of(library.file(), &bytes, keys);
+        self.integrity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), (content, integrity.clone()));
+        Some(integrity)
     }
 }
 

@@ -63,6 +63,19 @@ pub(crate) enum Placement {
     Worker,
 }
 
+/// How [`Library::open_bytes`] learns a plugin's name before anything loads the library in
+/// this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Naming<'a> {
+    /// The probe loads it first, in a process of its own (unless probing is off).
+    Probe,
+    /// Nothing loads it unconfined (a host where any plugin may be isolated): the name the
+    /// probe remembers for these bytes, if any; else a worker, confined, will tell.
+    Worker,
+    /// A worker loaded these bytes, confined, and named this plugin.
+    Told(&'a str),
+}
+
 /// What opening a file gave.
 pub(crate) enum Opened {
     /// The library, loaded and validated in this process.
@@ -111,20 +124,21 @@ impl Library {
     /// any of it (abi_stable's layout checker indexes damaged tables without bounds checks) is
     /// a refusal of the file, not the host's end.
     ///
-    /// `place(name)` is asked once the probe has read the plugin's name (with `None` when
-    /// nothing probes), before the host loads anything: it may leave the library unopened
+    /// `place(name)` is asked once the plugin's name is known as `naming` says (with `None`
+    /// when it is not), before the host loads anything: it may leave the library unopened
     /// ([`LoadError::Unwanted`]), or checked and copied for a worker process to load
     /// ([`Opened::Checked`]).
     ///
     /// The integrity `settings` ask for ([`trust`]) is checked first: the signature before
     /// anything looks at the bytes, the pinned digest as soon as the name is known (from the
-    /// probe, before this process loads the file; else right after loading, before any entry
-    /// point is called; for a worker, by the caller once the worker names it).
+    /// probe or a worker, before this process loads the file; else right after loading, before
+    /// any entry point is called; for a worker, by the caller once the worker names it).
     pub(crate) fn open_bytes(
         path: &Path,
         bytes: &Content,
         shadow: &ShadowDir,
         probe: &Probe,
+        naming: Naming<'_>,
         place: &dyn Fn(Option<&str>) -> Placement,
         settings: &HostConfig,
     ) -> Result<Opened, LoadError> {
@@ -134,7 +148,11 @@ impl Library {
             preflight::check_bytes(path, bytes)?;
             let content_hash = content_hash(bytes);
             let copy = shadow.copy(path, bytes)?;
-            let name = probe.check(path, &copy, content_hash)?;
+            let name = match naming {
+                Naming::Probe => probe.check(path, &copy, content_hash)?,
+                Naming::Worker => probe.remembered(content_hash),
+                Naming::Told(name) => Some(name.to_owned()),
+            };
             if let Some(name) = &name {
                 trust.pin(path, name, settings)?;
             }
@@ -158,13 +176,15 @@ impl Library {
                 _ => {}
             }
             let loaded = Loaded::load(path, copy.path())?;
-            // The name the library gives now, not the one the probe heard (whatever a
-            // library's code prints there could have told it), decides its pin. Its
-            // constructors ran; nothing else has.
+            // The name the library gives now, not the one the probe or a worker heard
+            // (whatever a library's code prints there could have told it), decides its pin.
+            // Its constructors ran; nothing else has.
             if let Some(told) = told {
                 probe.same_name(path, content_hash, &told, &loaded.info.name)?;
             }
             trust.pin(path, &loaded.info.name, settings)?;
+            let grants = &settings.plugin(&loaded.info.name).grant;
+            crate::capability::check(path, &loaded.info, grants)?;
             let library = loaded.into_library(path, content_hash, started, Some(copy));
             Ok(Opened::Here(Box::new(library)))
         })

@@ -9,6 +9,11 @@
 //! Verdicts are kept by content hash, in memory and as marker files in the (private) shadow
 //! folder, so each content is probed once, also across runs of the command line.
 //!
+//! Where any plugin may be isolated, nothing is probed: the probe runs a library with the
+//! host's rights and environment, before the host knows whether its plugin is to be confined.
+//! A worker confined to no grants tells the name instead ([`Probe::learned`] keeps it as a
+//! verdict), and a name remembered from before is used ([`Probe::remembered`]).
+//!
 //! The probe program is the `plughost` executable (or any program that calls
 //! [`probe_main`](crate::probe_main) when started as `PROGRAM __probe FILE`).
 
@@ -194,20 +199,10 @@ impl Probe {
                     program.display()
                 )));
             };
-            // Best effort: without the marker the next run probes again. The folder is inside
-            // the private shadow folder; the marker is renamed into place whole. The loader's
-            // refusal is not kept across runs: it may depend on the machine (a library it
-            // needs, installed later), not only on the bytes.
+            // The loader's refusal is not kept across runs: it may depend on the machine (a
+            // library it needs, installed later), not only on the bytes.
             if !matches!(answer, Answer::LoaderRefused(_)) {
-                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = std::fs::create_dir(&self.markers);
-                let temporary = self
-                    .markers
-                    .join(format!(".probed-{hash:032x}-{}-{n}", std::process::id()));
-                if std::fs::write(&temporary, answer.to_string()).is_ok() {
-                    let _ = std::fs::rename(&temporary, &marker);
-                }
+                self.keep(hash, &answer);
             }
             return self.remember(hash, answer, file);
         }
@@ -237,6 +232,59 @@ impl Probe {
         Err(refused(reason))
     }
 
+    /// The plugin's name in content `hash`, if a probe (or a worker, [`learned`](Self::learned))
+    /// told it before: then nothing needs to load it to know it.
+    pub(crate) fn remembered(&self, hash: u128) -> Option<String> {
+        if let Some(name) = self.lock().get(&hash) {
+            return name.clone();
+        }
+        let marker = self.markers.join(format!("probed-{hash:032x}"));
+        match std::fs::read_to_string(marker)
+            .ok()
+            .as_deref()
+            .and_then(Answer::parse)
+        {
+            Some(Answer::Loaded(name)) => {
+                self.note(hash, Some(name.clone()));
+                Some(name)
+            }
+            _ => None,
+        }
+    }
+
+    /// Remembers that content `hash` loaded, in a worker confined to no grants, as plugin
+    /// `name`: as a probe's verdict, in memory and in the shadow folder.
+    pub(crate) fn learned(&self, hash: u128, name: &str) {
+        let answer = Answer::Loaded(name.to_owned());
+        self.keep(hash, &answer);
+        self.note(hash, answer.name());
+    }
+
+    /// Writes the marker of a verdict. Best effort: without it the next run probes again. The
+    /// folder is inside the private shadow folder; the marker is renamed into place whole.
+    fn keep(&self, hash: u128, answer: &Answer) {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::create_dir(&self.markers);
+        let temporary = self
+            .markers
+            .join(format!(".probed-{hash:032x}-{}-{n}", std::process::id()));
+        if std::fs::write(&temporary, answer.to_string()).is_ok() {
+            let marker = self.markers.join(format!("probed-{hash:032x}"));
+            let _ = std::fs::rename(&temporary, marker);
+        }
+    }
+
+    /// Keeps a clean verdict in memory.
+    fn note(&self, hash: u128, name: Option<String>) {
+        let mut clean = self.lock();
+        if clean.len() >= REMEMBERED {
+            // The marker files still answer for what is forgotten here.
+            clean.clear();
+        }
+        clean.insert(hash, name);
+    }
+
     /// What a clean `answer` for content `hash` means for `file`, remembered for next time.
     /// The dynamic loader's own refusal stands: its outcome can depend on where the process
     /// maps things, so the host does not try the same bytes itself.
@@ -253,12 +301,7 @@ impl Probe {
             }),
             answer => {
                 let name = answer.name();
-                let mut clean = self.lock();
-                if clean.len() >= REMEMBERED {
-                    // The marker files still answer for what is forgotten here.
-                    clean.clear();
-                }
-                clean.insert(hash, name.clone());
+                self.note(hash, name.clone());
                 Ok(name)
             }
         }

@@ -9,6 +9,7 @@ use super::library::PluginLibrary;
 use crate::config::{HostConfig, PluginSettings};
 use crate::error::LoadError;
 use crate::loader::CheckedCopy;
+use crate::plugin_info::PluginInfo;
 
 /// What the host knows about starting workers.
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub(crate) struct Workers {
     /// Where worker cgroups go, if the host may create them.
     #[cfg_attr(not(isolation), allow(dead_code))]
     pub(crate) cgroup_root: Option<PathBuf>,
+    /// The `confinement` setting the kernel's support was last logged for.
+    #[cfg(isolation)]
+    announced: std::sync::Arc<std::sync::Mutex<Option<crate::config::Confinement>>>,
 }
 
 impl Workers {
@@ -38,16 +42,57 @@ impl Workers {
         Workers {
             program,
             cgroup_root,
+            #[cfg(isolation)]
+            announced: Default::default(),
+        }
+    }
+
+    /// Says once, when the first worker starts (and again if the setting changes), what this
+    /// kernel can confine workers with, and what `confinement` makes of it.
+    #[cfg(isolation)]
+    fn announce(&self, confinement: crate::config::Confinement) {
+        use super::worker::sandbox::Kernel;
+        use crate::config::Confinement;
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        if announced.replace(confinement) == Some(confinement) {
+            return;
+        }
+        let kernel = Kernel::detect();
+        match confinement {
+            Confinement::Off => tracing::warn!(
+                "confinement = \"off\": isolated plugins are not confined to their grants by the \
+                 kernel ({kernel}); grants are still checked at load"
+            ),
+            Confinement::Enforce if !kernel.is_complete() => tracing::warn!(
+                "isolated plugins are confined with {kernel}: a plugin whose grants this kernel \
+                 cannot enforce is refused; `[host] confinement = \"best-effort\"` runs it with \
+                 what it can"
+            ),
+            Confinement::BestEffort if !kernel.is_complete() => tracing::warn!(
+                "isolated plugins are confined with {kernel}, best effort: a plugin whose grants \
+                 this kernel cannot enforce runs with a warning naming what is not enforced"
+            ),
+            Confinement::Enforce | Confinement::BestEffort => {
+                tracing::info!("isolated plugins are confined to their grants with {kernel}")
+            }
         }
     }
 
     /// Starts a worker for `checked` and waits until it loaded the library. `settings`: the
     /// settings in force (limits, timeouts); `started`: when reading the file began.
+    ///
+    /// `admit` checks the plugin the worker names (its name, pin and grants) before its library
+    /// runs anywhere else. A library the probe named starts within its plugin's own limits and
+    /// sandbox. One it did not (nothing probes where any plugin may be isolated) starts first
+    /// within the strictest sandbox, best effort, only to tell its name; if the plugin is to be
+    /// isolated, its worker is then started again within its own. If it is not, the worker
+    /// returned is only its name: the caller drops it and loads the library itself.
     pub(crate) fn isolate(
         &self,
         checked: CheckedCopy,
         settings: &HostConfig,
         started: Instant,
+        admit: &dyn Fn(&PluginInfo) -> Result<(), LoadError>,
     ) -> Result<PluginLibrary, LoadError> {
         let refused = |path: PathBuf, reason: String| LoadError::Worker { path, reason };
         let Some(program) = self.program.clone() else {
@@ -60,14 +105,36 @@ impl Workers {
         };
         #[cfg(isolation)]
         {
+            use super::worker::sandbox::Sandbox;
             use super::worker::{Restarts, Spec, Supervisor};
+            use crate::config::{Confinement, Isolation};
             let host = &settings.host;
+            self.announce(host.confinement);
+            let bounds = |name: &str| {
+                let plugin = settings.plugin(name);
+                let sandbox = Sandbox::new(&plugin.grant, host.confinement);
+                (limits_of(&plugin), sandbox)
+            };
+            let (limits, sandbox) = match &checked.name {
+                Some(name) => bounds(name),
+                // Only to tell the name: no grants, and no refusal (its own sandbox decides).
+                None => {
+                    let confinement = match host.confinement {
+                        Confinement::Off => Confinement::Off,
+                        Confinement::Enforce | Confinement::BestEffort => Confinement::BestEffort,
+                    };
+                    (Default::default(), Sandbox::strictest(confinement))
+                }
+            };
+            let file = checked.file.clone();
             let spec = Spec {
                 program,
-                file: checked.file.clone(),
+                file: checked.file,
+                plugin: checked.name,
                 copy: checked.copy.path().to_owned(),
                 hash: checked.hash,
-                limits: Default::default(),
+                limits,
+                sandbox,
                 cgroup_root: self.cgroup_root.clone(),
                 load_timeout: host.probe_timeout,
             };
@@ -78,21 +145,21 @@ impl Workers {
                 init_timeout: host.init_timeout,
                 check_timeout: host.check_timeout,
             };
-            let limits_for = |name: &str| limits_of(&settings.plugin(name));
-            let file = checked.file.clone();
-            let supervisor = Supervisor::start(
-                spec,
-                checked.copy,
-                checked.name.as_deref(),
-                &limits_for,
-                restarts,
-            )
-            .map_err(|reason| refused(file, reason))?;
-            Ok(PluginLibrary::isolated(supervisor, started.elapsed()))
+            let mut starting = Supervisor::start(spec, checked.copy, restarts)
+                .map_err(|reason| refused(file.clone(), reason))?;
+            admit(starting.info())?;
+            let name = starting.info().name.clone();
+            if !starting.is_named() && settings.isolation_of(&name) == Isolation::Process {
+                let (limits, sandbox) = bounds(&name);
+                starting
+                    .confine_to(limits, sandbox)
+                    .map_err(|reason| refused(file, reason))?;
+            }
+            Ok(PluginLibrary::isolated(starting.serve(), started.elapsed()))
         }
         #[cfg(not(isolation))]
         {
-            let _ = (program, settings, started);
+            let _ = (program, settings, started, admit);
             Err(refused(
                 checked.file,
                 "isolation = \"process\" is only available on Linux; set it to \"in-process\""

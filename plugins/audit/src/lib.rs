@@ -147,8 +147,9 @@ impl Plugin for Audit {
     const DESCRIPTION: &'static str = "Appends the events it receives to a JSON-lines file";
     const AUTHOR: &'static str = "plughost developers";
     const LICENSE: &'static str = "MIT OR Apache-2.0";
-    const CAPABILITIES: &'static [&'static str] = &["events"];
-    const TAGS: &'static [&'static str] = &["example"];
+    // The file is the operator's choice (`file` in its config): the grant says which.
+    const CAPABILITIES: &'static [&'static str] = &["fs:write:*"];
+    const TAGS: &'static [&'static str] = &["example", "events"];
     const CONFIG_SCHEMA: &'static [ConfigField] = &[ConfigField::string("file")
         .required()
         .describe("The JSON-lines file events are appended to (created if missing)")];

@@ -38,8 +38,7 @@ impl Plugin for Counter {
     const DESCRIPTION: &'static str = "Counts its calls and answers with the count";
     const AUTHOR: &'static str = "plughost developers";
     const LICENSE: &'static str = "MIT OR Apache-2.0";
-    const CAPABILITIES: &'static [&'static str] = &["stateful"];
-    const TAGS: &'static [&'static str] = &["example"];
+    const TAGS: &'static [&'static str] = &["example", "stateful"];
     const CONFIG_SCHEMA: &'static [ConfigField] = &[
         ConfigField::integer("start")
             .default_json("0")

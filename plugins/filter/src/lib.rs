@@ -63,8 +63,7 @@ impl Plugin for Filter {
     const DESCRIPTION: &'static str = "Keeps the numbers of a JSON array that match a rule";
     const AUTHOR: &'static str = "plughost developers";
     const LICENSE: &'static str = "MIT OR Apache-2.0";
-    const CAPABILITIES: &'static [&'static str] = &["json"];
-    const TAGS: &'static [&'static str] = &["example"];
+    const TAGS: &'static [&'static str] = &["example", "json"];
     const CONFIG_SCHEMA: &'static [ConfigField] = &[
         ConfigField::string("rule")
             .default_json(r#""gt""#)

@@ -135,8 +135,7 @@ impl Plugin for Ticker {
     const DESCRIPTION: &'static str = "Publishes ticker.tick every interval";
     const AUTHOR: &'static str = "plughost developers";
     const LICENSE: &'static str = "MIT OR Apache-2.0";
-    const CAPABILITIES: &'static [&'static str] = &["events"];
-    const TAGS: &'static [&'static str] = &["example"];
+    const TAGS: &'static [&'static str] = &["example", "events"];
     const CONFIG_SCHEMA: &'static [ConfigField] = &[ConfigField::string("interval")
         .default_json(r#""1s""#)
         .describe("Time between ticks: a whole number of ms or s, at least 10ms")];

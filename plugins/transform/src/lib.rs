@@ -41,8 +41,7 @@ impl Plugin for Transform {
     const DESCRIPTION: &'static str = "Upper-cases, lower-cases or reverses text";
     const AUTHOR: &'static str = "plughost developers";
     const LICENSE: &'static str = "MIT OR Apache-2.0";
-    const CAPABILITIES: &'static [&'static str] = &["text"];
-    const TAGS: &'static [&'static str] = &["example"];
+    const TAGS: &'static [&'static str] = &["example", "text"];
     const CONFIG_SCHEMA: &'static [ConfigField] = &[ConfigField::string("mode")
         .default_json(r#""upper""#)
         .describe("upper, lower or reverse")];

@@ -60,6 +60,17 @@ pub(super) fn read(
 
     let raw: RawFile =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            // Keys with the positions in arrays (to find the item's place), and without (to
+            // name the key).
+            let placed: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|segment| match segment {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                    _ => None,
+                })
+                .collect();
             let keys: Vec<String> = e
                 .path()
                 .iter()
@@ -71,9 +82,9 @@ pub(super) fn read(
             let error = e.into_inner();
             let unknown_key = error.message().starts_with("unknown field");
             // The deepest key the file has; for a wrong type, its value.
-            let span = (0..=keys.len()).rev().find_map(|n| {
-                spans.get(&keys[..n]).map(|s| {
-                    if n == keys.len() && !unknown_key {
+            let span = (0..=placed.len()).rev().find_map(|n| {
+                spans.get(&placed[..n]).map(|s| {
+                    if n == placed.len() && !unknown_key {
                         s.value.clone()
                     } else {
                         s.key.clone()
@@ -172,6 +183,11 @@ pub(super) fn read(
     }
     check_admin(&raw.admin, &spans, &from_env, &located)?;
     let base = path.parent().unwrap_or(Path::new(""));
+    let mut plugins = raw.plugins;
+    for plugin in plugins.values_mut() {
+        let grants = std::mem::take(&mut plugin.grant);
+        plugin.grant = grants.into_iter().map(|g| g.resolve(base)).collect();
+    }
     host.plugins_dir = base.join(&host.plugins_dir);
     host.shadow_dir = host.shadow_dir.map(|dir| base.join(dir));
     host.cgroup = host.cgroup.map(|dir| base.join(dir));
@@ -186,7 +202,7 @@ pub(super) fn read(
         file: Some(path.to_owned()),
         file_host: host.clone(),
         host,
-        plugins: raw.plugins,
+        plugins,
         file_admin: raw.admin.clone(),
         admin: raw.admin,
         spans,
@@ -250,13 +266,21 @@ fn index(table: &DeTable<'_>, path: &mut Vec<String>, out: &mut HashMap<Vec<Stri
         match value.get_ref() {
             DeValue::Table(inner) => index(inner, path, out),
             DeValue::Array(items) => {
-                // Arrays of tables (`[[x]]`) hold keys too; index them by position.
+                // Items by position: a bad one is pointed at, and arrays of tables (`[[x]]`)
+                // hold keys too.
                 for (i, item) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    out.insert(
+                        path.clone(),
+                        Spans {
+                            key: item.span(),
+                            value: item.span(),
+                        },
+                    );
                     if let DeValue::Table(inner) = item.get_ref() {
-                        path.push(i.to_string());
                         index(inner, path, out);
-                        path.pop();
                     }
+                    path.pop();
                 }
             }
             _ => {}

@@ -19,7 +19,8 @@ use super::lanes::MESSAGE_LIMIT;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Kind {
-    /// Worker: the library loaded. `first`: the plugin's info as JSON.
+    /// Worker: the library loaded (and the worker confined itself). `first`: the plugin's info
+    /// as JSON; `second`: what it is confined to (`sandbox::Confined`) as JSON.
     Loaded = 1,
     /// Worker: the library was refused. `first`: why.
     Refused = 2,

@@ -25,6 +25,7 @@ use super::lanes::{
     next_seq, Answered, Region, LANES, MESSAGE_LIMIT, OP_EXECUTE, OP_QUIT, STATUS_TOO_LARGE,
 };
 use super::limits::{self, Plan};
+use super::sandbox::{Confined, Sandbox};
 use super::spawner;
 use crate::plugin_info::PluginInfo;
 
@@ -35,12 +36,16 @@ pub(crate) struct Spec {
     pub(crate) program: PathBuf,
     /// The user's file, for messages.
     pub(crate) file: PathBuf,
+    /// The plugin's name, once the host knows it: for the worker's messages.
+    pub(crate) plugin: Option<String>,
     /// The private copy the worker loads.
     pub(crate) copy: PathBuf,
     /// The hash of the checked bytes.
     pub(crate) hash: u128,
     /// The resource limits.
     pub(crate) limits: limits::Limits,
+    /// What the worker confines itself to.
+    pub(crate) sandbox: Sandbox,
     /// Where worker cgroups go, if the host may create them.
     pub(crate) cgroup_root: Option<PathBuf>,
     /// How long loading in the worker may take.
@@ -108,13 +113,13 @@ pub(super) const TAIL_LINES: usize = 8;
 
 impl Process {
     /// Starts a worker for `spec`, waits until it loaded the library (at most
-    /// `spec.load_timeout`), and returns it with what it said about the plugin. `on_end` runs
-    /// on the thread that saw it end, once.
+    /// `spec.load_timeout`), and returns it with what it said about the plugin and what it is
+    /// confined to. `on_end` runs on the thread that saw it end, once.
     pub(crate) fn start(
         spec: &Spec,
         identity: &Arc<Identity>,
         on_end: impl FnOnce(&Arc<Process>) + Send + 'static,
-    ) -> Result<(Arc<Process>, PluginInfo), String> {
+    ) -> Result<(Arc<Process>, PluginInfo, Confined), String> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let region = Region::create().map_err(|e| format!("cannot create its lanes: {e}"))?;
         let (host_end, worker_end) =
@@ -207,6 +212,8 @@ impl Process {
             tail,
             plan,
         });
+        // Dropped when the channel's reader is done.
+        let (channel_open, channel_read) = sync_channel::<()>(1);
         // From here the waiting thread owns the child: it reaps it whatever happens next.
         {
             let process = process.clone();
@@ -218,6 +225,9 @@ impl Process {
                     for done in output_done.into_iter().flatten() {
                         let _ = done.recv_timeout(Duration::from_millis(300));
                     }
+                    // And what it sent last: an answer written just before it exited
+                    // (Shutdown's) reaches its caller rather than being failed as a death.
+                    let _ = channel_read.recv_timeout(Duration::from_millis(300));
                     output_stop.store(true, Ordering::Release);
                     process.ended(status);
                     on_end(&process);
@@ -232,7 +242,10 @@ impl Process {
             let identity = identity.clone();
             std::thread::Builder::new()
                 .name("plughost-worker-channel".into())
-                .spawn(move || inbox::read_channel(process, identity, reader, loaded_tx))
+                .spawn(move || {
+                    inbox::read_channel(process, identity, reader, loaded_tx);
+                    drop(channel_open);
+                })
         };
         if let Err(e) = reading {
             process.kill("no thread to read its channel");
@@ -240,9 +253,15 @@ impl Process {
         }
         let info = match loaded.recv_timeout(spec.load_timeout) {
             Ok(Ok(frame)) if frame.kind == Kind::Loaded => {
-                serde_json::from_slice::<PluginInfo>(&frame.first).map_err(|e| {
-                    format!("the worker described the plugin in a way not understood: {e}")
-                })
+                let confined = frame
+                    .second
+                    .and_then(|second| serde_json::from_slice(&second).ok())
+                    .unwrap_or_default();
+                serde_json::from_slice::<PluginInfo>(&frame.first)
+                    .map(|info| (info, confined))
+                    .map_err(|e| {
+                        format!("the worker described the plugin in a way not understood: {e}")
+                    })
             }
             Ok(Ok(frame)) => Err(String::from_utf8_lossy(&frame.first).into_owned()),
             Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => Err(String::new()),
@@ -252,9 +271,9 @@ impl Process {
             )),
         };
         match info {
-            Ok(info) => {
+            Ok((info, confined)) => {
                 process.set_phase(Phase::Idle);
-                Ok((process, info))
+                Ok((process, info, confined))
             }
             Err(reason) => {
                 process.kill("it was refused");

@@ -129,7 +129,8 @@ impl Supervisor {
                     during: "while restarting",
                     last_lines: Vec::new(),
                 }),
-                Ok((process, _)) => {
+                Ok((process, _, confined)) => {
+                    confined.log(false);
                     // Retired while it loaded: it goes. Else a shutdown from now on kills it.
                     let mut life = self.life();
                     if !matches!(life.state, State::Restarting { .. }) {

@@ -1,11 +1,12 @@
 //! The worker role: the `plughost` executable started as
-//! `plughost __worker FILE COPY HASH PARENT LEVEL`, with the control socket as fd 3 and the
-//! lanes' memory file as fd 4. It loads the private copy the host checked (checking it again),
-//! says who the plugin is, then serves: one thread per lane runs Execute, one thread runs
-//! what the host asks on the control channel (Init, validate_config, health, state, Shutdown),
-//! and the main thread reads the channel. The plugin's log lines, its calls to other plugins
-//! and its publishes go to the host as frames; events come as requests, and its event source
-//! runs on a thread of its own.
+//! `plughost __worker FILE COPY HASH PARENT LEVEL SANDBOX NAME` (NAME empty if not known yet),
+//! with the control socket as fd 3 and the lanes' memory file as fd 4. It confines itself to
+//! the plugin's grants ([`sandbox`]), loads the private copy the host checked (checking it
+//! again), says who the plugin is and what it is confined to, then serves: one thread per lane
+//! runs Execute, one thread runs what the host asks on the control channel (Init,
+//! validate_config, health, state, Shutdown), and the main thread reads the channel. The
+//! plugin's log lines, its calls to other plugins and its publishes go to the host as frames;
+//! events come as requests, and its event source runs on a thread of its own.
 //!
 //! Slightly longer than the project's 600 lines on purpose: this is the whole worker process,
 //! and what it does with each request reads top to bottom in one `match`.
@@ -32,6 +33,7 @@ use plugin_api::ffi::{
 
 use super::frame::{EventHeader, Frame, Kind};
 use super::lanes::{Region, LANES, MESSAGE_LIMIT, OP_QUIT, STATUS_TOO_LARGE};
+use super::sandbox::{self, Sandbox};
 use crate::loader::Library;
 use crate::runtime::abi::{with_output, written, Written, BROKEN_PROTOCOL};
 use crate::runtime::callbacks::{free_host_buffer, reply};
@@ -90,8 +92,15 @@ fn exit_now(code: i32) -> ! {
 
 /// Runs the worker role with the arguments after [`WORKER_ARG`].
 pub(crate) fn run(args: &[std::ffi::OsString]) -> ExitCode {
-    let [file, copy, hash, parent, level] = args else {
-        eprintln!("plughost worker: expected FILE COPY HASH PARENT LEVEL");
+    let [file, copy, hash, parent, level, sandbox, name] = args else {
+        eprintln!("plughost worker: expected FILE COPY HASH PARENT LEVEL SANDBOX NAME");
+        return ExitCode::from(2);
+    };
+    let Some(sandbox) = sandbox
+        .to_str()
+        .and_then(|json| serde_json::from_str::<Sandbox>(json).ok())
+    else {
+        eprintln!("plughost worker: SANDBOX is not a sandbox");
         return ExitCode::from(2);
     };
     // Dies with its host, even if nobody closes the channel (`kill -9` of the host). The
@@ -139,21 +148,26 @@ pub(crate) fn run(args: &[std::ffi::OsString]) -> ExitCode {
         calls: Mutex::default(),
         next_call: AtomicU64::new(1),
     });
-    let library = match Library::open_copy(Path::new(file), Path::new(copy), hash) {
-        Ok(library) => library,
-        Err(error) => {
-            let mut refused = Frame::new(Kind::Refused);
-            refused.first = error.to_string().into_bytes();
-            side.send(&refused);
-            exit_now(0);
-        }
+    let refuse = |why: String| -> ! {
+        let mut refused = Frame::new(Kind::Refused);
+        refused.first = why.into_bytes();
+        side.send(&refused);
+        exit_now(0);
     };
+    // First, while this thread is the only one, before any of the library's code runs: its
+    // constructors, and every thread and process they start, are confined with the rest.
+    let name = name.to_str().filter(|name| !name.is_empty());
+    let confined =
+        sandbox::confine(&sandbox, name, Path::new(copy)).unwrap_or_else(|why| refuse(why));
+    let library = Library::open_copy(Path::new(file), Path::new(copy), hash)
+        .unwrap_or_else(|error| refuse(error.to_string()));
     // SAFETY: the tables are statics and the identity is unused (the worker has one plugin).
     unsafe {
         library.install_callbacks(&WORKER_API, &WORKER_CALLS, &WORKER_EVENTS, std::ptr::null())
     };
     let mut loaded = Frame::new(Kind::Loaded);
     loaded.first = serde_json::to_vec(library.info()).unwrap_or_default();
+    loaded.second = Some(serde_json::to_vec(&confined).unwrap_or_default());
     let served: &'static Served = Box::leak(Box::new(Served {
         vtable: *library.vtable(),
         state: library.state_vtable().copied(),

@@ -42,7 +42,8 @@ pub(crate) fn spawn(command: Command) -> std::io::Result<Child> {
 
 /// The command that starts a worker for `spec`, with the control socket, the lanes file and
 /// the private copy (`fds`) passed as descriptors 3, 4 and 5, in a process group of its own,
-/// dying with this thread's process, within the limits `in_child` applies.
+/// dying with this thread's process, within the limits `in_child` applies, with the host's
+/// environment only if its sandbox keeps it.
 pub(crate) fn command(
     spec: &Spec,
     max_level: u8,
@@ -57,11 +58,22 @@ pub(crate) fn command(
         .arg(format!("{:032x}", spec.hash))
         .arg(std::process::id().to_string())
         .arg(max_level.to_string())
+        .arg(serde_json::to_string(&spec.sandbox).unwrap_or_default())
+        .arg(spec.plugin.as_deref().unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A group of its own: whatever the plugin starts is killed with it.
         .process_group(0);
+    if !spec.sandbox.keeps_environment() {
+        // Without `env`, the plugin sees none of the host's variables (they may hold secrets),
+        // but for the one the dynamic loader reads: the libraries a plugin links to are found
+        // in the worker as they would be in the host.
+        command.env_clear();
+        if let Some(path) = std::env::var_os("LD_LIBRARY_PATH") {
+            command.env("LD_LIBRARY_PATH", path);
+        }
+    }
     let fds = fds.map(|fd| fd.as_raw_fd());
     // SAFETY: the closure runs in the child between fork and exec and makes only
     // async-signal-safe calls (`fcntl`, `dup2`, `prctl`, and `InChild::apply_in_child`'s),

@@ -1,6 +1,7 @@
-//! An isolated plugin, seen from the host: the [`Supervisor`] of its worker processes. It
-//! starts the first one, Inits it, serves calls, health checks and state hand-over through it,
-//! shuts it down, and when it dies replaces it ([`restart`](super::restart)).
+//! An isolated plugin, seen from the host: the [`Supervisor`] of its worker processes. Its
+//! first worker is started and checked ([`starting`](super::starting)); then it Inits it,
+//! serves calls, health checks and state hand-over through it, shuts it down, and when it dies
+//! replaces it ([`restart`](super::restart)).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,9 +14,7 @@ use super::death::{Death, Phase};
 use super::frame::{Frame, Kind};
 use super::inbox::Identity;
 use super::lanes::MESSAGE_LIMIT;
-use super::limits::Limits;
 use super::process::{Process, Spec, Stop};
-use super::restart::on_end;
 use crate::error::CallError;
 use crate::loader::shadow::ShadowCopy;
 use crate::plugin_info::PluginInfo;
@@ -41,14 +40,14 @@ pub(crate) struct Restarts {
 /// One isolated plugin version and its worker processes.
 pub(crate) struct Supervisor {
     pub(super) identity: Arc<Identity>,
-    info: PluginInfo,
+    pub(super) info: PluginInfo,
     pub(super) spec: Spec,
     pub(super) restarts: Restarts,
     pub(super) current: ArcSwap<Process>,
-    life: Mutex<Life>,
+    pub(super) life: Mutex<Life>,
     pub(super) changed: Condvar,
     // Last: the copy is deleted once nothing can start a worker from it any more.
-    _copy: ShadowCopy,
+    pub(super) _copy: ShadowCopy,
 }
 
 pub(super) struct Life {
@@ -93,70 +92,6 @@ pub(crate) struct WorkerStatus {
 }
 
 impl Supervisor {
-    /// Starts a worker for the checked copy `copy` and waits until it has loaded the library.
-    /// `limits_for(name)` gives the plugin's resource limits once its name is known; `name` is
-    /// the one the probe read, if any (a worker that reports another is refused).
-    pub(crate) fn start(
-        mut spec: Spec,
-        copy: ShadowCopy,
-        name: Option<&str>,
-        limits_for: &dyn Fn(&str) -> Limits,
-        restarts: Restarts,
-    ) -> Result<Arc<Supervisor>, String> {
-        let identity = Arc::new(Identity::new());
-        if let Some(name) = name {
-            spec.limits = limits_for(name);
-            let _ = identity.name.set(name.into());
-            identity.set_span(tracing::info_span!(parent: None, "plugin", name = %name));
-        }
-        let (mut process, mut info) = Process::start(&spec, &identity, on_end(&identity))?;
-        if let Some(expected) = name {
-            if info.name != expected {
-                process.kill("it named another plugin");
-                return Err(format!(
-                    "the worker loaded plugin {:?}, but the probe read {expected:?}",
-                    info.name
-                ));
-            }
-        } else {
-            let limits = limits_for(&info.name);
-            if limits != spec.limits {
-                // Only now is the name known: start again, within its limits.
-                process.kill("restarted within its limits");
-                spec.limits = limits;
-                (process, info) = Process::start(&spec, &identity, on_end(&identity))?;
-            }
-        }
-        let _ = identity.name.set(info.name.as_str().into());
-        identity.set_span(tracing::info_span!(
-            parent: None,
-            "plugin",
-            name = %info.name,
-            version = %info.version
-        ));
-        let supervisor = Arc::new(Supervisor {
-            identity: identity.clone(),
-            info,
-            spec,
-            restarts,
-            current: ArcSwap::new(process),
-            life: Mutex::new(Life {
-                state: State::Loaded,
-                config: Vec::new(),
-                handed: None,
-                crashes: VecDeque::new(),
-                pause: Duration::ZERO,
-                starting: None,
-                serving_since: Instant::now(),
-                source: false,
-            }),
-            changed: Condvar::new(),
-            _copy: copy,
-        });
-        let _ = identity.supervisor.set(Arc::downgrade(&supervisor));
-        Ok(supervisor)
-    }
-
     /// Who the plugin is, as its worker said.
     pub(crate) fn info(&self) -> &PluginInfo {
         &self.info
