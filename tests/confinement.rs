@@ -391,3 +391,32 @@ fn in_process_nothing_stops_a_plugin_reading_what_it_was_not_granted() {
     let (command, expected) = read_passwd();
     assert_eq!(attempt(&host, &command), Ok(expected));
 }
+
+/// Grants go to a name, and a library names itself: an isolated plugin granted what the kernel
+/// guards, but neither pinned nor signed, loads with a warning saying so; pinned, it does not.
+#[test]
+fn grants_to_an_unpinned_isolated_plugin_are_warned_about() {
+    kernel_confines();
+    let fixture = Fixture::new();
+    let digest = plughost::Sha256Digest::of(&plughost_tests::bytes_of("fixture-prober"));
+    let exec = |pin: &str| {
+        let (_folder, settings) = plughost_tests::settings(&format!(
+            "[plugins.prober]\nisolation = \"process\"\ngrant = [\"fs:read:/etc/passwd\"]\n{pin}"
+        ));
+        let mut run = fixture.dir.command(&["exec", "prober", "ping"]);
+        run.arg("--config").arg(&settings).env("NO_COLOR", "1");
+        let out = plughost_tests::finish(run, b"", Duration::from_secs(60));
+        assert!(out.status.success(), "{}", plughost_tests::stderr(&out));
+        plughost_tests::stderr(&out)
+    };
+    let warned = exec("");
+    assert!(
+        warned.contains(
+            "plugin prober is granted fs:read:/etc/passwd but neither pinned \
+             (plugins.prober.sha256) nor signed"
+        ),
+        "{warned}"
+    );
+    let pinned = exec(&format!("sha256 = \"{digest}\"\n"));
+    assert!(!pinned.contains("neither pinned"), "{pinned}");
+}

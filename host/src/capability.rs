@@ -461,6 +461,7 @@ pub(crate) fn check(
         name: info.name.clone(),
         missing,
         granted: grants.to_vec(),
+        info: Box::new(info.clone()),
     })
 }
 

@@ -491,6 +491,9 @@ pub enum LoadError {
         missing: Vec<crate::capability::Capability>,
         /// What it is granted now (the fix keeps these).
         granted: Vec<crate::capability::Capability>,
+        /// Who the plugin is, as its library says: what a listing shows of a plugin it would
+        /// not start (never opened again with wider grants to find out).
+        info: Box<crate::plugin_info::PluginInfo>,
     },
 }
 

@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use plughost::{Host, HostConfig, LoadError};
+use plughost::{Host, HostConfig, LoadError, PluginInfo};
 
-use crate::inspect::{joined, open_as_if_granted, source, Grants};
+use crate::inspect::{joined, refused_for_grants, source, Grants};
 
 /// `plughost config check`: prints the effective configuration, the start order and each
 /// plugin's capabilities (needed, granted, missing) on stdout, warnings, notes and problems on
@@ -62,8 +62,8 @@ fn capabilities(host: &Host) -> anyhow::Result<Capabilities> {
     let mut found = Vec::new();
     let mut notes = Vec::new();
     for path in host.discover()? {
-        let library = match host.open(&path) {
-            Ok(library) => library,
+        let info: PluginInfo = match host.open(&path) {
+            Ok(library) => library.info().clone(),
             Err(LoadError::BadCapability {
                 name,
                 capability,
@@ -74,13 +74,12 @@ fn capabilities(host: &Host) -> anyhow::Result<Capabilities> {
                 found.push((name, line));
                 continue;
             }
-            Err(error) => match open_as_if_granted(&settings, &error) {
-                Some(library) => library,
+            Err(error) => match refused_for_grants(&error) {
+                Some(info) => info.clone(),
                 None => continue,
             },
         };
-        let info = library.info();
-        let grants = Grants::of(info, &settings);
+        let grants = Grants::of(&info, &settings);
         let needs: Vec<String> = grants
             .needs
             .iter()

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use plughost::{
     Capability, CapabilityError, Host, HostConfig, Integrity, LoadError, Need, PluginInfo,
-    PluginLibrary, SignatureStatus,
+    SignatureStatus,
 };
 
 use crate::table;
@@ -30,22 +30,24 @@ pub(crate) fn inspect(
     // A library refused only for grants it lacks is shown all the same, with what is missing;
     // the refusal follows. Any other refusal is the whole answer.
     let (library, refused) = match examined.library {
-        Ok(library) => (library, None),
-        Err(error) => match open_as_if_granted(&settings, &error) {
-            Some(library) => (library, Some(error)),
-            None => {
-                // Why it is refused follows; what the file is, is worth knowing all the same.
-                if !json {
-                    print_integrity(&integrity);
-                }
-                return Err(error.into());
+        Ok(library) => (Some(library), None),
+        Err(error) if refused_for_grants(&error).is_some() => (None, Some(error)),
+        Err(error) => {
+            // Why it is refused follows; what the file is, is worth knowing all the same.
+            if !json {
+                print_integrity(&integrity);
             }
-        },
+            return Err(error.into());
+        }
     };
-    if let (Some(config), None) = (config, &refused) {
-        host.check_init_config(&library, config.as_bytes())?;
+    if let (Some(config), Some(library)) = (config, &library) {
+        host.check_init_config(library, config.as_bytes())?;
     }
-    let info = library.info();
+    let info = match (&library, &refused) {
+        (Some(library), _) => library.info(),
+        (None, Some(error)) => refused_for_grants(error).expect("refused for grants"),
+        (None, None) => unreachable!("opened or refused"),
+    };
     let grants = Grants::of(info, &settings);
     if json {
         let mut value = serde_json::to_value(info)?;
@@ -140,26 +142,14 @@ impl Grants {
     }
 }
 
-/// The library `error` refused only because it needs capabilities its grants lack, opened
-/// again as if they were granted, to show what it is and what it needs. `None` for any other
-/// refusal, or if it cannot be opened again.
-pub(crate) fn open_as_if_granted(
-    settings: &HostConfig,
-    error: &LoadError,
-) -> Option<PluginLibrary> {
-    let LoadError::NotGranted {
-        path,
-        name,
-        missing,
-        ..
-    } = error
-    else {
-        return None;
-    };
-    let mut settings = settings.clone();
-    let table = settings.plugins.entry(name.clone()).or_default();
-    table.grant.extend(missing.iter().cloned());
-    Host::new(settings).ok()?.open(path).ok()
+/// Who the plugin is, if `error` refused it only for capabilities its grants lack: what the
+/// library said of itself (it is never opened again with wider grants to find out: that
+/// would run its code with what the operator did not grant).
+pub(crate) fn refused_for_grants(error: &LoadError) -> Option<&PluginInfo> {
+    match error {
+        LoadError::NotGranted { info, .. } => Some(info),
+        _ => None,
+    }
 }
 
 /// Capabilities as text.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use plughost::{Host, HostConfig, Integrity, LoadError, PluginInfo, SignatureStatus};
 
-use crate::inspect::{joined, open_as_if_granted, Grants};
+use crate::inspect::{joined, refused_for_grants, Grants};
 use crate::table;
 
 /// What `--verbose` shows under a library's row.
@@ -34,9 +34,9 @@ pub(crate) fn list(config: HostConfig, verbose: bool) -> anyhow::Result<ExitCode
         };
         // A library refused only for grants it lacks is still named, with what it lacks.
         let (library, refusal) = match opened {
-            Ok(library) => (library, None),
-            Err(error) => match open_as_if_granted(&settings, &error) {
-                Some(library) => (library, Some(error)),
+            Ok(library) => (Some(library), None),
+            Err(error) => match refused_for_grants(&error) {
+                Some(_) => (None, Some(error)),
                 None => {
                     verbose_rows.push(integrity.map(|integrity| Verbose {
                         integrity,
@@ -55,7 +55,11 @@ pub(crate) fn list(config: HostConfig, verbose: bool) -> anyhow::Result<ExitCode
                 }
             },
         };
-        let info = library.info();
+        let info = match (&library, &refusal) {
+            (Some(library), _) => library.info(),
+            (None, Some(error)) => refused_for_grants(error).expect("refused for grants"),
+            (None, None) => unreachable!("opened or refused"),
+        };
         verbose_rows.push(integrity.map(|integrity| Verbose {
             integrity,
             grants: Some(Grants::of(info, &settings)),
@@ -70,17 +74,26 @@ pub(crate) fn list(config: HostConfig, verbose: bool) -> anyhow::Result<ExitCode
             (None, None) if !settings.plugin(&info.name).enabled => "disabled".to_owned(),
             (None, None) => "ok".to_owned(),
         };
+        // Where it would run: a plugin refused for its grants was never opened to find out,
+        // so its settings say.
+        let (isolated, file) = match (&library, &refusal) {
+            (Some(library), _) => (library.is_isolated(), library.file().to_owned()),
+            (None, _) => (
+                settings.isolation_of(&info.name) == plughost::Isolation::Process,
+                path.clone(),
+            ),
+        };
         if refusal.is_none() {
             names
                 .entry(info.name.clone())
-                .or_insert_with(|| library.file().to_owned());
+                .or_insert_with(|| file.clone());
         }
         rows.push([
             info.name.clone(),
             info.version.to_string(),
             info.api_version.to_string(),
-            mode(library.is_isolated()),
-            table::file_name(library.file()),
+            mode(isolated),
+            table::file_name(&file),
             events(info),
             status,
         ]);

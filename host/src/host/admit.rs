@@ -229,7 +229,30 @@ impl Host {
         // What passes through the host is bound as granted, whatever the descriptor says:
         // the load was refused if it needs more (`capability::check`), so this only ever
         // narrows what a library that misdescribes itself can reach.
-        let grants = &lifecycle.config.plugin(&info.name).grant;
+        let plugin_settings = lifecycle.config.plugin(&info.name);
+        let grants = &plugin_settings.grant;
+        if library.is_isolated()
+            && grants.iter().any(Capability::is_system)
+            && plugin_settings.sha256.is_none()
+            && !lifecycle.config.host.require_signatures
+        {
+            // Grants go to a name, and a library names itself: without a pin or a signature,
+            // any library that says it is this plugin gets them. (In process they confine
+            // nothing, so there is nothing to take.)
+            warn!(
+                "plugin {} is granted {} but neither pinned (plugins.{}.sha256) nor signed \
+                 (host.require_signatures): any library naming itself {} gets those grants",
+                info.name,
+                grants
+                    .iter()
+                    .filter(|g| g.is_system())
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                info.name,
+                info.name
+            );
+        }
         let required = required
             .into_iter()
             .filter(|slot| granted(grants, &Capability::Call(slot.name().into())))
@@ -297,6 +320,15 @@ impl Host {
         let file = running.library().file().to_owned();
         lifecycle.known.insert(info.name.clone(), file.clone());
         let running = Arc::new(running);
+        let keys = &lifecycle.config.host.trusted_keys;
+        if !keys.is_empty() {
+            // Who signed it, as it starts to serve: the signature beside the file may be the
+            // next build's by the time anyone asks (the digest of these bytes cannot change).
+            let _ = self
+                .shared
+                .ledger
+                .integrity(&info.name, running.library(), keys);
+        }
         let previous = slot.swap(Some(running.clone()));
         self.shared.ledger.serving(&info, &file, previous.is_some());
         let settings = lifecycle.config.plugin(&info.name);

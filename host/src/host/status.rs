@@ -352,9 +352,10 @@ impl Ledger {
     }
 
     /// The integrity of `library`, plugin `name`'s version in service: from its private copy
-    /// (the bytes that run), against `keys`, the first time it is asked for; remembered for
-    /// that content after. `None` if the copy cannot be read.
-    fn integrity(
+    /// (the bytes that run), against `keys`, the first time it is asked for (when it starts to
+    /// serve, if the host trusts any key); remembered for that content after. `None` if the
+    /// copy cannot be read.
+    pub(super) fn integrity(
         &self,
         name: &str,
         library: &PluginLibrary,

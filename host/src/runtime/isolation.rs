@@ -123,6 +123,9 @@ impl Workers {
                         Confinement::Off => Confinement::Off,
                         Confinement::Enforce | Confinement::BestEffort => Confinement::BestEffort,
                     };
+                    // No resource limits: they are per plugin, and this may be any, an
+                    // in-process one included. It is confined, and ends within
+                    // probe_timeout (docs/design.md, "Confining a worker").
                     (Default::default(), Sandbox::strictest(confinement))
                 }
             };
