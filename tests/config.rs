@@ -2,77 +2,17 @@
 //! configs checked against their schema, dependencies (order, calls through the host, missing,
 //! mismatched, cycles), enable / disable, live edits, and secrets never shown.
 //!
-//! Longer than the project's 500 lines on purpose: one scenario per test, each with its own
+//! Longer than the project's 600 lines on purpose: one scenario per test, each with its own
 //! real files, process or host, reads better whole than split across files by topic.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use plughost::{Host, HostConfig, HostEvent, LoadError, WatchOptions};
-use plughost_tests::{plughost, stderr, stdout, terminate, wait_for, PluginDir};
+use plughost_tests::{plughost, stderr, stdout, terminate, wait_for, Setup};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A plugins folder with a `plughost.toml` beside it.
-struct Setup {
-    dir: PluginDir,
-    config_dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(packages: &[&str]) -> Self {
-        let dir = PluginDir::new();
-        for package in packages {
-            dir.add(package);
-        }
-        Setup {
-            dir,
-            config_dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.config_dir.path().join("plughost.toml")
-    }
-
-    /// Writes `plughost.toml` (replacing it by rename, as editors do).
-    fn write_config(&self, text: &str) -> PathBuf {
-        let path = self.config_path();
-        let temp = self.config_dir.path().join(".plughost.toml.swp");
-        std::fs::write(&temp, text).unwrap();
-        std::fs::rename(&temp, &path).unwrap();
-        path
-    }
-
-    /// The settings of `text`, pointed at this folder.
-    fn config(&self, text: &str) -> HostConfig {
-        let path = self.write_config(text);
-        let mut config = HostConfig::load(&path).unwrap();
-        // The folders and the probe program of the test's own folder.
-        let own = self.dir.config();
-        config.host.plugins_dir = own.host.plugins_dir;
-        config.host.shadow_dir = own.host.shadow_dir;
-        config.host.probe = own.host.probe;
-        config
-    }
-
-    fn host(&self, text: &str) -> Host {
-        Host::new(self.config(text)).unwrap()
-    }
-
-    /// `plughost --config <file> <args>` on this folder.
-    fn cli(&self, args: &[&str]) -> Output {
-        self.dir
-            .command(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    }
-}
 
 const STORAGE: &str = r#"
 [plugins.storage]

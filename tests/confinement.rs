@@ -21,37 +21,6 @@ use plughost_tests::{eventually, PluginDir};
 /// The text of a file written by the prober's `write`.
 const WRITTEN: &str = "written by prober\n";
 
-/// Fails the test, saying why, unless this kernel has what the workers confine themselves
-/// with: Landlock with TCP rules (ABI 4, Linux 6.7) and seccomp filters.
-fn kernel_confines() {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute, size 0 and only the VERSION flag,
-    // landlock_create_ruleset reads no memory and creates nothing: it answers the ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    let why = std::io::Error::last_os_error();
-    assert!(
-        abi >= 4,
-        "this kernel lacks Landlock with TCP rules (ABI {abi}, needs 4, Linux 6.7 or later: \
-         {why}); isolated plugins cannot be confined to their grants here, so these tests cannot \
-         run (boot with `lsm=...,landlock` or use a newer kernel)"
-    );
-    let actions =
-        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    assert!(
-        actions.split_whitespace().any(|a| a == "errno"),
-        "this kernel lacks seccomp filters (/proc/sys/kernel/seccomp/actions_avail: \
-         {actions:?}); isolated plugins cannot be confined to their grants here, so these tests \
-         cannot run"
-    );
-}
-
 /// A TCP listener on 127.0.0.1 that tells whether someone connected.
 struct Listener {
     socket: TcpListener,
@@ -210,7 +179,7 @@ fn read_passwd() -> (String, String) {
 
 #[test]
 fn without_grants_each_attempt_fails_inside_the_plugin_and_everything_keeps_serving() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let fixture = Fixture::new();
     let host = fixture.host(&[]);
     let worker = host.handle("prober").unwrap().worker_pid();
@@ -307,7 +276,7 @@ fn cases(fixture: &Fixture) -> Vec<Case> {
 
 #[test]
 fn with_the_grant_the_same_attempt_succeeds() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let fixture = Fixture::new();
     let mut problems = Vec::new();
     for case in cases(&fixture) {
@@ -331,7 +300,7 @@ fn with_the_grant_the_same_attempt_succeeds() {
 
 #[test]
 fn a_grant_allows_only_what_it_names() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let fixture = Fixture::new();
     let mut problems = Vec::new();
     for case in cases(&fixture) {
@@ -351,7 +320,7 @@ fn a_grant_allows_only_what_it_names() {
 
 #[test]
 fn the_environment_is_hidden_without_the_env_grant() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let fixture = Fixture::new();
     // Set on the `plughost` command only: changing this process's environment would race the
     // other tests' threads.
@@ -396,7 +365,7 @@ fn in_process_nothing_stops_a_plugin_reading_what_it_was_not_granted() {
 /// guards, but neither pinned nor signed, loads with a warning saying so; pinned, it does not.
 #[test]
 fn grants_to_an_unpinned_isolated_plugin_are_warned_about() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let fixture = Fixture::new();
     let digest = plughost::Sha256Digest::of(&plughost_tests::bytes_of("fixture-prober"));
     let exec = |pin: &str| {

@@ -4,14 +4,14 @@
 //! plugins: `needy` (declares `fs:read:*`, `net:connect:*:443`, `exec`), `badcap` (declares
 //! `text`, outside the vocabulary), `emitter` (publishes) and `notes` (requires `storage`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plughost::{Capability, Host, HostConfig, HostEvent, LoadError, NeedSource, Sha256Digest};
+use plughost::{Capability, Host, HostEvent, LoadError, NeedSource, Sha256Digest};
 use plughost_tests::admin::AdminHost;
-use plughost_tests::{plugin_table, rebuilt, stderr, stdout, wait_for, PluginDir};
+use plughost_tests::{
+    keygen, plugin_table, rebuilt, sign, stderr, stdout, wait_for, KeyPair, PluginDir, Setup,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -45,63 +45,6 @@ fn answer(host: &Host, plugin: &str) -> String {
         .call_into(b"hi", &mut out)
         .unwrap_or_else(|e| panic!("{plugin}: {e}"));
     String::from_utf8(out).unwrap()
-}
-
-/// A plugins folder with a `plughost.toml` beside it, for live edits and the command line.
-struct Setup {
-    dir: PluginDir,
-    config_dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new(packages: &[&str]) -> Self {
-        let dir = PluginDir::new();
-        for package in packages {
-            dir.add(package);
-        }
-        Setup {
-            dir,
-            config_dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.config_dir.path().join("plughost.toml")
-    }
-
-    /// Writes `plughost.toml` (replacing it by rename, as editors do).
-    fn write_config(&self, text: &str) {
-        let temp = self.config_dir.path().join(".plughost.toml.swp");
-        std::fs::write(&temp, text).unwrap();
-        std::fs::rename(&temp, self.config_path()).unwrap();
-    }
-
-    /// A host on this folder with the settings of `text` (its folders and probe the test's).
-    fn host(&self, text: &str) -> Arc<Host> {
-        self.write_config(text);
-        let mut config = HostConfig::load(&self.config_path()).unwrap();
-        let own = self.dir.config();
-        config.host.plugins_dir = own.host.plugins_dir;
-        config.host.shadow_dir = own.host.shadow_dir;
-        config.host.probe = own.host.probe;
-        Arc::new(Host::new(config).unwrap())
-    }
-
-    /// `plughost <args> --config <file>` on this folder.
-    fn cli(&self, args: &[&str]) -> Output {
-        self.dir
-            .command(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    }
-
-    fn file(&self, package: &str) -> PathBuf {
-        let name = plughost_tests::library(package).file_name().unwrap();
-        self.dir.path().join(name)
-    }
 }
 
 /// The one refusal of `report`.
@@ -530,43 +473,18 @@ fn list_verbose_shows_digest_signer_and_grants() {
 
 // --- The admin API ---
 
-/// A key pair made by `plughost keygen --unencrypted` in `dir`: the secret key's path, the
-/// public key as `host.trusted_keys` takes it, and its id.
-fn keygen(dir: &Path) -> (PathBuf, String, String) {
-    let key = dir.join("release.key");
-    let output = Command::new(plughost_tests::plughost())
-        .args(["keygen", "--unencrypted", "--key"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    let printed = stdout(&output);
-    let public = printed
-        .lines()
-        .find_map(|line| line.strip_prefix("trusted_keys = [\""))
-        .and_then(|rest| rest.strip_suffix("\"]"))
-        .unwrap_or_else(|| panic!("no trusted_keys line in {printed}"))
-        .to_owned();
-    let comment = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let id = comment.lines().next().unwrap().rsplit(' ').next().unwrap();
-    (key, public, id.to_owned())
-}
-
 #[test]
 fn the_admin_api_shows_what_runs_who_signed_it_and_what_it_is_granted() {
     let dir = PluginDir::new();
     let needy = dir.add("fixture-needy");
     let echo = dir.add("fixture-echo");
     let keys = tempfile::tempdir().unwrap();
-    let (key, public, key_id) = keygen(keys.path());
-    let signed = Command::new(plughost_tests::plughost())
-        .arg("sign")
-        .arg(&needy)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(signed.status.success(), "{}", stderr(&signed));
+    let KeyPair {
+        key,
+        public,
+        id: key_id,
+    } = keygen(keys.path(), "release");
+    sign(&needy, &key);
     let mut config = dir.config();
     // Trusted, not required: echo runs unsigned.
     config.host.trusted_keys = vec![public.parse().unwrap()];

@@ -17,28 +17,6 @@ use plughost_tests::{eventually, finish, settings, stderr, stdout, wait_for, Plu
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Fails the test unless this kernel has Landlock with TCP rules (ABI 4) and seccomp filters.
-fn kernel_confines() {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute, size 0 and only the VERSION flag, the call reads no
-    // memory and creates nothing: it answers the ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    assert!(abi >= 4, "this kernel lacks Landlock ABI 4 (has {abi})");
-    let actions =
-        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    assert!(
-        actions.split_whitespace().any(|a| a == "errno"),
-        "this kernel lacks seccomp filters"
-    );
-}
-
 /// A folder with `sneaky` in it as `file_name`.
 fn sneaky_as(file_name: &str) -> PluginDir {
     let dir = PluginDir::new();
@@ -107,7 +85,7 @@ fn listener() -> (TcpListener, u16) {
 /// prefixes its errors with the command.)
 #[test]
 fn a_constructor_cannot_leave_an_unconfined_helper_behind() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     // `ctor` in the file name makes sneaky's constructor fork its helper in the worker.
     let dir = sneaky_as("libsneaky_ctor.so");
     // The constructor reads /proc/self/cmdline to know it runs in a worker.
@@ -172,7 +150,7 @@ fn the_probe_does_not_run_a_library_unconfined_with_the_hosts_environment() {
 /// Open `sendto(MSG_FASTOPEN)` connects without `connect()`, to any port.
 #[test]
 fn tcp_fast_open_reaches_only_the_granted_port() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = sneaky_as("libsneaky.so");
     let (_granted, port) = listener();
     let (other, other_port) = listener();
@@ -192,7 +170,7 @@ fn tcp_fast_open_reaches_only_the_granted_port() {
 /// for Landlock to check), and the plugin then takes connections from anyone.
 #[test]
 fn net_connect_does_not_let_a_plugin_listen() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = sneaky_as("libsneaky.so");
     let (_granted, port) = listener();
     let host = isolated(&dir, &[format!("net:connect:127.0.0.1:{port}")]);
@@ -217,7 +195,7 @@ fn net_connect_does_not_let_a_plugin_listen() {
 /// leads, and leaves it closed in `"best-effort"`: both are checked.)
 #[test]
 fn a_grant_through_a_symlink_opens_only_what_it_names() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = sneaky_as("libsneaky.so");
     let folder = tempfile::tempdir().unwrap();
     let link = folder.path().join("settings");
@@ -292,7 +270,7 @@ fn a_bad_grant_is_reported_at_its_own_line() {
 /// granted folder. With `net`: the test's abstract Unix socket.
 #[test]
 fn the_other_ways_out_are_closed() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = sneaky_as("libsneaky.so");
     dir.add("fixture-echo");
     let folder = tempfile::tempdir().unwrap();
@@ -368,7 +346,7 @@ fn the_other_ways_out_are_closed() {
 /// through `plughost exec`, so that a failure kills that process, not the tests.
 #[test]
 fn sigio_on_the_control_socket_does_not_signal_the_host() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = sneaky_as("libsneaky.so");
     let (_settings_dir, config) = settings("[plugins.sneaky]\nisolation = \"process\"\n");
     let mut run = dir.command(&["exec", "sneaky", "sigio 15"]);
@@ -382,7 +360,7 @@ fn sigio_on_the_control_socket_does_not_signal_the_host() {
 /// starts a worker confined to the new ones.
 #[test]
 fn a_restarted_worker_and_a_live_edit_are_confined_anew() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = sneaky_as("libsneaky.so");
     let config_dir = tempfile::tempdir().unwrap();
     let path = config_dir.path().join("plughost.toml");

@@ -9,34 +9,11 @@
 #![cfg(target_os = "linux")]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use plughost::{Host, HostConfig, Isolation, PluginSettings, SignatureStatus};
 use plughost_tests::isolated::{call, workers_of};
-use plughost_tests::{finish, grants, settings, stderr, stdout, PluginDir};
-
-/// Fails the test unless this kernel has Landlock with TCP rules (ABI 4) and seccomp filters.
-fn kernel_confines() {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: with a null attribute, size 0 and only the VERSION flag, the call reads no
-    // memory and creates nothing: it answers the ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    assert!(abi >= 4, "this kernel lacks Landlock ABI 4 (has {abi})");
-    let actions =
-        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
-    assert!(
-        actions.split_whitespace().any(|a| a == "errno"),
-        "this kernel lacks seccomp filters"
-    );
-}
+use plughost_tests::{finish, grants, keygen, settings, sign, KeyPair, PluginDir};
 
 /// `plughost ARGS` on `dir` with the settings file `config`, its constructor told to write to
 /// `drop`; what it wrote there, if anything.
@@ -63,7 +40,7 @@ fn dropped_by(dir: &PluginDir, args: &[&str], config: &Path, drop: &Path) -> Opt
 /// parse, "SANDBOX is not a sandbox".)
 #[test]
 fn auditing_a_library_does_not_run_it_with_the_grants_it_lacks() {
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = PluginDir::new();
     let file = dir.add("fixture-grabby");
     let drops = tempfile::tempdir().unwrap();
@@ -99,28 +76,9 @@ fn auditing_a_library_does_not_run_it_with_the_grants_it_lacks() {
 fn the_signer_shown_is_the_one_verified_when_the_running_version_loaded() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("release.key");
-    let made = Command::new(plughost_tests::plughost())
-        .args(["keygen", "--unencrypted", "--key"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
-    let public = stdout(&made)
-        .lines()
-        .find_map(|line| line.strip_prefix("trusted_keys = [\""))
-        .and_then(|rest| rest.strip_suffix("\"]"))
-        .expect("a trusted_keys line")
-        .to_owned();
+    let KeyPair { key, public, .. } = keygen(keys.path(), "release");
     let file = dir.add("fixture-echo");
-    let signed = Command::new(plughost_tests::plughost())
-        .arg("sign")
-        .arg(&file)
-        .arg("--key")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(signed.status.success(), "{}", stderr(&signed));
+    sign(&file, &key);
     let mut config = dir.config();
     config.host.require_signatures = true;
     config.host.trusted_keys = vec![public.parse().unwrap()];
@@ -155,7 +113,7 @@ fn the_signer_shown_is_the_one_verified_when_the_running_version_loaded() {
 #[test]
 fn fifty_isolated_plugins_start_without_leaking_workers_or_copies() {
     const PLUGINS: usize = 50;
-    kernel_confines();
+    plughost_tests::kernel_confines();
     let dir = PluginDir::new();
     let bytes = plughost_tests::bytes_of("fixture-grabby");
     let mut config = dir.config();

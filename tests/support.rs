@@ -19,6 +19,11 @@ pub mod isolated;
 #[path = "admin_support.rs"]
 pub mod admin;
 
+/// Grants, keys and signatures, and a plugins folder with a `plughost.toml` beside it.
+#[path = "trust_support.rs"]
+mod trust;
+pub use trust::*;
+
 /// The documentation's Rust snippets and links, checked.
 #[cfg(any(test, doctest))]
 #[path = "doctests.rs"]
@@ -539,28 +544,4 @@ pub fn counting(
         )
         .expect("subscribe");
     (subscription, count)
-}
-
-/// Capabilities as an operator writes them in `grant = [...]`. Panics on one outside the
-/// vocabulary, naming it.
-pub fn grants(capabilities: &[&str]) -> Vec<plughost::Capability> {
-    capabilities
-        .iter()
-        .map(|text| {
-            text.parse()
-                .unwrap_or_else(|e| panic!("grant {text:?}: {e}"))
-        })
-        .collect()
-}
-
-/// Grants `plugin` `capabilities` in `settings`, as `grant = [...]` under `[plugins.NAME]` in
-/// plughost.toml does, keeping the rest of its table (a default one if it has none). Call it
-/// after [`plugin_table`], which replaces the whole table.
-pub fn grant(settings: &mut HostConfig, plugin: &str, capabilities: &[&str]) {
-    settings
-        .plugins
-        .entry(plugin.to_owned())
-        .or_default()
-        .grant
-        .extend(grants(capabilities));
 }

@@ -11,7 +11,8 @@ use plughost::{
     Host, HostConfig, HostEvent, LoadError, ProbeSetting, Sha256Digest, SignatureStatus,
 };
 use plughost_tests::{
-    bytes_of, mkfifo, plugin_table, rebuilt, stderr, stdout, wait_for, PluginDir,
+    bytes_of, keygen, mkfifo, plugin_table, rebuilt, sign, stderr, stdout, wait_for, KeyPair,
+    PluginDir,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -21,38 +22,6 @@ fn answer(handle: &plughost::PluginHandle) -> String {
     let mut out = Vec::with_capacity(64);
     handle.call_into(b"x", &mut out).unwrap();
     String::from_utf8(out).unwrap()
-}
-
-/// A key pair made by `plughost keygen --unencrypted` in `dir`: the secret key's path and the
-/// public key as `host.trusted_keys` takes it.
-fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
-    let key = dir.join(format!("{name}.key"));
-    let output = Command::new(plughost_tests::plughost())
-        .args(["keygen", "--unencrypted", "--key"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    let printed = stdout(&output);
-    let public = printed
-        .lines()
-        .find_map(|line| line.strip_prefix("trusted_keys = [\""))
-        .and_then(|rest| rest.strip_suffix("\"]"))
-        .unwrap_or_else(|| panic!("no trusted_keys line in {printed}"))
-        .to_owned();
-    (key, public)
-}
-
-/// `plughost sign FILE --key KEY`.
-fn sign(file: &Path, key: &Path) {
-    let output = Command::new(plughost_tests::plughost())
-        .arg("sign")
-        .arg(file)
-        .arg("--key")
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
 }
 
 fn signature_of(file: &Path) -> PathBuf {
@@ -178,7 +147,7 @@ fn a_hot_reload_of_another_build_is_refused_while_the_pinned_one_serves() {
 fn an_unsigned_library_is_refused_and_a_signed_one_loads() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path(), "release");
+    let KeyPair { key, public, .. } = keygen(keys.path(), "release");
     let file = dir.add("fixture-echo");
 
     let error = refusal(&Host::new(requiring(&dir, &[&public])).unwrap());
@@ -199,8 +168,8 @@ fn an_unsigned_library_is_refused_and_a_signed_one_loads() {
 fn a_signature_by_an_untrusted_key_is_refused_naming_the_key() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let (_, trusted) = keygen(keys.path(), "trusted");
-    let (other, _) = keygen(keys.path(), "other");
+    let trusted = keygen(keys.path(), "trusted").public;
+    let other = keygen(keys.path(), "other").key;
     let file = dir.add("fixture-echo");
     sign(&file, &other);
     let other_id = std::fs::read_to_string(other.with_extension("pub")).unwrap();
@@ -218,7 +187,7 @@ fn a_signature_by_an_untrusted_key_is_refused_naming_the_key() {
 fn bytes_changed_after_signing_are_refused() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path(), "release");
+    let KeyPair { key, public, .. } = keygen(keys.path(), "release");
     let file = dir.add("fixture-echo");
     sign(&file, &key);
     // Still a valid plugin, but not the bytes signed.
@@ -239,7 +208,7 @@ fn bytes_changed_after_signing_are_refused() {
 fn a_signature_installed_after_its_library_makes_it_load() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path(), "release");
+    let KeyPair { key, public, .. } = keygen(keys.path(), "release");
     let host = std::sync::Arc::new(Host::new(requiring(&dir, &[&public])).unwrap());
     let events = host.subscribe();
     let _watcher = host.watch(Default::default()).unwrap();
@@ -274,7 +243,7 @@ fn a_signature_installed_after_its_library_makes_it_load() {
 fn a_signature_that_is_a_fifo_or_huge_is_refused_without_hanging() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let (_, public) = keygen(keys.path(), "release");
+    let public = keygen(keys.path(), "release").public;
     let file = dir.add("fixture-echo");
     mkfifo(&signature_of(&file));
     let started = std::time::Instant::now();
@@ -303,7 +272,7 @@ fn a_signature_that_is_a_fifo_or_huge_is_refused_without_hanging() {
 fn keygen_sign_inspect_and_list_verbose_round_trip() {
     let dir = PluginDir::new();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path(), "release");
+    let KeyPair { key, public, .. } = keygen(keys.path(), "release");
     let key_id = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let key_id = key_id
         .lines()
@@ -498,7 +467,7 @@ fn signatures_interoperate_with_the_minisign_tool() {
         .output()
         .unwrap();
     assert!(verified.status.success(), "{}", stderr(&verified));
-    let (own, _) = keygen(keys.path(), "own");
+    let own = keygen(keys.path(), "own").key;
     sign(&file, &own);
     let verified = Command::new(minisign)
         .args(["-V", "-p"])
@@ -514,7 +483,7 @@ fn signatures_interoperate_with_the_minisign_tool() {
 fn xtask_build_plugins_signs_what_it_installs() {
     let dest = tempfile::tempdir().unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path(), "ci");
+    let KeyPair { key, public, .. } = keygen(keys.path(), "ci");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(xtask::workspace_root())

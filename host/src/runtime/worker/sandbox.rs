@@ -468,5 +468,12 @@ fn summary(sandbox: &Sandbox, kernel: &Kernel) -> String {
     )
 }
 
+/// A sandbox of `grants` (as written in plughost.toml), enforced: for the tests.
+#[cfg(test)]
+fn granted(grants: &[&str]) -> Sandbox {
+    let grants: Vec<Capability> = grants.iter().map(|g| g.parse().unwrap()).collect();
+    Sandbox::new(&grants, Confinement::Enforce)
+}
+
 #[cfg(test)]
 mod tests;

@@ -301,13 +301,8 @@ pub(super) fn landlock(
 
 #[cfg(test)]
 mod tests {
+    use super::super::granted as sandbox;
     use super::*;
-    use crate::config::Confinement;
-
-    fn sandbox(grants: &[&str]) -> Sandbox {
-        let grants: Vec<Capability> = grants.iter().map(|g| g.parse().unwrap()).collect();
-        Sandbox::new(&grants, Confinement::Enforce)
-    }
 
     #[test]
     fn file_rules_open_the_granted_paths_and_what_grants_imply() {

@@ -171,14 +171,8 @@ pub(super) fn install(filters: &[seccompiler::BpfProgram]) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
+    use super::super::granted as sandbox;
     use super::*;
-    use crate::capability::Capability;
-    use crate::config::Confinement;
-
-    fn sandbox(grants: &[&str]) -> Sandbox {
-        let grants: Vec<Capability> = grants.iter().map(|g| g.parse().unwrap()).collect();
-        Sandbox::new(&grants, Confinement::Enforce)
-    }
 
     #[test]
     fn filters_compile_for_every_kind_of_sandbox() {

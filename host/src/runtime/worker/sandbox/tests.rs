@@ -2,10 +2,7 @@
 
 use super::*;
 
-fn sandbox(grants: &[&str]) -> Sandbox {
-    let grants: Vec<Capability> = grants.iter().map(|g| g.parse().unwrap()).collect();
-    Sandbox::new(&grants, Confinement::Enforce)
-}
+use super::granted as sandbox;
 
 const FULL: Kernel = Kernel {
     landlock: Landlock::Abi(7),
