@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plughost::{CallError, Capability, Host, PluginState};
+use plughost::{Capability, Host, PluginState};
 use plughost_tests::isolated::{call, host_with};
 use plughost_tests::{eventually, PluginDir};
 
@@ -112,13 +112,9 @@ impl Fixture {
     }
 }
 
-/// Sends `command`; `Ok(answer)` or the plugin's error message, as a line for a report.
+/// Sends `command` to prober: its answer, or the error it returned.
 fn attempt(host: &Host, command: &str) -> Result<String, String> {
-    match call(host, "prober", command.as_bytes()) {
-        Ok(answer) => Ok(answer),
-        Err(CallError::Failed { message, .. }) => Err(message),
-        Err(other) => Err(format!("not an error returned by the plugin: {other}")),
-    }
+    plughost_tests::isolated::attempt(host, "prober", command)
 }
 
 /// Whether `message` is the plugin's own report of `command` refused by the kernel: the

@@ -11,8 +11,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plughost::{CallError, Capability, Confinement, Host, HostConfig, HostEvent};
-use plughost_tests::isolated::{answers_again, call, host_with};
+use plughost::{Capability, Confinement, Host, HostConfig, HostEvent};
+use plughost_tests::isolated::{answers_again, host_with};
 use plughost_tests::{eventually, finish, settings, stderr, stdout, wait_for, PluginDir};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -41,13 +41,9 @@ fn isolated(dir: &PluginDir, grants: &[String]) -> Host {
     host
 }
 
-/// Sends `command`: the answer, or the plugin's error message.
+/// Sends `command` to sneaky: its answer, or the error it returned.
 fn attempt(host: &Host, command: &str) -> Result<String, String> {
-    match call(host, "sneaky", command.as_bytes()) {
-        Ok(answer) => Ok(answer),
-        Err(CallError::Failed { message, .. }) => Err(message),
-        Err(other) => Err(format!("not an error returned by the plugin: {other}")),
-    }
+    plughost_tests::isolated::attempt(host, "sneaky", command)
 }
 
 /// Whether `outcome` is `command` refused by the kernel, as the plugin reported it.

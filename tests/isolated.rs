@@ -29,6 +29,16 @@ pub fn call(host: &Host, name: &str, input: &[u8]) -> Result<String, CallError> 
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Sends `command` to plugin `name`: its answer, or the error the plugin itself returned as a
+/// line for a report (any other failure, a crash say, is told apart).
+pub fn attempt(host: &Host, name: &str, command: &str) -> Result<String, String> {
+    match call(host, name, command.as_bytes()) {
+        Ok(answer) => Ok(answer),
+        Err(CallError::Failed { message, .. }) => Err(message),
+        Err(other) => Err(format!("not an error returned by the plugin: {other}")),
+    }
+}
+
 /// Calls until the plugin answers again (after its restart), at most `within`.
 pub fn answers_again(host: &Host, name: &str, within: Duration) -> String {
     let started = Instant::now();

@@ -3,11 +3,10 @@
 //! there is one, is kept as the error's `source`. (Errors about `plughost.toml` are
 //! [`ConfigError`](crate::ConfigError), next to the file's parser.)
 //!
-//! Longer than 600 lines on purpose: each variant's message and fields are its documentation,
-//! and a caller matching errors finds every one of them in this one file.
-//!
 //! Longer than the project's 600 lines on purpose: every error a caller can get from the
-//! library is in this one file, so that their wording is reviewed, and kept alike, in one place.
+//! library is in this one file, each variant's message and fields its documentation, so that a
+//! caller matching errors finds them all, and their wording is reviewed and kept alike, in one
+//! place.
 
 #![forbid(unsafe_code)]
 

@@ -50,9 +50,7 @@ impl Host {
     /// refused by the plugin (its Init included), or a running plugin would lose what it
     /// requires, nothing changes. Returns the plugins changed.
     pub fn reconfigure(&self, new: HostConfig) -> Result<Vec<String>, ConfigError> {
-        if self.is_closing() {
-            return Err(refusal(&new, "", "the host is shutting down".into()));
-        }
+        self.refuse_if_closing("")?;
         let mut lifecycle = self.lifecycle();
         let changed = self.apply_settings(&mut lifecycle, new)?;
         let file = lifecycle.config.file.clone();
@@ -353,6 +351,18 @@ fn ask_plugin(
 }
 
 /// A refused change, naming the file the settings came from.
+impl Host {
+    /// Refuses a change about `plugin` (or none, `""`) once the host is shutting down: the
+    /// one rule for edits, enable and disable, and configs given through the API.
+    pub(super) fn refuse_if_closing(&self, plugin: &str) -> Result<(), ConfigError> {
+        if self.is_closing() {
+            let reason = "the host is shutting down".into();
+            return Err(refusal(&self.config(), plugin, reason));
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn refusal(config: &HostConfig, plugin: &str, reason: String) -> ConfigError {
     ConfigError::Plugin {
         path: config.file.clone(),

@@ -5,7 +5,6 @@
 
 use serde_json::{Map, Value};
 
-use super::reconfigure::refusal;
 use super::Host;
 use crate::config::edit::Edit;
 use crate::config::schema::MASK;
@@ -55,13 +54,7 @@ impl Host {
         config: Map<String, Value>,
         write_back: bool,
     ) -> Result<ConfigChange, ConfigError> {
-        if self.is_closing() {
-            return Err(refusal(
-                &self.config(),
-                name,
-                "the host is shutting down".into(),
-            ));
-        }
+        self.refuse_if_closing(name)?;
         let mut lifecycle = self.lifecycle();
         let in_force = &lifecycle.config;
         let known = self.shared.ledger.knows(name)

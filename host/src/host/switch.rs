@@ -19,13 +19,7 @@ impl Host {
     /// plugin requires it. The choice stands through edits of the configuration file until an
     /// edit changes this plugin's `enabled`.
     pub fn disable(&self, name: &str) -> Result<(), ConfigError> {
-        if self.is_closing() {
-            return Err(refusal(
-                &self.config(),
-                name,
-                "the host is shutting down".into(),
-            ));
-        }
+        self.refuse_if_closing(name)?;
         let version = {
             let mut lifecycle = self.lifecycle();
             let dependents = self.dependents_of(name);
@@ -66,13 +60,7 @@ impl Host {
     /// [`disable`](Self::disable), the choice stands through edits of the file that leave this
     /// plugin's `enabled` as it was.
     pub fn enable(&self, name: &str) -> Result<(), ConfigError> {
-        if self.is_closing() {
-            return Err(refusal(
-                &self.config(),
-                name,
-                "the host is shutting down".into(),
-            ));
-        }
+        self.refuse_if_closing(name)?;
         let mut lifecycle = self.lifecycle();
         let before = (
             lifecycle.config.plugin(name).enabled,

@@ -102,7 +102,6 @@ impl Probe {
                 ))
             }
         };
-        let marker = self.markers.join(format!("probed-{hash:032x}"));
         if let Some(reason) = self
             .crashed
             .lock()
@@ -114,11 +113,8 @@ impl Probe {
         if let Some(name) = self.lock().get(&hash) {
             return Ok(name.clone());
         }
-        // A marker is written whole (renamed into place); anything else in it is ignored.
-        if let Ok(verdict) = std::fs::read_to_string(&marker) {
-            if let Some(answer) = Answer::parse(&verdict) {
-                return self.remember(hash, answer, file);
-            }
+        if let Some(answer) = self.marked(hash) {
+            return self.remember(hash, answer, file);
         }
         let mut command = Command::new(program);
         command
@@ -238,12 +234,7 @@ impl Probe {
         if let Some(name) = self.lock().get(&hash) {
             return name.clone();
         }
-        let marker = self.markers.join(format!("probed-{hash:032x}"));
-        match std::fs::read_to_string(marker)
-            .ok()
-            .as_deref()
-            .and_then(Answer::parse)
-        {
+        match self.marked(hash) {
             Some(Answer::Loaded(name)) => {
                 self.note(hash, Some(name.clone()));
                 Some(name)
@@ -270,9 +261,20 @@ impl Probe {
             .markers
             .join(format!(".probed-{hash:032x}-{}-{n}", std::process::id()));
         if std::fs::write(&temporary, answer.to_string()).is_ok() {
-            let marker = self.markers.join(format!("probed-{hash:032x}"));
-            let _ = std::fs::rename(&temporary, marker);
+            let _ = std::fs::rename(&temporary, self.marker(hash));
         }
+    }
+
+    /// The verdict a marker keeps for content `hash`, if any. A marker is written whole
+    /// (renamed into place); anything else in it is ignored.
+    fn marked(&self, hash: u128) -> Option<Answer> {
+        let verdict = std::fs::read_to_string(self.marker(hash)).ok()?;
+        Answer::parse(&verdict)
+    }
+
+    /// Where the verdict on content `hash` is kept.
+    fn marker(&self, hash: u128) -> PathBuf {
+        self.markers.join(format!("probed-{hash:032x}"))
     }
 
     /// Keeps a clean verdict in memory.
@@ -331,7 +333,7 @@ impl Probe {
     /// Forgets the verdict on content `hash` (in memory and on disk): the probe was lied to.
     pub(crate) fn forget(&self, hash: u128) {
         self.lock().remove(&hash);
-        let _ = std::fs::remove_file(self.markers.join(format!("probed-{hash:032x}")));
+        let _ = std::fs::remove_file(self.marker(hash));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Option<String>>> {
